@@ -1,0 +1,43 @@
+"""Typed user errors.
+
+Every mistake a user can make (a bad file, a bad value, an impossible request)
+raises a :class:`PyEngineError` subclass whose message names the file or
+option, the bad value and what is accepted.  The CLI prints such errors as one
+``Error: ...`` line and exits 1; anything else escaping is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FitsFormatError",
+    "InputFileError",
+    "MosaicMismatchError",
+    "PyEngineError",
+    "WCSError",
+]
+
+
+class PyEngineError(Exception):
+    """Base class of every error caused by user input rather than a bug."""
+
+
+class InputFileError(PyEngineError):
+    """A file is missing, unreadable or not what was asked for."""
+
+
+class FitsFormatError(InputFileError):
+    """A file is not valid FITS, is truncated, or its HDU cannot serve as an image."""
+
+
+class WCSError(InputFileError):
+    """A header's celestial WCS is missing or cannot be interpreted."""
+
+
+class MosaicMismatchError(PyEngineError):
+    """Band images do not share one pixel grid (shape or WCS)."""
+
+
+class ConfigError(PyEngineError):
+    """An option or argument has a value outside what is accepted."""

@@ -1,0 +1,1 @@
+"""Reading band images (Mosaic), planning tiles (TilePlan) and writing FITS."""

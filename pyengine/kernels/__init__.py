@@ -1,0 +1,1 @@
+"""Numba kernels.  Every kernel is ``@njit(nogil=True, cache=True)``."""

@@ -1,0 +1,1 @@
+"""Synthetic PAndAS-like fields (placeholder: being written)."""
