@@ -1,0 +1,418 @@
+"""Mosaic: the band images of one field, read window by window as float32.
+
+``Mosaic.open(paths)`` takes one image per band, each a path or ``path[ext]``
+(extension number or EXTNAME), checks that every band is a 2-D image on one
+pixel grid (same shape, same celestial WCS within a tolerance) and reads
+nothing but headers.  ``Mosaic.read(y0, y1, x0, x1)`` returns the window
+``(nband, y1 - y0, x1 - x0)`` as native float32 with BSCALE/BZERO applied,
+BLANK and off-image pixels as NaN.  Nothing ever reads, copies or scales a
+whole image.
+
+Two paths, one decode (pyengine.kernels.decode):
+  * uncompressed images: a read-only memory map of the raw big-endian data;
+    a Numba kernel swaps bytes, maps BLANK and scales in one pass straight
+    into the caller's buffer.  After each read the touched pages are given
+    back to the kernel (madvise DONTNEED): they stay in the page cache, but
+    the process's resident memory is bounded by its buffers, not the mosaic.
+  * tile-compressed images (RICE, GZIP, HCOMPRESS, PLIO; .fits.fz): cfitsio
+    subset reads through fitsio with scaling switched off, one handle per
+    thread, then the same decode kernel.
+
+Thread safety: ``read`` may be called from any number of threads at once.
+Memory-mapped bands share one read-only map; compressed bands open one fitsio
+handle per thread.  One call at a time decodes on Numba's thread pool
+(rows in parallel); calls that find the pool busy decode on their own
+thread.  Decoding and cfitsio reads run without the GIL.  ``close`` must not
+race with ``read``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from pyengine.errors import (
+    ConfigError,
+    FitsFormatError,
+    InputFileError,
+    MosaicMismatchError,
+    WCSError,
+)
+from pyengine.io.fitsfile import HDUInfo, image_header, parse_spec, scan_hdus, select_image
+from pyengine.kernels.decode import decode_parallel, decode_serial, native_view_dtype
+
+__all__ = ["Mosaic"]
+
+# Windows smaller than this many pixels decode on the calling thread: the
+# thread pool's start-up costs more than it saves.
+_PARALLEL_MIN_PIXELS = 1 << 16
+_POOL = threading.Lock()  # held while a decode runs on Numba's thread pool
+_PAGE = mmap.PAGESIZE
+_STEMS = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fts", ".fz")
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    """How stored values become physical ones (see kernels.decode)."""
+
+    bitpix: int
+    mode: int
+    bscale: float
+    bzero: float
+    blank: int
+    has_blank: bool
+
+    @classmethod
+    def from_header(cls, header: fits.Header, where: str) -> _Scaling:
+        bitpix = int(header["BITPIX"])
+        bscale = float(header.get("BSCALE", 1.0))
+        bzero = float(header.get("BZERO", 0.0))
+        blank = header.get("BLANK") if bitpix > 0 else None
+        if blank is not None and not isinstance(blank, int | np.integer):
+            raise FitsFormatError(f"{where}: BLANK = {blank!r} is not an integer")
+        if bscale == 0.0:
+            raise FitsFormatError(f"{where}: BSCALE = 0; a non-zero scale is needed")
+        if bitpix == 64 and bscale == 1.0 and bzero == 2.0**63:
+            mode = 2
+        elif bscale != 1.0 or bzero != 0.0 or blank is not None:
+            mode = 1
+        else:
+            mode = 0
+        return cls(bitpix, mode, bscale, bzero, int(blank or 0), blank is not None)
+
+    def decode(self, raw, out, *, swap: bool, parallel: bool) -> None:
+        args = (raw, out, swap, self.mode, self.bscale, self.bzero, self.blank, self.has_blank)
+        if parallel and raw.size >= _PARALLEL_MIN_PIXELS and _POOL.acquire(blocking=False):
+            try:
+                decode_parallel(*args)
+            finally:
+                _POOL.release()
+        else:
+            decode_serial(*args)
+
+
+class _MemmapBand:
+    """An uncompressed image read through a read-only memory map."""
+
+    compressed = False
+
+    def __init__(self, path: Path, info: HDUInfo, shape, scaling: _Scaling):
+        self.path, self.shape, self.scaling = path, shape, scaling
+        itemsize = abs(scaling.bitpix) // 8
+        # mmap offsets must be page-aligned: map from the page holding the data start.
+        self._start = info.data_offset - info.data_offset % _PAGE
+        self._skip = info.data_offset - self._start
+        length = self._skip + shape[0] * shape[1] * itemsize
+        with open(path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=self._start)
+        self._row_bytes = shape[1] * itemsize
+        self._raw = np.frombuffer(self._map, dtype=native_view_dtype(scaling.bitpix),
+                                  count=shape[0] * shape[1], offset=self._skip).reshape(shape)
+
+    def read_into(self, y0, y1, x0, x1, out, parallel):
+        lo = self._skip + y0 * self._row_bytes
+        hi = self._skip + y1 * self._row_bytes
+        lo -= lo % _PAGE
+        if hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
+        self.scaling.decode(self._raw[y0:y1, x0:x1], out, swap=True, parallel=parallel)
+        if hasattr(mmap, "MADV_DONTNEED"):
+            # Drop our mapping of these pages (they stay in the page cache): the
+            # resident set is bounded by the caller's buffers, not the mosaic.
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def close(self):
+        self._raw = None
+        self._map.close()
+
+
+class _CompressedBand:
+    """A tile-compressed image read through fitsio, one handle per thread."""
+
+    compressed = True
+
+    def __init__(self, path: Path, info: HDUInfo, shape, scaling: _Scaling):
+        self.path, self.shape, self.scaling = path, shape, scaling
+        self._index = info.index
+        self._local = threading.local()
+        self._handles: list = []
+        self._lock = threading.Lock()
+        self._hdu()  # open once now so errors surface at open time
+
+    def _hdu(self):
+        hdu = getattr(self._local, "hdu", None)
+        if hdu is None:
+            import fitsio
+
+            try:
+                handle = fitsio.FITS(str(self.path))
+            except OSError as exc:
+                raise InputFileError(f"{self.path}: cfitsio cannot open it ({exc})") from None
+            with self._lock:
+                self._handles.append(handle)
+            hdu = handle[self._index]
+            hdu.ignore_scaling = True  # raw stored values: BLANK and scaling are ours
+            self._local.hdu = hdu
+        return hdu
+
+    def read_into(self, y0, y1, x0, x1, out, parallel):
+        raw = self._hdu()[y0:y1, x0:x1]
+        if raw.dtype.kind == "f":
+            raw = raw.view(np.uint32 if raw.dtype.itemsize == 4 else np.uint64)
+        self.scaling.decode(raw, out, swap=False, parallel=parallel)
+
+    def close(self):
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+
+def _band_name(path: Path, header: fits.Header) -> str:
+    for key in ("FILTER", "BAND"):
+        value = header.get(key)
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    name = path.name
+    for suffix in _STEMS:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+        except (ValueError, KeyError, MemoryError) as exc:
+            raise WCSError(f"{where}: astropy cannot interpret its WCS ({exc})") from None
+    ctypes = f"CTYPE1 = {wcs.wcs.ctype[0]!r}, CTYPE2 = {wcs.wcs.ctype[1]!r}"
+    if not wcs.has_celestial or wcs.wcs.lng < 0 or wcs.wcs.lat < 0:
+        raise WCSError(
+            f"{where}: no celestial WCS ({ctypes}); both image axes must be sky axes, "
+            "e.g. RA---TAN and DEC--TAN"
+        )
+    wcs.pixel_shape = (shape[1], shape[0])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            sky = wcs.pixel_to_world_values((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+        except (ValueError, MemoryError) as exc:
+            raise WCSError(f"{where}: astropy cannot evaluate its WCS ({exc})") from None
+    if not np.all(np.isfinite(sky)):
+        raise WCSError(f"{where}: its WCS ({ctypes}) gives no sky position at the image centre")
+    return wcs
+
+
+def _wcs_offset(a: WCS, b: WCS, shape) -> float:
+    """Largest pixel offset between two WCS over a 5 x 5 grid spanning the image."""
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        world = a.pixel_to_world_values(gx.ravel(), gy.ravel())
+        bx, by = b.world_to_pixel_values(*world)
+    d = np.hypot(bx - gx.ravel(), by - gy.ravel())
+    return float(np.max(d)) if np.all(np.isfinite(d)) else float("inf")
+
+
+def _wcs_key_differences(a: WCS, b: WCS) -> list[str]:
+    ha, hb = a.to_header(relax=True), b.to_header(relax=True)
+    diffs = []
+    for key in dict.fromkeys([*ha.keys(), *hb.keys()]):
+        va, vb = ha.get(key), hb.get(key)
+        same = va == vb
+        if not same and isinstance(va, float | int) and isinstance(vb, float | int):
+            same = bool(np.isclose(va, vb, rtol=1e-10, atol=0.0))
+        if not same and key not in ("DATE-OBS", "MJD-OBS", "DATEREF", "MJDREF"):
+            diffs.append(f"{key} ({va!r} vs {vb!r})")
+    return diffs
+
+
+class Mosaic:
+    """Band images of one field on one pixel grid.  Use :meth:`open`."""
+
+    def __init__(self, specs, bands, bandreaders, headers, wcs):
+        self._specs = tuple(specs)
+        self._bands = tuple(bands)
+        self._readers = list(bandreaders)
+        self._headers = tuple(headers)
+        self._wcs = wcs
+        self._shape = bandreaders[0].shape
+
+    @classmethod
+    def open(cls, paths, bands: Sequence[str] | None = None, *,
+             wcs_tolerance: float = 0.05) -> Mosaic:
+        """Open one image per band: each a path or ``path[ext]`` (number or EXTNAME).
+
+        ``bands`` names the bands (default: FILTER or BAND header keys, else file
+        stems).  Bands must share one pixel grid: same shape and celestial WCS
+        agreeing within ``wcs_tolerance`` pixels over the image.
+        """
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        specs = [os.fspath(p) for p in paths]
+        if not specs:
+            raise ConfigError("Mosaic.open: no band images given; give one FITS image per band")
+        if bands is not None:
+            bands = [str(b) for b in bands]
+            if len(bands) != len(specs):
+                raise ConfigError(
+                    f"Mosaic.open: {len(bands)} band names {bands} for {len(specs)} images; "
+                    "give one name per image"
+                )
+        readers, headers, names, wcses = [], [], [], []
+        try:
+            for spec in specs:
+                path, ext = parse_spec(spec)
+                where = spec
+                hdus = scan_hdus(path)
+                info, shape = select_image(path, hdus, ext)
+                header = image_header(info)
+                scaling = _Scaling.from_header(header, where)
+                kind = _CompressedBand if info.kind == "compressed" else _MemmapBand
+                readers.append(kind(path, info, shape, scaling))
+                headers.append(header)
+                names.append(_band_name(path, header))
+                wcses.append(_celestial_wcs(where, header, shape))
+            cls._check_grid(specs, readers, wcses, wcs_tolerance)
+            names = bands if bands is not None else names
+            if len(set(names)) != len(names):
+                raise ConfigError(
+                    f"band names {names} (from FILTER/BAND keys or file names) are not unique; "
+                    "name the bands explicitly (bands=[...] or --bands)"
+                )
+        except BaseException:
+            for reader in readers:
+                reader.close()
+            raise
+        return cls(specs, names, readers, headers, wcses[0])
+
+    @staticmethod
+    def _check_grid(specs, readers, wcses, tolerance):
+        ref = readers[0].shape
+        for spec, reader, wcs in zip(specs[1:], readers[1:], wcses[1:], strict=True):
+            if reader.shape != ref:
+                raise MosaicMismatchError(
+                    f"{spec}: shape {reader.shape[0]} x {reader.shape[1]} (rows x columns) differs "
+                    f"from {specs[0]}: {ref[0]} x {ref[1]}; all bands must share one pixel grid"
+                )
+            offset = _wcs_offset(wcses[0], wcs, ref)
+            if offset > tolerance:
+                keys = "; ".join(_wcs_key_differences(wcses[0], wcs)) or "none (distortion terms?)"
+                raise MosaicMismatchError(
+                    f"{spec}: WCS differs from {specs[0]} by up to {offset:.3g} px "
+                    f"(tolerance {tolerance} px); differing keys: {keys}. All bands must share "
+                    "one pixel grid: resample them first"
+                )
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx): rows and columns of every band."""
+        return self._shape
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self._bands
+
+    @property
+    def nband(self) -> int:
+        return len(self._bands)
+
+    @property
+    def wcs(self) -> WCS:
+        """The celestial WCS (astropy) of the first band; all bands agree within tolerance."""
+        return self._wcs
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self._specs
+
+    @property
+    def headers(self) -> tuple[fits.Header, ...]:
+        """Each band's image header (compressed images translated)."""
+        return self._headers
+
+    @property
+    def compressed(self) -> tuple[bool, ...]:
+        return tuple(r.compressed for r in self._readers)
+
+    def __repr__(self):
+        ny, nx = self.shape
+        return f"Mosaic(bands={list(self._bands)}, shape=({ny}, {nx}), paths={list(self._specs)})"
+
+    # -- reading ------------------------------------------------------------
+    def read(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None,
+             *, parallel: bool = True) -> np.ndarray:
+        """Window rows [y0, y1), columns [x0, x1) of every band as float32 (nband, h, w).
+
+        The window may extend past the image: outside pixels are NaN.  ``out``
+        (float32, that shape, may be a view) is filled and returned when given.
+        ``parallel=False`` keeps the decode on the calling thread.
+        """
+        y0, y1, x0, x1 = (int(v) for v in (y0, y1, x0, x1))
+        if y1 < y0 or x1 < x0:
+            raise ConfigError(
+                f"Mosaic.read: empty or reversed window rows [{y0}, {y1}), columns [{x0}, {x1}); "
+                "need y0 <= y1 and x0 <= x1"
+            )
+        want = (self.nband, y1 - y0, x1 - x0)
+        if out is None:
+            out = np.empty(want, dtype=np.float32)
+        elif out.shape != want or out.dtype != np.float32 or not out.flags.writeable:
+            raise ConfigError(
+                f"Mosaic.read: out must be a writable float32 array of shape {want}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        if self._readers is None:
+            raise ConfigError("Mosaic.read: the mosaic is closed")
+        ny, nx = self.shape
+        cy0, cy1 = min(max(y0, 0), ny), max(min(y1, ny), 0)
+        cx0, cx1 = min(max(x0, 0), nx), max(min(x1, nx), 0)
+        if cy1 <= cy0 or cx1 <= cx0:
+            out.fill(np.nan)
+            return out
+        # NaN only where the window leaves the image.
+        out[:, : cy0 - y0].fill(np.nan)
+        out[:, cy1 - y0 :].fill(np.nan)
+        out[:, cy0 - y0 : cy1 - y0, : cx0 - x0].fill(np.nan)
+        out[:, cy0 - y0 : cy1 - y0, cx1 - x0 :].fill(np.nan)
+        for b, reader in enumerate(self._readers):
+            dst = out[b, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            reader.read_into(cy0, cy1, cx0, cx1, dst, parallel)
+        return out
+
+    # -- life cycle ---------------------------------------------------------
+    def close(self) -> None:
+        """Release file handles and maps.  Must not race with ``read``."""
+        if self._readers is not None:
+            for reader in self._readers:
+                reader.close()
+            self._readers = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        # Pickles as "open these files again": tiles of one mosaic can be shipped
+        # to other processes (shards, Dask workers) without moving pixels.
+        return (_reopen, (self._specs, self._bands))
+
+
+def _reopen(specs, bands):
+    return Mosaic.open(list(specs), bands=list(bands))
