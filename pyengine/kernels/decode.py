@@ -8,7 +8,8 @@ floats after the swap.  Compressed images arrive from fitsio already
 native-endian; they use the same kernels with ``swap=False``.
 
 Arithmetic follows the FITS standard, physical = BZERO + BSCALE * stored,
-evaluated in float64 and rounded once to float32.  (astropy evaluates 8- and
+evaluated in float64 and rounded once to float32; unscaled values convert
+straight to float32 (also rounded once).  (astropy evaluates 8- and
 16-bit data in float32, so its results can differ by a rounding step; see
 tests/test_mosaic.py.)  Stored values equal to BLANK become NaN; for unsigned
 64-bit data (BZERO = 2**63) the stored value is converted exactly through
@@ -79,6 +80,22 @@ def _ov_stored_value(bits):
     return None
 
 
+def _plain_value(bits):  # pragma: no cover - replaced by the overload below
+    raise NotImplementedError
+
+
+@overload(_plain_value, jit_options={"nogil": True})
+def _ov_plain_value(bits):
+    """Unscaled value of native-order bits as float32, rounded once."""
+    if bits == types.uint32:
+        return lambda bits: _bits_to_float(bits)
+    if bits == types.uint64:
+        return lambda bits: np.float32(_bits_to_float(bits))
+    if isinstance(bits, types.Integer):
+        return lambda bits: np.float32(bits)
+    return None
+
+
 @njit(nogil=True, cache=True)
 def _decode_rows(raw, out, swap, mode, bscale, bzero, blank, has_blank, r0, r1):
     nan = np.float32(np.nan)
@@ -89,7 +106,7 @@ def _decode_rows(raw, out, swap, mode, bscale, bzero, blank, has_blank, r0, r1):
             if swap:
                 b = _bswap(b)
             if mode == _MODE_PLAIN:
-                out[i, j] = np.float32(_stored_value(b))
+                out[i, j] = _plain_value(b)
             elif has_blank and np.int64(b) == blank:
                 out[i, j] = nan
             elif mode == _MODE_UINT64:
