@@ -1,0 +1,84 @@
+"""The CLI: cheap to import, one-line errors, info report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+from pyengine.cli import main
+from pyengine.errors import ConfigError
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys; from click.testing import CliRunner; from pyengine.cli import main; "
+        "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('torch', 'onnxruntime', 'tensorrt', 'numba', 'astropy') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == ""
+
+
+def test_help_lists_commands():
+    res = CliRunner().invoke(main, ["--help"])
+    assert res.exit_code == 0
+    assert "info" in res.output
+    assert "synth" in res.output
+
+
+def test_info_reports_runners_and_machine():
+    res = CliRunner().invoke(main, ["info"])
+    assert res.exit_code == 0, res.output
+    assert "CPU:" in res.output
+    for name in ("onnxruntime", "torch", "tensorrt"):
+        assert name in res.output
+    assert "tensorrt" in res.output and ("usable" in res.output or "unusable" in res.output)
+
+
+def test_info_json():
+    res = CliRunner().invoke(main, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["threads"] >= 1
+    assert report["packages"]["numpy"]
+    names = {r["name"]: r for r in report["runners"]}
+    assert set(names) == {"onnxruntime", "torch", "tensorrt"}
+    for r in names.values():
+        assert r["detail"]  # every unusable runner says why
+
+
+def test_user_error_is_one_line_and_exit_1():
+    @main.command("raise-config-error-for-test")
+    def _boom():
+        raise ConfigError("--foo: value 3 is out of range; accepted: 1..2")
+
+    try:
+        res = CliRunner().invoke(main, ["raise-config-error-for-test"])
+    finally:
+        main.commands.pop("raise-config-error-for-test")
+    assert res.exit_code == 1
+    assert res.output.strip() == "Error: --foo: value 3 is out of range; accepted: 1..2"
+    assert "Traceback" not in res.output
+
+
+def test_usage_error_exit_2():
+    res = CliRunner().invoke(main, ["info", "--no-such-option"])
+    assert res.exit_code == 2
+
+
+def test_bug_keeps_its_traceback():
+    @main.command("raise-bug-for-test")
+    def _bug():
+        raise RuntimeError("a bug")
+
+    try:
+        res = CliRunner().invoke(main, ["raise-bug-for-test"])
+    finally:
+        main.commands.pop("raise-bug-for-test")
+    assert isinstance(res.exception, RuntimeError)
+    assert not isinstance(res.exception, click.ClickException)
