@@ -89,9 +89,11 @@ class _Scaling:
             mode = 0
         return cls(bitpix, mode, bscale, bzero, int(blank or 0), blank is not None)
 
-    def decode(self, raw, out, *, swap: bool, parallel: bool) -> None:
-        args = (raw, out, swap, self.mode, self.bscale, self.bzero, self.blank, self.has_blank)
-        if parallel and raw.size >= _PARALLEL_MIN_PIXELS and _POOL.acquire(blocking=False):
+    def decode(self, raw, y0, x0, out, oy, ox, h, w, *, swap: bool, parallel: bool) -> None:
+        """raw[y0:y0+h, x0:x0+w] -> out[oy:oy+h, ox:ox+w] (see kernels.decode)."""
+        args = (raw, y0, x0, out, oy, ox, h, w, swap, self.mode, self.bscale, self.bzero,
+                self.blank, self.has_blank)
+        if parallel and h * w >= _PARALLEL_MIN_PIXELS and _POOL.acquire(blocking=False):
             try:
                 decode_parallel(*args)
             finally:
@@ -118,17 +120,17 @@ class _MemmapBand:
         self._raw = np.frombuffer(self._map, dtype=native_view_dtype(scaling.bitpix),
                                   count=shape[0] * shape[1], offset=self._skip).reshape(shape)
 
-    def read_into(self, y0, y1, x0, x1, out, parallel):
-        lo = self._skip + y0 * self._row_bytes
-        hi = self._skip + y1 * self._row_bytes
-        lo -= lo % _PAGE
-        if hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
-        self.scaling.decode(self._raw[y0:y1, x0:x1], out, swap=True, parallel=parallel)
+    def read_into(self, y0, y1, x0, x1, out, oy, ox, parallel):
+        self.scaling.decode(self._raw, y0, x0, out, oy, ox, y1 - y0, x1 - x0, swap=True,
+                            parallel=parallel)
         if hasattr(mmap, "MADV_DONTNEED"):
-            # Drop our mapping of these pages (they stay in the page cache): the
-            # resident set is bounded by the caller's buffers, not the mosaic.
-            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            # Drop our mapping of the rows just read (the pages stay in the page
+            # cache): resident memory is bounded by the caller's buffers, not by
+            # the mosaic.  One call per window costs far less than the window's
+            # decode; a concurrent reader of the same rows just faults them again.
+            lo = self._skip + y0 * self._row_bytes
+            lo -= lo % _PAGE
+            self._map.madvise(mmap.MADV_DONTNEED, lo, self._skip + y1 * self._row_bytes - lo)
 
     def close(self):
         self._raw = None
@@ -164,11 +166,12 @@ class _CompressedBand:
             self._local.hdu = hdu
         return hdu
 
-    def read_into(self, y0, y1, x0, x1, out, parallel):
+    def read_into(self, y0, y1, x0, x1, out, oy, ox, parallel):
         raw = self._hdu()[y0:y1, x0:x1]
         if raw.dtype.kind == "f":
             raw = raw.view(np.uint32 if raw.dtype.itemsize == 4 else np.uint64)
-        self.scaling.decode(raw, out, swap=False, parallel=parallel)
+        self.scaling.decode(raw, 0, 0, out, oy, ox, y1 - y0, x1 - x0, swap=False,
+                            parallel=parallel)
 
     def close(self):
         with self._lock:
@@ -390,8 +393,9 @@ class Mosaic:
         out[:, cy0 - y0 : cy1 - y0, : cx0 - x0].fill(np.nan)
         out[:, cy0 - y0 : cy1 - y0, cx1 - x0 :].fill(np.nan)
         for b, reader in enumerate(self._readers):
-            dst = out[b, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-            reader.read_into(cy0, cy1, cx0, cx1, dst, parallel)
+            # Whole band plane plus offsets: a C-contiguous plane keeps the
+            # kernel's rows unit-stride (see kernels.decode).
+            reader.read_into(cy0, cy1, cx0, cx1, out[b], cy0 - y0, cx0 - x0, parallel)
         return out
 
     # -- life cycle ---------------------------------------------------------
