@@ -145,7 +145,7 @@ def compressed_throughput(path: Path, shape, runs=3) -> dict:
 
 
 _PEAK_CHILD = r"""
-import resource, sys, time
+import sys, time
 import numpy as np
 from pyengine import Mosaic, TilePlan
 paths = sys.argv[1:]
@@ -159,7 +159,11 @@ with Mosaic.open(paths, bands=[f"b{i}" for i in range(len(paths))]) as m:
         out = m.read(y0, y1, x0, x1, out=buf[:, : y1 - y0, : x1 - x0])
         total += float(out[:, 100, 100].sum())
     dt = time.perf_counter() - t0
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, dt, len(plan))
+# VmHWM: peak RSS of this address space.  (ru_maxrss would include the
+# parent's resident set inherited across fork + exec.)
+with open("/proc/self/status") as fh:
+    hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
+print(hwm, dt, len(plan))
 """
 
 
