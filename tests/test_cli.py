@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import click
 from click.testing import CliRunner
@@ -52,15 +53,24 @@ def test_info_json():
         assert r["detail"]  # every unusable runner says why
 
 
-def test_user_error_is_one_line_and_exit_1():
-    @main.command("raise-config-error-for-test")
-    def _boom():
-        raise ConfigError("--foo: value 3 is out of range; accepted: 1..2")
+@contextmanager
+def temporary_command(name, error):
+    """Register a subcommand that raises ``error``, for the length of a test."""
+
+    @main.command(name)
+    def _raise():
+        raise error
 
     try:
-        res = CliRunner().invoke(main, ["raise-config-error-for-test"])
+        yield
     finally:
-        main.commands.pop("raise-config-error-for-test")
+        main.commands.pop(name)
+
+
+def test_user_error_is_one_line_and_exit_1():
+    with temporary_command("raise-config-error-for-test",
+                           ConfigError("--foo: value 3 is out of range; accepted: 1..2")):
+        res = CliRunner().invoke(main, ["raise-config-error-for-test"])
     assert res.exit_code == 1
     assert res.output.strip() == "Error: --foo: value 3 is out of range; accepted: 1..2"
     assert "Traceback" not in res.output
@@ -72,13 +82,7 @@ def test_usage_error_exit_2():
 
 
 def test_bug_keeps_its_traceback():
-    @main.command("raise-bug-for-test")
-    def _bug():
-        raise RuntimeError("a bug")
-
-    try:
+    with temporary_command("raise-bug-for-test", RuntimeError("a bug")):
         res = CliRunner().invoke(main, ["raise-bug-for-test"])
-    finally:
-        main.commands.pop("raise-bug-for-test")
     assert isinstance(res.exception, RuntimeError)
     assert not isinstance(res.exception, click.ClickException)
