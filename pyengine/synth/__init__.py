@@ -1,1 +1,62 @@
-"""Synthetic PAndAS-like fields (placeholder: being written)."""
+"""Synthetic PAndAS-like g, i fields of M31 with a truth catalog (``pyengine synth``).
+
+Real PAndAS images are not redistributable here, so tests, training and
+benchmarks run on fields made by this package: a TAN-projected MegaCam-like
+field (0.187"/px) with sky, M31's inclined exponential disk, Poisson and read
+noise, Milky Way foreground stars, M31 giants, King-profile star clusters with
+resolved members, Sersic background galaxies, saturated stars with bleed
+trails and optional CCD gaps, each band with its own Moffat PSF.
+
+>>> from pyengine.synth import SynthConfig, make_field
+>>> result = make_field("out", SynthConfig(width=1024, height=1024, seed=3))  # doctest: +SKIP
+
+Thread safety: see the submodules; :func:`make_field` runs one field on the
+calling thread (Numba kernels use Numba's thread pool and release the GIL).
+Importing this package is cheap; its names load their modules on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+__all__ = [
+    "CLASSES",
+    "DEFAULT_BANDS",
+    "ENCODINGS",
+    "SUBCLASSES",
+    "BandSpec",
+    "FieldRenderer",
+    "SynthConfig",
+    "SynthResult",
+    "band_header",
+    "field_wcs",
+    "make_field",
+]
+
+# Loaded on first use so that ``pyengine --help`` (which registers the synth
+# command) does not import Numba or astropy.
+_LAZY = {
+    "CLASSES": "pyengine.synth.catalog",
+    "SUBCLASSES": "pyengine.synth.catalog",
+    "DEFAULT_BANDS": "pyengine.synth.config",
+    "ENCODINGS": "pyengine.synth.config",
+    "BandSpec": "pyengine.synth.config",
+    "SynthConfig": "pyengine.synth.config",
+    "FieldRenderer": "pyengine.synth.field",
+    "SynthResult": "pyengine.synth.field",
+    "make_field": "pyengine.synth.field",
+    "band_header": "pyengine.synth.sky",
+    "field_wcs": "pyengine.synth.sky",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pyengine.synth' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

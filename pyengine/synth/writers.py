@@ -1,0 +1,214 @@
+"""Output of a synthetic field: band images in four encodings, and the truth catalog.
+
+Encodings (``SynthConfig.encoding``):
+
+* ``float32``: ``g.fits`` and ``i.fits``, BITPIX -32 primary images.
+* ``int16``: the same names, BITPIX 16 with BSCALE/BZERO spanning [sky - 10
+  sigma, SATURATE] (the image's whole possible range: values are clipped at
+  saturation), so the quantisation step BSCALE is ~1/10 of the sky noise at
+  the default levels; NaN is stored as BLANK = -32768.
+* ``rice``: ``g.fits.fz`` and ``i.fits.fz``, RICE_1 tile-compressed float
+  images (fpack's layout: empty primary, compressed image in HDU 1), tiles of
+  one row, quantised with cfitsio's SUBTRACTIVE_DITHER_1 at q = 4 (step =
+  row noise / 4) and a dither seed fixed by the field's seed, so the bytes are
+  deterministic.  Row tiles also let cfitsio take the image block by block.
+* ``mef``: ``field.fits`` with an empty primary HDU and IMAGE extensions
+  ``G`` and ``I`` (float32).
+
+All files are written to hidden temporary names and renamed into place on
+success (:mod:`pyengine.io.fitswrite`).  The truth catalog is written with
+fitsio, appending one cell row at a time, also atomically.
+
+Thread safety: writers are not thread-safe; one thread drives each.  fitsio
+calls hold the GIL for their duration (cfitsio is not re-entrant per file).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import fitsio
+import numpy as np
+from astropy.io.fits import Header
+from astropy.wcs import WCS
+
+from pyengine.io.fitswrite import FitsWriter, ImageSpec
+from pyengine.synth.catalog import CLASSES, SUBCLASSES, Objects
+from pyengine.synth.config import SynthConfig
+from pyengine.synth.sky import band_header, primary_header, sky_counts
+
+__all__ = ["FieldWriters", "TruthWriter", "int16_scaling"]
+
+#: RICE quantisation level (cfitsio/fpack default): step = noise / 4.
+RICE_QLEVEL = 4.0
+
+TRUTH_DTYPE = np.dtype([
+    ("id", ">i8"), ("ra", ">f8"), ("dec", ">f8"), ("x", ">f8"), ("y", ">f8"),
+    ("class", "S7"), ("g_mag", ">f4"), ("i_mag", ">f4"), ("r_h_pc", ">f4"), ("subclass", "S10"),
+])
+TRUTH_UNITS = ["", "deg", "deg", "pix", "pix", "", "mag", "mag", "pc", ""]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+def int16_scaling(config: SynthConfig, band: str) -> tuple[float, float]:
+    """(BSCALE, BZERO) mapping stored -32767 .. 32767 onto [sky - 10 sigma, SATURATE]."""
+    b = config.band(band)
+    sky = sky_counts(config, band)
+    sub = sky if config.sky_subtracted else 0.0
+    sigma = float(np.sqrt(sky / b.gain + (b.read_noise / b.gain) ** 2))
+    lo = sky - sub - 10.0 * sigma
+    hi = b.saturate - sub
+    bscale = (hi - lo) / 65534.0
+    return bscale, lo + 32767.0 * bscale
+
+
+def _fitsio_records(header: Header) -> list[dict]:
+    return [{"name": c.keyword, "value": c.value, "comment": c.comment} for c in header.cards]
+
+
+class _RiceFile:
+    """One RICE-compressed band written through fitsio to a temporary name."""
+
+    def __init__(self, path: Path, header: Header, shape: tuple[int, int], dither_seed: int):
+        self.path = path
+        self.tmp = _tmp_name(path)
+        self.fits = fitsio.FITS(str(self.tmp), "rw")
+        self.fits.create_image_hdu(dims=shape, dtype="f4", compress="RICE",
+                                   tile_dims=(1, shape[1]), qlevel=RICE_QLEVEL,
+                                   qmethod="SUBTRACTIVE_DITHER_1", dither_seed=dither_seed)
+        self.fits[-1].write_keys(_fitsio_records(header))
+
+    def write(self, y0: int, block: np.ndarray) -> None:
+        self.fits[-1].write(np.ascontiguousarray(block, dtype=np.float32), start=[y0, 0])
+
+    def close(self) -> None:
+        self.fits.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.fits.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class FieldWriters:
+    """The band images of one field, in the config's encoding."""
+
+    def __init__(self, out_dir: Path, config: SynthConfig):
+        self.config = c = config
+        shape = (c.height, c.width)
+        names = [b.name for b in c.bands]
+        self._files: list = []
+        #: Band -> (file, HDU index).
+        self.locations: dict[str, tuple[Path, int]] = {}
+        #: (file object, HDU index) receiving each band.
+        self._targets = []
+        try:
+            if c.encoding == "mef":
+                path = out_dir / "field.fits"
+                primary = primary_header(c)
+                primary["NEXTEND"] = (2, "bands g and i")
+                specs = [ImageSpec((), header=primary)] + [
+                    ImageSpec(shape, "float32", band_header(c, n, extname=n.upper()))
+                    for n in names]
+                w = FitsWriter(path, specs)
+                self._files.append(w)
+                for k, n in enumerate(names):
+                    self._targets.append((w, k + 1))
+                    self.locations[n] = (path, k + 1)
+            for n in names if c.encoding != "mef" else ():
+                if c.encoding == "rice":
+                    path = out_dir / f"{n}.fits.fz"
+                    f = _RiceFile(path, band_header(c, n, extname=n.upper()), shape,
+                                  dither_seed=1 + c.seed % 10000)
+                    self._targets.append((f, 1))
+                else:
+                    path = out_dir / f"{n}.fits"
+                    if c.encoding == "int16":
+                        bscale, bzero = int16_scaling(c, n)
+                        spec = ImageSpec(shape, "int16", band_header(c, n), bscale=bscale,
+                                         bzero=bzero, blank=-32768)
+                    else:
+                        spec = ImageSpec(shape, "float32", band_header(c, n))
+                    f = FitsWriter(path, [spec])
+                    self._targets.append((f, 0))
+                self._files.append(f)
+                self.locations[n] = (path, 1 if c.encoding == "rice" else 0)
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, y0: int, block: np.ndarray) -> None:
+        """Write rows y0 .. of both bands; ``block`` has shape (2, rows, width)."""
+        for b, (f, hdu) in enumerate(self._targets):
+            if isinstance(f, _RiceFile):
+                f.write(y0, block[b])
+            else:
+                f.write_rows(hdu, y0, block[b])
+
+    def close(self) -> None:
+        while self._files:
+            self._files.pop(0).close()
+
+    def abort(self) -> None:
+        while self._files:
+            self._files.pop().abort()
+
+
+class TruthWriter:
+    """truth.fits: one row per object, appended as cell rows are drawn."""
+
+    def __init__(self, path: Path, config: SynthConfig, wcs: WCS):
+        self.path = path
+        self.wcs = wcs
+        self.counts = dict.fromkeys(CLASSES, 0)
+        self._next_id = 1
+        path.unlink(missing_ok=True)   # a stale catalog must not vouch for new images
+        self.tmp = _tmp_name(path)
+        self.fits = fitsio.FITS(str(self.tmp), "rw")
+        header = primary_header(config)
+        header["COMMENT"] = "x, y: 0-based pixels (astropy); r_h_pc is NaN for non-clusters."
+        header["COMMENT"] = "Cluster member stars are drawn but are not rows here."
+        self.fits.create_table_hdu(dtype=TRUTH_DTYPE, units=TRUTH_UNITS, extname="TRUTH")
+        self.fits[-1].write_keys(_fitsio_records(header))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fits.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+    def add(self, cell_row: int, objs: Objects) -> None:
+        """Append the truth rows of one cell row (ids continue in order)."""
+        n = objs.n_truth
+        if n == 0:
+            return
+        rows = np.zeros(n, TRUTH_DTYPE)
+        rows["id"] = np.arange(self._next_id, self._next_id + n)
+        self._next_id += n
+        ra, dec = self.wcs.wcs_pix2world(objs.t_x, objs.t_y, 0)
+        rows["ra"], rows["dec"] = ra, dec
+        rows["x"], rows["y"] = objs.t_x, objs.t_y
+        rows["class"] = np.array([c.encode() for c in CLASSES])[objs.t_class]
+        rows["subclass"] = np.array([c.encode() for c in SUBCLASSES])[objs.t_sub]
+        rows["g_mag"], rows["i_mag"], rows["r_h_pc"] = objs.t_g, objs.t_i, objs.t_rh
+        for k, name in enumerate(CLASSES):
+            self.counts[name] += int(np.count_nonzero(objs.t_class == k))
+        self.fits[-1].append(rows)
