@@ -6,8 +6,7 @@ Heavy modules (numba kernels, astropy, torch) load on first use, so
 
 from __future__ import annotations
 
-from importlib import import_module
-
+from pyengine._lazy import lazy_exports
 from pyengine.errors import PyEngineError
 
 __version__ = "0.1.0"
@@ -20,13 +19,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyengine' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -17,7 +17,7 @@ Importing this package is cheap; its names load their modules on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
+from pyengine._lazy import lazy_exports
 
 __all__ = [
     "CLASSES",
@@ -50,13 +50,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyengine.synth' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
