@@ -396,3 +396,37 @@ def test_bad_read_arguments(tmp_path):
 def test_directory_is_refused(tmp_path):
     with pytest.raises(InputFileError, match="is a directory"):
         Mosaic.open([tmp_path])
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
+def test_resident_memory_bounded_by_the_budget_not_the_mosaic(tmp_path):
+    from pyengine import TilePlan
+
+    shape = (4096, 4096)  # 64 MB per band, two bands
+    header = make_wcs(shape).to_header()
+    for name in ("g", "i"):
+        data = np.random.default_rng(0).standard_normal(shape).astype(">f4")
+        fits.PrimaryHDU(data, header=header).writeto(tmp_path / f"{name}.fits")
+        del data
+    with Mosaic.open([tmp_path / "g.fits", tmp_path / "i.fits"]) as m:
+        budget = 8 << 20
+        for reader in m._readers:
+            reader.mapped_budget = budget // 2
+        plan = TilePlan.for_cutout(m.shape, cutout=64, core=512)
+        buf = np.empty((2, 512 + 64, 512 + 64), np.float32)
+        m.read(0, 10, 0, 10)  # compile/load kernels first
+        before = _vm_rss()
+        peak = before
+        for tile in plan:
+            y0, y1, x0, x1 = tile.window
+            m.read(y0, y1, x0, x1, out=buf[:, : y1 - y0, : x1 - x0])
+            peak = max(peak, _vm_rss())
+            for reader in m._readers:
+                assert reader._mapped_bytes <= reader.mapped_budget
+        # Without releases the 128 MB mosaic would stay mapped.
+        assert peak - before < 32 << 20, f"resident memory grew by {(peak - before) >> 20} MiB"

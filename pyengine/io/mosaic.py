@@ -11,9 +11,12 @@ whole image.
 Two paths, one decode (pyengine.kernels.decode):
   * uncompressed images: a read-only memory map of the raw big-endian data;
     a Numba kernel swaps bytes, maps BLANK and scales in one pass straight
-    into the caller's buffer.  After each read the touched pages are given
-    back to the kernel (madvise DONTNEED): they stay in the page cache, but
-    the process's resident memory is bounded by its buffers, not the mosaic.
+    into the caller's buffer.  Mapped pages are given back (madvise
+    DONTNEED; they stay in the page cache) when reads move down the file and
+    whenever a band's estimate of mapped bytes passes its share of
+    ``MAPPED_BUDGET`` (320 MB per mosaic), so resident memory is bounded by
+    configuration, not by the mosaic, while neighbouring tiles read in file
+    order still share the pages the kernel maps around each fault.
   * tile-compressed images (RICE, GZIP, HCOMPRESS, PLIO; .fits.fz): cfitsio
     subset reads through fitsio with scaling switched off, one handle per
     thread, then the same decode kernel.
@@ -57,6 +60,9 @@ __all__ = ["Mosaic"]
 _PARALLEL_MIN_PIXELS = 1 << 16
 _POOL = threading.Lock()  # held while a decode runs on Numba's thread pool
 _PAGE = mmap.PAGESIZE
+_FAULT_AROUND = 64 << 10  # Linux maps up to this much around a page fault
+# Mapped file pages allowed per mosaic (split between its bands) before a full release.
+MAPPED_BUDGET = 320 << 20
 _STEMS = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fts", ".fz")
 
 
@@ -117,20 +123,51 @@ class _MemmapBand:
         with open(path, "rb") as fh:
             self._map = mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=self._start)
         self._row_bytes = shape[1] * itemsize
+        self._itemsize = itemsize
+        self._lock = threading.Lock()
+        # Rows [lo, hi) may be mapped; an upper estimate of the bytes mapped there.
+        self._mapped_lo, self._mapped_hi, self._mapped_bytes = None, 0, 0
+        self.mapped_budget = MAPPED_BUDGET  # Mosaic.open divides it between the bands
         self._raw = np.frombuffer(self._map, dtype=native_view_dtype(scaling.bitpix),
                                   count=shape[0] * shape[1], offset=self._skip).reshape(shape)
 
     def read_into(self, y0, y1, x0, x1, out, oy, ox, parallel):
         self.scaling.decode(self._raw, y0, x0, out, oy, ox, y1 - y0, x1 - x0, swap=True,
                             parallel=parallel)
-        if hasattr(mmap, "MADV_DONTNEED"):
-            # Drop our mapping of the rows just read (the pages stay in the page
-            # cache): resident memory is bounded by the caller's buffers, not by
-            # the mosaic.  One call per window costs far less than the window's
-            # decode; a concurrent reader of the same rows just faults them again.
-            lo = self._skip + y0 * self._row_bytes
-            lo -= lo % _PAGE
-            self._map.madvise(mmap.MADV_DONTNEED, lo, self._skip + y1 * self._row_bytes - lo)
+        self._release(y0, y1, x1 - x0)
+
+    def _release(self, y0, y1, ncol):
+        """Give back mapped pages (they stay in the page cache) so resident memory is
+        bounded by ``mapped_budget`` per band, not by the mosaic.
+
+        Reads in file order (a row of tiles after another) reuse each other's pages:
+        the kernel maps 64 KB around every fault, so a tile's faults also map its
+        neighbours' columns.  Rows above a read's first row are released once reads
+        move down the file; everything is released when the estimate of mapped
+        bytes passes the budget.  A concurrent reader of released rows just faults
+        them in again.
+        """
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        with self._lock:
+            lo = self._mapped_lo if self._mapped_lo is not None else y0
+            per_row = min(self._row_bytes, ncol * self._itemsize + 2 * _FAULT_AROUND)
+            if y0 > lo:  # rows above this window: the file-order scan is past them
+                self._madvise_rows(lo, y0)
+                self._mapped_bytes = self._mapped_bytes * max(self._mapped_hi - y0, 0) // max(
+                    self._mapped_hi - lo, 1)
+                lo = y0
+            self._mapped_lo = min(lo, y0)
+            self._mapped_hi = max(self._mapped_hi, y1)
+            self._mapped_bytes += (y1 - y0) * per_row
+            if self._mapped_bytes > self.mapped_budget:
+                self._madvise_rows(self._mapped_lo, self._mapped_hi)
+                self._mapped_lo, self._mapped_hi, self._mapped_bytes = None, 0, 0
+
+    def _madvise_rows(self, y0, y1):
+        lo = self._skip + y0 * self._row_bytes
+        lo -= lo % _PAGE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, self._skip + y1 * self._row_bytes - lo)
 
     def close(self):
         self._raw = None
@@ -290,6 +327,8 @@ class Mosaic:
                 names.append(_band_name(path, header))
                 wcses.append(_celestial_wcs(where, header, shape))
             cls._check_grid(specs, readers, wcses, wcs_tolerance)
+            for reader in readers:
+                reader.mapped_budget = MAPPED_BUDGET // len(readers)
             names = bands if bands is not None else names
             if len(set(names)) != len(names):
                 raise ConfigError(
