@@ -51,7 +51,14 @@ from pyengine.errors import (
     WCSError,
 )
 from pyengine.io.fitsfile import HDUInfo, image_header, parse_spec, scan_hdus, select_image
-from pyengine.kernels.decode import decode_parallel, decode_serial, native_view_dtype
+from pyengine.kernels.decode import (
+    MODE_PLAIN,
+    MODE_SCALED,
+    MODE_UINT64,
+    decode_parallel,
+    decode_serial,
+    native_view_dtype,
+)
 
 __all__ = ["Mosaic"]
 
@@ -88,11 +95,11 @@ class _Scaling:
         if bscale == 0.0:
             raise FitsFormatError(f"{where}: BSCALE = 0; a non-zero scale is needed")
         if bitpix == 64 and bscale == 1.0 and bzero == 2.0**63:
-            mode = 2
+            mode = MODE_UINT64
         elif bscale != 1.0 or bzero != 0.0 or blank is not None:
-            mode = 1
+            mode = MODE_SCALED
         else:
-            mode = 0
+            mode = MODE_PLAIN
         return cls(bitpix, mode, bscale, bzero, int(blank or 0), blank is not None)
 
     def decode(self, raw, y0, x0, out, oy, ox, h, w, *, swap: bool, parallel: bool) -> None:

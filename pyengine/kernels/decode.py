@@ -34,11 +34,18 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
-__all__ = ["decode_parallel", "decode_serial", "native_view_dtype"]
+__all__ = [
+    "MODE_PLAIN",
+    "MODE_SCALED",
+    "MODE_UINT64",
+    "decode_parallel",
+    "decode_serial",
+    "native_view_dtype",
+]
 
-_MODE_PLAIN = 0  # no scaling, no BLANK: bits -> float32 only
-_MODE_SCALED = 1  # BSCALE/BZERO and/or BLANK
-_MODE_UINT64 = 2  # BITPIX 64 with BZERO = 2**63, BSCALE = 1 (unsigned convention)
+MODE_PLAIN = 0  # no scaling, no BLANK: bits -> float32 only
+MODE_SCALED = 1  # BSCALE/BZERO and/or BLANK
+MODE_UINT64 = 2  # BITPIX 64 with BZERO = 2**63, BSCALE = 1 (unsigned convention)
 
 
 def native_view_dtype(bitpix: int) -> np.dtype:
@@ -139,9 +146,9 @@ def _decode_rows(raw, y0, x0, out, oy, ox, h, w, swap, mode, bscale, bzero, blan
     for i in range(r0, r1):
         src = raw[y0 + i, x0 : x0 + w]
         dst = out[oy + i, ox : ox + w]
-        if mode == _MODE_PLAIN:
+        if mode == MODE_PLAIN:
             _row_plain(src, dst, swap)
-        elif mode == _MODE_UINT64:
+        elif mode == MODE_UINT64:
             _row_uint64(src, dst, swap, blank, has_blank)
         else:
             _row_scaled(src, dst, swap, bscale, bzero, blank, has_blank)
