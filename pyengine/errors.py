@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "FitsFormatError",
     "InputFileError",
+    "ModelFileError",
     "MosaicMismatchError",
     "PyEngineError",
     "WCSError",
@@ -41,3 +42,7 @@ class MosaicMismatchError(PyEngineError):
 
 class ConfigError(PyEngineError):
     """An option or argument has a value outside what is accepted."""
+
+
+class ModelFileError(InputFileError):
+    """A model file is corrupt, incomplete, or describes something pyengine cannot run."""
