@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 __all__ = [
+    "CatalogError",
     "ConfigError",
     "FitsFormatError",
     "InputFileError",
@@ -46,3 +47,7 @@ class ConfigError(PyEngineError):
 
 class ModelFileError(InputFileError):
     """A model file is corrupt, incomplete, or describes something pyengine cannot run."""
+
+
+class CatalogError(InputFileError):
+    """A catalog cannot be read or lacks what is needed (positions, labels)."""
