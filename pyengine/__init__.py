@@ -11,11 +11,12 @@ from pyengine.errors import PyEngineError
 
 __version__ = "0.1.0"
 
-__all__ = ["Mosaic", "PyEngineError", "TilePlan", "__version__"]
+__all__ = ["Mosaic", "PyEngineError", "TilePlan", "__version__", "load_model"]
 
 _LAZY = {
     "Mosaic": "pyengine.io.mosaic",
     "TilePlan": "pyengine.io.tiles",
+    "load_model": "pyengine.models.checkpoint",
 }
 
 

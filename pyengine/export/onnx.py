@@ -1,0 +1,129 @@
+"""ONNX export of a ClusterClassifier, checked against torch.
+
+The exported graph takes the raw cutouts (batch, nband, S, S) float32 with
+NaN and returns ``probabilities`` and ``score``: preprocessing is inside it.
+fp16 keeps the preprocessing in float32 (raw sky levels of thousands with a
+noise of a few counts would lose their noise in half precision) and runs the
+ResNet in float16, returning float32 outputs.  The precision is thus carried by
+the ONNX types, which is how TensorRT 11 (strongly typed networks, no
+precision flags) reads it.
+
+The model's spec, file hash and the export precision travel in the ONNX
+``metadata_props`` (keys ``pyengine``, ``pyengine_model_sha256``,
+``pyengine_precision``), so a runner of the ONNX file alone knows its bands,
+cutout size and threshold.
+
+Thread safety: export functions write their own files; run one per output path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pyengine.errors import ConfigError, ModelFileError
+from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
+
+__all__ = ["ONNX_PRECISIONS", "OPSET", "export_onnx", "onnx_metadata", "onnx_scores",
+           "set_metadata"]
+
+ONNX_PRECISIONS = ("fp32", "fp16")
+OPSET = 17
+
+
+def _export_module(model, precision: str):
+    import torch
+    from torch import nn
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+
+    class _Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.preprocess = model.preprocess
+            self.backbone = copy.deepcopy(model.backbone).to(dtype).eval()
+            self.register_buffer("positive", model.positive.clone())
+
+        def forward(self, cutouts):
+            logits = self.backbone(self.preprocess(cutouts).to(dtype)).float()
+            probabilities = torch.softmax(logits, dim=1)
+            return probabilities, probabilities @ self.positive
+
+    return _Graph().eval()
+
+
+def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str) -> None:
+    """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values)."""
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+    props.update(pyengine=model_spec_json, pyengine_model_sha256=sha256,
+                 pyengine_precision=precision)
+    del onnx_model.metadata_props[:]
+    for key, value in sorted(props.items()):
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def onnx_metadata(path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (no weights loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable ONNX file ({exc})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
+                batch: int = 2) -> Path:
+    """Export ``model`` (ClusterClassifier, with .sha256 when loaded from a file) to ``path``."""
+    import onnx
+    import torch
+
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"ONNX precision {precision!r} is not accepted; accepted: "
+                          f"{', '.join(ONNX_PRECISIONS)} (int8: pyengine export --precision int8)")
+    path = Path(path)
+    spec = model.spec
+    graph = _export_module(model, precision)
+    dummy = torch.zeros(batch, spec.nband, spec.cutout_size, spec.cutout_size)
+    dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter, deliberately: the torch.export-based
+            # one needs onnxscript (not a dependency) and is checked against nothing
+            # here yet.  Its deprecation notice is expected.
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",
+                                    category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The feature will be removed",
+                                    category=DeprecationWarning)
+            torch.onnx.export(graph, (dummy,), str(tmp), input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        set_metadata(proto, spec.to_json(), getattr(model, "sha256", ""), precision)
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    """Scores of ``cutouts`` from an ONNX file under ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    out = [session.run([OUTPUT_NAMES[1]], {INPUT_NAME: cutouts[i : i + batch]})[0]
+           for i in range(0, len(cutouts), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,160 @@
+"""TensorRT engines built from pyengine's ONNX files, cached by everything that matters.
+
+NOT RUN HERE: TensorRT cannot be installed in this project's workplace (its
+PyPI packages fetch the libraries from NVIDIA's own index).  This module is
+written to the documented Python API of TensorRT 10 and 11; everything around
+the TensorRT calls (version rules, cache keys, profiles, errors) is tested
+against a recorded fake of that API (tests/test_export.py).
+
+Precision comes from the ONNX file (its ``pyengine_precision`` metadata and
+its tensor types):
+* TensorRT 11 removed the precision builder flags: every network is strongly
+  typed, so an fp16 graph (float16 ResNet) builds fp16 kernels and a QDQ graph
+  builds int8 ones; no flag is set.
+* TensorRT 10: fp16 graphs are parsed into a STRONGLY_TYPED network (the same
+  semantics); int8 QDQ graphs use a weakly typed network with the INT8 flag
+  (explicit quantisation) plus FP16 for the layers left unquantised.
+
+The engine is cached under ``cache_dir`` with a key over the GPU name and
+compute capability, TensorRT and CUDA versions, precision, the optimisation
+profile's shapes and the ONNX file's SHA-256: an engine is never reused on a
+GPU, driver stack or model it was not built for.
+
+Thread safety: one build per cache entry at a time (the write is atomic; two
+concurrent builds of one key both succeed, the later rename wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyengine.errors import ConfigError, ModelFileError, PyEngineError
+from pyengine.export.onnx import onnx_metadata
+from pyengine.models.checkpoint import file_sha256
+from pyengine.models.classifier import INPUT_NAME
+from pyengine.models.spec import ModelSpec
+
+__all__ = ["EngineKey", "build_engine", "engine_key", "import_tensorrt"]
+
+
+class TensorRTUnavailable(PyEngineError):
+    """TensorRT or a GPU is missing."""
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or a one-line error saying why it cannot be used."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed: it comes from NVIDIA's package index (pip install "
+            "tensorrt with NVIDIA's index) and needs an NVIDIA GPU; use --format onnx "
+            "meanwhile") from None
+    except OSError as exc:
+        raise TensorRTUnavailable(f"TensorRT is installed but its libraries do not load ({exc})"
+                                  ) from None
+    return trt
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What an engine depends on; its hash names the cache entry."""
+
+    onnx_sha256: str
+    precision: str
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    cuda: str
+    input_shapes: tuple  # (min, opt, max), each (batch, nband, S, S)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+def _gpu_identity(device: int) -> tuple[str, str, str]:
+    """(GPU name, compute capability, CUDA version) of ``device``."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        return props.name, f"{props.major}.{props.minor}", str(torch.version.cuda)
+    from pyengine.info import gpus
+
+    found = gpus()
+    if not found or device >= len(found):
+        raise TensorRTUnavailable(f"no NVIDIA GPU {device} found; TensorRT engines are built "
+                                  "on the GPU that will run them")
+    return found[device]["name"], found[device]["compute_capability"], "unknown"
+
+
+def engine_key(onnx_path, *, precision: str, spec: ModelSpec, batch: tuple[int, int, int],
+               trt_version: str, device: int = 0, identity=None) -> EngineKey:
+    lo, opt, hi = batch
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"engine batch sizes (min, opt, max) = {batch}; need 1 <= min <= opt "
+                          "<= max")
+    gpu, capability, cuda = identity if identity is not None else _gpu_identity(device)
+    shape = (spec.nband, spec.cutout_size, spec.cutout_size)
+    return EngineKey(file_sha256(onnx_path), precision, gpu, capability, trt_version, cuda,
+                     tuple((b, *shape) for b in (lo, opt, hi)))
+
+
+def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256, 1024),
+                 workspace_gb: float = 4.0, device: int = 0, trt=None, identity=None) -> Path:
+    """Serialized engine for ``onnx_path`` (built, or taken from the cache): its path."""
+    trt = trt if trt is not None else import_tensorrt()
+    onnx_path = Path(onnx_path)
+    meta = onnx_metadata(onnx_path)
+    if "pyengine" not in meta:
+        raise ModelFileError(f"{onnx_path}: not a pyengine ONNX export (no pyengine metadata)")
+    spec = ModelSpec.from_json(meta["pyengine"], where=str(onnx_path))
+    precision = meta.get("pyengine_precision", "fp32")
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old; pyengine needs 10 or 11")
+    key = engine_key(onnx_path, precision=precision, spec=spec, batch=batch,
+                     trt_version=str(trt.__version__), device=device, identity=identity)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
+    if engine_path.exists():
+        return engine_path
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if major == 10 and precision == "fp16":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelFileError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if major == 10 and precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *key.input_shapes)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise PyEngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        tmp.write_bytes(bytes(serialized))
+        os.replace(tmp, engine_path)
+        engine_path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2) + "\n")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PyEngineError(f"{engine_path}: cannot write the engine ({exc.strerror})") from None
+    return engine_path

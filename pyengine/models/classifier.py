@@ -1,0 +1,50 @@
+"""The scanned model: Preprocess -> ResNet-50 -> class probabilities and a cluster score.
+
+:class:`ClusterClassifier` takes raw cutouts (B, nband, S, S) float32, NaN for
+off-image or blank pixels, exactly as the batcher writes them, and returns the
+class probabilities and the cluster score (the summed probability of the
+spec's positive classes).  Everything between raw pixels and the score is in
+this one graph, so torch, ONNX Runtime and TensorRT all compute the same thing,
+and training sees what scanning sees.
+
+The names of the graph's input and outputs are defined here once
+(``INPUT_NAME``, ``OUTPUT_NAMES``) and used by export and every runner.
+
+Thread safety: see :mod:`pyengine.models.resnet`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pyengine.models.preprocess import Preprocess
+from pyengine.models.resnet import resnet50
+from pyengine.models.spec import ModelSpec
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ClusterClassifier"]
+
+INPUT_NAME = "cutouts"
+OUTPUT_NAMES = ("probabilities", "score")
+
+
+class ClusterClassifier(nn.Module):
+    """Preprocess and ResNet-50 built from a :class:`ModelSpec`."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec.validate()
+        self.preprocess = Preprocess(spec.preprocess, spec.cutout_size)
+        self.backbone = resnet50(in_channels=spec.nband, num_classes=spec.num_classes)
+        positive = torch.zeros(spec.num_classes)
+        positive[list(spec.positive_classes)] = 1.0
+        self.register_buffer("positive", positive, persistent=False)
+
+    def logits(self, cutouts: torch.Tensor) -> torch.Tensor:
+        """Raw cutouts -> class logits (B, num_classes); what training optimises."""
+        return self.backbone(self.preprocess(cutouts))
+
+    def forward(self, cutouts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw cutouts -> (probabilities (B, num_classes), score (B,))."""
+        probabilities = torch.softmax(self.logits(cutouts), dim=1)
+        return probabilities, probabilities @ self.positive

@@ -1,0 +1,236 @@
+"""ONNX export agrees with torch on real cutouts; int8 is QDQ; TensorRT logic vs a fake API."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from astropy.table import Table
+
+from pyengine import Mosaic
+from pyengine.cutouts import extract_cutouts
+from pyengine.errors import ConfigError, ModelFileError
+from pyengine.export.onnx import export_onnx, onnx_metadata, onnx_scores
+from pyengine.export.quantize import decision_agreement, quantize_int8
+from pyengine.export.tensorrt import TensorRTUnavailable, build_engine
+from pyengine.models.checkpoint import load_model, save_model
+from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, ClusterClassifier
+from pyengine.models.spec import ModelSpec
+from pyengine.synth import SynthConfig, make_field
+
+SPEC = ModelSpec(cutout_size=32, threshold=0.5)
+
+
+@pytest.fixture(scope="module")
+def field_cutouts(tmp_path_factory):
+    """Real cutouts: truth positions of a small synthetic field, through the scan path."""
+    root = tmp_path_factory.mktemp("field")
+    result = make_field(root, SynthConfig(width=400, height=400, seed=11, cluster_density=3e4))
+    truth = Table.read(result.truth, mask_invalid=False)
+    pick = np.argsort(truth["i_mag"])[:150]  # the brightest: stars, clusters, galaxies
+    with Mosaic.open([result.images["g"][0], result.images["i"][0]]) as mosaic:
+        cut = extract_cutouts(mosaic, truth["x"][pick], truth["y"][pick], SPEC.cutout_size)
+    return cut.pixels
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ClusterClassifier(SPEC).eval()
+    return save_model(model, tmp_path_factory.mktemp("m") / "m.safetensors")
+
+
+def test_fp32_onnx_agrees_with_torch_on_real_cutouts(tmp_path, model_file, field_cutouts):
+    model = load_model(model_file)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+    meta = onnx_metadata(path)
+    assert ModelSpec.from_json(meta["pyengine"]) == SPEC
+    assert meta["pyengine_model_sha256"] == model.sha256
+    assert meta["pyengine_precision"] == "fp32"
+    with torch.no_grad():
+        want = model(torch.from_numpy(field_cutouts))[1].numpy()
+    got = onnx_scores(path, field_cutouts, batch=37)  # not the export batch
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_fp16_onnx_keeps_preprocessing_fp32_and_agrees(tmp_path, model_file, field_cutouts):
+    model = load_model(model_file)
+    path = export_onnx(model, tmp_path / "m16.onnx", precision="fp16")
+    proto = onnx.load(str(path))
+    fp16 = onnx.TensorProto.FLOAT16
+    assert any(t.data_type == fp16 for t in proto.graph.initializer)  # the ResNet's weights
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    with torch.no_grad():
+        want = model(torch.from_numpy(field_cutouts))[1].numpy()
+    got = onnx_scores(path, field_cutouts)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
+    assert onnx_metadata(path)["pyengine_precision"] == "fp16"
+
+
+def test_int8_is_qdq_on_convolutions_only(tmp_path, model_file, field_cutouts):
+    model = load_model(model_file)
+    fp32 = export_onnx(model, tmp_path / "m.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "m8.onnx", field_cutouts[:64])
+    proto = onnx.load(str(int8))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 50
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 53  # ResNet-50's convolutions, BatchNorm folded in
+    assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs)
+    # Preprocessing stays float: nothing quantised feeds the sort.
+    sorts = [n for n in proto.graph.node if n.op_type == "TopK"]
+    assert sorts
+    assert all(producers.get(s.input[0]) is None
+               or producers[s.input[0]].op_type != "DequantizeLinear" for s in sorts)
+    meta = onnx_metadata(int8)
+    assert meta["pyengine_precision"] == "int8"
+    assert ModelSpec.from_json(meta["pyengine"]) == SPEC
+    agree, diff = decision_agreement(fp32, int8, field_cutouts[64:], SPEC.threshold)
+    assert 0.0 <= agree <= 1.0
+    assert diff < 0.2  # untrained weights; the trained model's agreement is measured in benchmarks
+
+
+def test_bad_export_options(tmp_path, model_file):
+    model = load_model(model_file)
+    with pytest.raises(ConfigError, match="ONNX precision 'int8' is not accepted"):
+        export_onnx(model, tmp_path / "x.onnx", precision="int8")
+    with pytest.raises(ConfigError, match="at least one cutout"):
+        quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", np.zeros((0, 2, 32, 32)))
+
+
+# -- TensorRT: the code around the API, against a recorded fake ------------------------
+
+class _Recorder:
+    def __init__(self, version, parse_ok=True):
+        self.calls = []
+        self.version = version
+        self.parse_ok = parse_ok
+
+    def module(self):
+        rec = self
+
+        class Builder:
+            def __init__(self, logger):
+                rec.calls.append(("Builder",))
+
+            def create_network(self, flags):
+                rec.calls.append(("create_network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                rec.calls.append(("build",))
+                return b"ENGINE"
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                rec.calls.append(("workspace", size))
+
+            def set_flag(self, flag):
+                rec.calls.append(("set_flag", flag))
+
+            def add_optimization_profile(self, profile):
+                rec.calls.append(("add_profile",))
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                rec.calls.append(("set_shape", name, lo, opt, hi))
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.num_errors = 0 if rec.parse_ok else 1
+
+            def parse_from_file(self, path):
+                return rec.parse_ok
+
+            def get_error(self, i):
+                return "Unsupported operator TopK with k > 3840"
+
+        logger = types.SimpleNamespace(WARNING=2)
+        logger_cls = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+        return types.SimpleNamespace(
+            __version__=self.version, Logger=logger_cls, Builder=Builder, OnnxParser=Parser,
+            NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
+            MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+            BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"), _logger=logger)
+
+
+GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.8")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory, model_file, field_cutouts):
+    root = tmp_path_factory.mktemp("onnx")
+    model = load_model(model_file)
+    return {"fp32": export_onnx(model, root / "m.onnx"),
+            "fp16": export_onnx(model, root / "m16.onnx", precision="fp16"),
+            "int8": quantize_int8(root / "m.onnx", root / "m8.onnx", field_cutouts[:32])}
+
+
+@pytest.mark.parametrize(("version", "precision", "flags", "set_flags"), [
+    ("10.13.0", "fp32", 0, []),
+    ("10.13.0", "fp16", 1 << 5, []),
+    ("10.13.0", "int8", 0, ["INT8", "FP16"]),
+    ("11.4.1", "fp16", 0, []),
+    ("11.4.1", "int8", 0, []),
+])
+def test_tensorrt_builder_follows_each_versions_precision_rules(tmp_path, onnx_files, version,
+                                                                precision, flags, set_flags):
+    rec = _Recorder(version)
+    path = build_engine(onnx_files[precision], tmp_path, batch=(1, 64, 512), trt=rec.module(),
+                        identity=GPU)
+    assert path.read_bytes() == b"ENGINE"
+    assert ("create_network", flags) in rec.calls
+    assert [c[1] for c in rec.calls if c[0] == "set_flag"] == set_flags
+    shapes = [c for c in rec.calls if c[0] == "set_shape"]
+    assert shapes == [("set_shape", INPUT_NAME, (1, 2, 32, 32), (64, 2, 32, 32), (512, 2, 32, 32))]
+    assert precision in path.name
+
+
+def test_tensorrt_cache_key_and_reuse(tmp_path, onnx_files):
+    rec = _Recorder("10.13.0")
+    first = build_engine(onnx_files["fp16"], tmp_path, trt=rec.module(), identity=GPU)
+    again = build_engine(onnx_files["fp16"], tmp_path, trt=rec.module(), identity=GPU)
+    assert first == again
+    assert sum(c[0] == "build" for c in rec.calls) == 1  # the second call used the cache
+    other_gpu = build_engine(onnx_files["fp16"], tmp_path, trt=rec.module(),
+                             identity=("NVIDIA H200", "9.0", "12.8"))
+    other_batch = build_engine(onnx_files["fp16"], tmp_path, batch=(1, 8, 64), trt=rec.module(),
+                               identity=GPU)
+    other_precision = build_engine(onnx_files["fp32"], tmp_path, trt=rec.module(), identity=GPU)
+    assert len({first, other_gpu, other_batch, other_precision}) == 4
+    assert first.with_suffix(".json").exists()
+
+
+def test_tensorrt_errors(tmp_path, onnx_files):
+    with pytest.raises(ModelFileError, match="TensorRT cannot parse it: Unsupported operator"):
+        build_engine(onnx_files["fp32"], tmp_path, trt=_Recorder("10.0.1", False).module(),
+                     identity=GPU)
+    with pytest.raises(TensorRTUnavailable, match="too old"):
+        build_engine(onnx_files["fp32"], tmp_path, trt=_Recorder("8.6.1").module(), identity=GPU)
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        build_engine(onnx_files["fp32"], tmp_path, batch=(8, 4, 16), trt=_Recorder("10.1").module(),
+                     identity=GPU)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+            build_engine(onnx_files["fp32"], tmp_path, identity=GPU)
+
+
+def test_spec_survives_dataclass_replace():
+    assert dataclasses.replace(SPEC, threshold=0.7).threshold == 0.7
