@@ -63,9 +63,11 @@ def info(as_json):
 
 
 # Subcommands that live in their own modules register here.
+from pyengine.export.cli import export  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
 
 main.add_command(synth)
+main.add_command(export)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -234,3 +234,35 @@ def test_tensorrt_errors(tmp_path, onnx_files):
 
 def test_spec_survives_dataclass_replace():
     assert dataclasses.replace(SPEC, threshold=0.7).threshold == 0.7
+
+
+def test_export_cli_onnx_int8_and_tensorrt_message(tmp_path, model_file):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    src = tmp_path / "model.safetensors"
+    shutil.copy(model_file, src)
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(src), "--cutouts", "64"])
+    assert res.exit_code == 0, res.output
+    assert "largest score difference" in res.output
+    assert "synthetic 1024 px field" in res.output
+    assert (tmp_path / "model.onnx").exists()
+    res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "64"])
+    assert res.exit_code == 0, res.output
+    assert "decision agreement at threshold 0.5" in res.output
+    assert (tmp_path / "model.int8.onnx").exists()
+    assert not (tmp_path / "model.int8.fp32.onnx").exists()
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        res = runner.invoke(main, ["export", str(src), "--format", "tensorrt", "--cutouts", "16",
+                                   "--cache-dir", str(tmp_path / "engines")])
+        assert res.exit_code == 1
+        assert res.output.strip().splitlines()[-1].startswith("Error: TensorRT is not installed")
+    res = runner.invoke(main, ["export", str(tmp_path / "missing.safetensors")])
+    assert res.exit_code == 1
+    assert "no such model file" in res.output
