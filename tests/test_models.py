@@ -110,6 +110,8 @@ def trained_like():
 
 def test_round_trip_is_bit_exact(tmp_path, trained_like):
     path = save_model(trained_like, tmp_path / "m.safetensors")
+    again = save_model(trained_like, tmp_path / "again.safetensors")
+    assert path.read_bytes() == again.read_bytes()  # same model, same bytes, same hash
     loaded = load_model(path)
     assert loaded.spec == SPEC
     assert loaded.weights == "float32"
@@ -172,7 +174,7 @@ def test_bad_model_files(tmp_path, trained_like):
     bare = _write_safetensors(tmp_path / "bare.safetensors", {"__metadata__": {}})
     with pytest.raises(ModelFileError, match="without pyengine metadata"):
         read_spec(bare)
-    meta = {"pyengine": "{not json", "weights": "float32"}
+    meta = {"pyengine": "{not json"}
     with pytest.raises(ModelFileError, match="not valid JSON"):
         read_spec(_write_safetensors(tmp_path / "j.safetensors", {"__metadata__": meta}))
     spec = SPEC.to_dict()
@@ -181,7 +183,7 @@ def test_bad_model_files(tmp_path, trained_like):
                             ({"cutout_size": 7}, "cutout_size = 7"),
                             ({"threshold": 1.5}, "threshold = 1.5"),
                             ({"positive_classes": [5]}, "positive_classes")):
-        meta = {"pyengine": json.dumps({**spec, **change}), "weights": "float32"}
+        meta = {"pyengine": json.dumps({**spec, **change})}
         path = _write_safetensors(tmp_path / "s.safetensors", {"__metadata__": meta})
         with pytest.raises(ModelFileError, match=message):
             read_spec(path)

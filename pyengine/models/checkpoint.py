@@ -1,8 +1,11 @@
 """Model files: one safetensors file holding the weights and the JSON ModelSpec.
 
 Layout: a standard safetensors file (a little-endian u64 header length, a JSON
-header, raw tensor bytes).  The header's ``__metadata__`` holds
-``"pyengine"``, the :class:`ModelSpec` as JSON, and ``"weights"``, the storage:
+header, raw tensor bytes).  The header's ``__metadata__`` holds one key,
+``"pyengine"``: the :class:`ModelSpec` as JSON.  (One key, because safetensors
+writes its metadata map in no fixed order: two keys would make the same model's
+bytes, and so its hash, vary between saves.)  The weight storage shows in the
+tensor names:
 
 * ``float32``: every tensor of the ResNet's state dict as stored in training;
   a save/load round trip is bit-exact.
@@ -82,14 +85,13 @@ def _read_header(path: Path) -> dict:
 def read_spec(path) -> tuple[ModelSpec, str]:
     """The spec and weight storage format of a model file, without torch."""
     path = Path(path)
-    meta = _read_header(path).get("__metadata__") or {}
+    header = _read_header(path)
+    meta = header.get("__metadata__") or {}
     if "pyengine" not in meta:
         raise ModelFileError(f"{path}: a safetensors file without pyengine metadata; "
                              "not a pyengine model (import torchvision weights with "
                              "pyengine train --init-weights)")
-    weights = meta.get("weights", "float32")
-    if weights not in WEIGHT_FORMATS:
-        raise ModelFileError(f"{path}: weights = {weights!r}; accepted: {', '.join(WEIGHT_FORMATS)}")
+    weights = "int8-per-channel" if any(k.endswith(".q8") for k in header) else "float32"
     return ModelSpec.from_json(meta["pyengine"], where=str(path)), weights
 
 
@@ -124,7 +126,7 @@ def save_model(model, path, *, weights: str = "float32") -> Path:
             tensors[f"{name}.q8"], tensors[f"{name}.scale"] = _quantize(tensor)
         else:
             tensors[name] = tensor
-    meta = {"pyengine": model.spec.to_json(), "weights": weights}
+    meta = {"pyengine": model.spec.to_json()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         save_file(tensors, str(tmp), metadata=meta)
