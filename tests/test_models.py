@@ -221,3 +221,8 @@ def test_spec_validation_messages():
     with pytest.raises(ModelFileError, match="TensorRT sorts at most 3840"):
         PreprocessSpec(border=20).validate(128)
     assert ModelSpec.from_json(SPEC.to_json()) == SPEC
+
+
+def test_save_into_a_missing_folder_is_a_clear_error(tmp_path, trained_like):
+    with pytest.raises(ModelFileError, match=r"folder .* does not exist"):
+        save_model(trained_like, tmp_path / "no" / "such" / "m.safetensors")

@@ -114,11 +114,14 @@ def _dequantize(q, scale):
 
 def save_model(model, path, *, weights: str = "float32") -> Path:
     """Write ``model`` (a ClusterClassifier) and its spec to ``path`` atomically."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if weights not in WEIGHT_FORMATS:
         raise ModelFileError(f"weights = {weights!r}; accepted: {', '.join(WEIGHT_FORMATS)}")
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ModelFileError(f"{path}: cannot write the model: folder {path.parent} does not exist")
     tensors = {}
     for name, tensor in model.backbone.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -131,9 +134,9 @@ def save_model(model, path, *, weights: str = "float32") -> Path:
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         tmp.unlink(missing_ok=True)
-        raise ModelFileError(f"{path}: cannot write the model ({exc.strerror})") from None
+        raise ModelFileError(f"{path}: cannot write the model ({exc})") from None
     return path
 
 
