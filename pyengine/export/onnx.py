@@ -29,8 +29,8 @@ import numpy as np
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
 
-__all__ = ["ONNX_PRECISIONS", "OPSET", "export_onnx", "onnx_metadata", "onnx_scores",
-           "set_metadata"]
+__all__ = ["ONNX_PRECISIONS", "OPSET", "export_onnx", "finish_onnx", "onnx_metadata",
+           "onnx_scores", "set_metadata", "temporary_beside"]
 
 ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
@@ -68,6 +68,28 @@ def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str) 
         entry.key, entry.value = key, value
 
 
+def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: str) -> Path:
+    """Stamp pyengine's metadata on the graph written at ``tmp``, check it fully, and
+    rename it to ``path`` (atomic); ``tmp`` is removed if anything fails."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(tmp))
+        set_metadata(proto, spec_json, sha256, precision)
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden temporary name in ``path``'s folder, for an atomic rename onto ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
 def onnx_metadata(path) -> dict[str, str]:
     """The metadata_props of an ONNX file (no weights loaded)."""
     import onnx
@@ -82,7 +104,6 @@ def onnx_metadata(path) -> dict[str, str]:
 def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
                 batch: int = 2) -> Path:
     """Export ``model`` (ClusterClassifier, with .sha256 when loaded from a file) to ``path``."""
-    import onnx
     import torch
 
     if precision not in ONNX_PRECISIONS:
@@ -93,7 +114,7 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
     graph = _export_module(model, precision)
     dummy = torch.zeros(batch, spec.nband, spec.cutout_size, spec.cutout_size)
     dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    tmp = temporary_beside(path)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript-based exporter, deliberately: the torch.export-based
@@ -106,15 +127,10 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
             torch.onnx.export(graph, (dummy,), str(tmp), input_names=[INPUT_NAME],
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
                               opset_version=opset, dynamo=False, do_constant_folding=True)
-        proto = onnx.load(str(tmp))
-        set_metadata(proto, spec.to_json(), getattr(model, "sha256", ""), precision)
-        onnx.save(proto, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+    return finish_onnx(tmp, path, spec.to_json(), getattr(model, "sha256", ""), precision)
 
 
 def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:

@@ -12,15 +12,13 @@ Thread safety: one quantisation per output path.
 
 from __future__ import annotations
 
-import os
-import secrets
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.export.onnx import onnx_metadata, onnx_scores, set_metadata
+from pyengine.export.onnx import finish_onnx, onnx_metadata, onnx_scores, temporary_beside
 from pyengine.models.classifier import INPUT_NAME
 
 __all__ = ["decision_agreement", "quantize_int8"]
@@ -29,7 +27,6 @@ __all__ = ["decision_agreement", "quantize_int8"]
 def quantize_int8(fp32_path, out_path, calibration: np.ndarray, *, batch: int = 32,
                   method: str = "minmax") -> Path:
     """Write a QDQ int8 copy of the fp32 ONNX graph, calibrated on ``calibration`` cutouts."""
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -58,7 +55,7 @@ def quantize_int8(fp32_path, out_path, calibration: np.ndarray, *, batch: int = 
 
     out_path = Path(out_path)
     meta = onnx_metadata(fp32_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    tmp = temporary_beside(out_path)
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -69,16 +66,11 @@ def quantize_int8(fp32_path, out_path, calibration: np.ndarray, *, batch: int = 
                             calibrate_method=methods[method],
                             calibration_providers=["CPUExecutionProvider"],
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-            proto = onnx.load(str(tmp))
-            set_metadata(proto, meta.get("pyengine", ""), meta.get("pyengine_model_sha256", ""),
-                         "int8")
-            onnx.save(proto, str(tmp))
-            onnx.checker.check_model(str(tmp), full_check=True)
-            os.replace(tmp, out_path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return out_path
+    return finish_onnx(tmp, out_path, meta.get("pyengine", ""),
+                       meta.get("pyengine_model_sha256", ""), "int8")
 
 
 def decision_agreement(reference_path, int8_path, cutouts: np.ndarray, threshold: float
