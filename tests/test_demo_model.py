@@ -39,7 +39,7 @@ def test_demo_model_loads_by_default_and_describes_itself(demo):
 @pytest.fixture(scope="module")
 def field_cutouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("field")
-    result = make_field(root, SynthConfig(width=1024, height=1024, seed=303,
+    result = make_field(root, SynthConfig(width=1024, height=1024, seed=404,
                                           cluster_density=4e4))
     truth = Table.read(result.truth, mask_invalid=False)
     truth = truth[truth["i_mag"] < 21]
