@@ -136,7 +136,21 @@ def _build_header(spec: ImageSpec, primary: bool) -> Header:
     return h
 
 
-class FitsWriter:
+class AtomicOutput:
+    """Context-manager protocol for atomic writers: ``close()`` (publish) on success,
+    ``abort()`` (delete the temporary output) when the block raises."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class FitsWriter(AtomicOutput):
     """Write image HDUs of known shape block by block, then rename into place.
 
     Use as a context manager::
@@ -190,15 +204,6 @@ class FitsWriter:
         except BaseException:
             self.abort()
             raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     @property
     def rows_written(self) -> tuple[int, ...]:

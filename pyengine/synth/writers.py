@@ -34,7 +34,7 @@ import numpy as np
 from astropy.io.fits import Header
 from astropy.wcs import WCS
 
-from pyengine.io.fitswrite import FitsWriter, ImageSpec
+from pyengine.io.fitswrite import AtomicOutput, FitsWriter, ImageSpec
 from pyengine.synth.catalog import CLASSES, SUBCLASSES, Objects
 from pyengine.synth.config import SynthConfig
 from pyengine.synth.sky import band_header, primary_header, sky_counts
@@ -95,7 +95,7 @@ class _RiceFile:
         self.tmp.unlink(missing_ok=True)
 
 
-class FieldWriters:
+class FieldWriters(AtomicOutput):
     """The band images of one field, in the config's encoding."""
 
     def __init__(self, out_dir: Path, config: SynthConfig):
@@ -141,15 +141,6 @@ class FieldWriters:
         except BaseException:
             self.abort()
             raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def write(self, y0: int, block: np.ndarray) -> None:
         """Write rows y0 .. of both bands; ``block`` has shape (2, rows, width)."""
