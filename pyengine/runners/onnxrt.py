@@ -1,0 +1,108 @@
+"""The ONNX Runtime runner: the default on a CPU.
+
+Takes an exported ONNX file (``pyengine export``: fp32, fp16 or int8 QDQ; its
+spec and precision come from its metadata) or a pyengine model file, which is
+exported to fp32 ONNX once and cached by the model's SHA-256 (needs torch).
+An int8 graph is calibrated on cutouts, so it is never made silently here:
+export it with ``pyengine export MODEL --precision int8`` and give the .onnx.
+
+Thread safety: see :mod:`pyengine.runners.base`; ONNX Runtime's session runs
+its own intra-op threads (``threads``) with the GIL released.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pyengine.errors import ConfigError, ModelFileError
+from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
+from pyengine.models.spec import ModelSpec
+from pyengine.runners.base import Runner, RunnerUnavailable
+
+__all__ = ["OnnxRuntimeRunner", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyengine" / "onnx"
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, model: Path | None, *, precision: str | None = None,
+                 threads: int | None = None, cache_dir=None):
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads = {threads}; a positive number is needed")
+        self._model = model
+        self._threads = threads
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._session = None
+        if model is not None and model.suffix.lower() == ".onnx":
+            from pyengine.export.onnx import onnx_metadata
+
+            if not model.exists():
+                raise ModelFileError(f"{model}: no such ONNX file")
+            meta = onnx_metadata(model)
+            if "pyengine" not in meta:
+                raise ModelFileError(f"{model}: not a pyengine ONNX export (no pyengine "
+                                     "metadata); export models with pyengine export")
+            spec = ModelSpec.from_json(meta["pyengine"], where=str(model))
+            stored = meta.get("pyengine_precision", "fp32")
+            if precision is not None and precision != stored:
+                raise ConfigError(f"{model} is a {stored} graph; --precision {precision} needs "
+                                  f"its own export (pyengine export MODEL --precision {precision})")
+            self._onnx = model
+            super().__init__(spec, stored)
+            return
+        from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
+
+        source = model if model is not None else DEMO_MODEL
+        spec, _ = read_spec(source)
+        precision = precision or "fp32"
+        if precision != "fp32":
+            raise RunnerUnavailable(
+                f"{source}: an {precision} graph is calibrated on real cutouts; make it with "
+                f"pyengine export {source} --precision {precision} --images ... and give the .onnx")
+        self._onnx = self._cache_dir / f"{file_sha256(source)[:32]}-fp32.onnx"
+        self._source = source
+        super().__init__(spec, precision)
+
+    def _ensure_onnx(self) -> Path:
+        if self._onnx.exists():
+            return self._onnx
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise RunnerUnavailable(
+                f"{self._source}: exporting a model file to ONNX needs torch (pip install "
+                "pyengine[train]); or give an exported .onnx file") from None
+        from pyengine.export.onnx import export_onnx
+        from pyengine.models.checkpoint import load_model
+
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        return export_onnx(load_model(self._source), self._onnx)
+
+    def _activate(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunnerUnavailable("onnxruntime is not installed (pip install onnxruntime)"
+                                    ) from None
+        path = self._ensure_onnx()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self._threads is not None:
+            options.intra_op_num_threads = self._threads
+        self._session = ort.InferenceSession(str(path), options,
+                                             providers=["CPUExecutionProvider"])
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([OUTPUT_NAMES[1]], {INPUT_NAME: batch})[0]
+
+    def _deactivate(self) -> None:
+        self._session = None
