@@ -59,7 +59,7 @@ def test_exported_onnx_keeps_its_precision(tmp_path, model_file):
 
 
 def test_selection_errors(tmp_path, model_file):
-    with pytest.raises(ConfigError, match="runner 'cuda' is not known; accepted: auto, onnxruntime"):
+    with pytest.raises(ConfigError, match=r"runner .cuda. is not known; accepted: auto, onnxruntime, torch"):
         make_runner("cuda", model_file)
     with pytest.raises(ConfigError, match="precision 'fp8' is not available"):
         make_runner("onnxruntime", model_file, precision="fp8")
@@ -80,3 +80,43 @@ def test_demo_model_is_the_default(tmp_path):
     runner = make_runner("auto", None, cache_dir=tmp_path)
     assert runner.spec.bands == ("g", "i")
     assert runner.spec.cutout_size == 64
+
+
+@pytest.mark.parametrize(("precision", "channels_last", "atol"), [
+    ("fp32", False, 1e-5), ("fp32", True, 1e-4), ("bf16", True, 5e-2), ("fp16", False, 2e-2)])
+def test_torch_runner_on_cpu(model_file, precision, channels_last, atol):
+    from pyengine.runners.torch import TorchRunner
+
+    runner = TorchRunner(model_file, precision=precision, device="cpu",
+                         channels_last=channels_last)
+    with runner:
+        got = runner.infer(_batch())
+    with torch.no_grad():
+        want = load_model(model_file)(torch.from_numpy(_batch()))[1].numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+def test_torch_runner_refusals(tmp_path, model_file):
+    from pyengine.runners.torch import TorchRunner
+
+    with pytest.raises(ConfigError, match="precision 'int8' is not available with the torch"):
+        make_runner("torch", model_file, precision="int8")
+    with pytest.raises(ConfigError, match="device 'tpu' is not accepted"):
+        TorchRunner(model_file, device="tpu")
+    with pytest.raises(ConfigError, match="run ONNX files with --runner onnxruntime"):
+        TorchRunner(tmp_path / "m.onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(RunnerUnavailable, match=r"torch runner on cuda: .*use --device cpu"):
+            TorchRunner(model_file, device="cuda").activate()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_torch_runner_on_cuda(model_file, precision):
+    with make_runner("torch", model_file, precision=precision, device="cuda") as runner:
+        got = runner.infer(_batch())
+    with torch.no_grad():
+        want = load_model(model_file)(torch.from_numpy(_batch()))[1].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if precision == "fp32" else 5e-2)

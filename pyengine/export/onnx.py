@@ -18,7 +18,6 @@ Thread safety: export functions write their own files; run one per output path.
 
 from __future__ import annotations
 
-import copy
 import os
 import secrets
 import warnings
@@ -27,34 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError, ModelFileError
-from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
+from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, precision_graph
 
 __all__ = ["ONNX_PRECISIONS", "OPSET", "export_onnx", "finish_onnx", "onnx_metadata",
            "onnx_scores", "set_metadata", "temporary_beside"]
 
 ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
-
-
-def _export_module(model, precision: str):
-    import torch
-    from torch import nn
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-
-    class _Graph(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.preprocess = model.preprocess
-            self.backbone = copy.deepcopy(model.backbone).to(dtype).eval()
-            self.register_buffer("positive", model.positive.clone())
-
-        def forward(self, cutouts):
-            logits = self.backbone(self.preprocess(cutouts).to(dtype)).float()
-            probabilities = torch.softmax(logits, dim=1)
-            return probabilities, probabilities @ self.positive
-
-    return _Graph().eval()
 
 
 def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str) -> None:
@@ -111,7 +89,7 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
                           f"{', '.join(ONNX_PRECISIONS)} (int8: pyengine export --precision int8)")
     path = Path(path)
     spec = model.spec
-    graph = _export_module(model, precision)
+    graph = precision_graph(model, precision)
     dummy = torch.zeros(batch, spec.nband, spec.cutout_size, spec.cutout_size)
     dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     tmp = temporary_beside(path)

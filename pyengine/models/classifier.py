@@ -15,6 +15,8 @@ Thread safety: see :mod:`pyengine.models.resnet`.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -22,7 +24,8 @@ from pyengine.models.preprocess import Preprocess
 from pyengine.models.resnet import resnet50
 from pyengine.models.spec import ModelSpec
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ClusterClassifier"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "PRECISION_DTYPES", "ClusterClassifier",
+           "precision_graph"]
 
 INPUT_NAME = "cutouts"
 OUTPUT_NAMES = ("probabilities", "score")
@@ -48,3 +51,31 @@ class ClusterClassifier(nn.Module):
         """Raw cutouts -> (probabilities (B, num_classes), score (B,))."""
         probabilities = torch.softmax(self.logits(cutouts), dim=1)
         return probabilities, probabilities @ self.positive
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_graph(model: ClusterClassifier, precision: str) -> nn.Module:
+    """The model with its ResNet in ``precision`` and the preprocessing kept in float32.
+
+    Raw sky levels of thousands with a noise of a few counts would lose that noise in
+    half precision, so only the network after the preprocessing runs in fp16/bf16;
+    the outputs are float32.  Used by ONNX export and by the torch runner, so both
+    run the same graph.
+    """
+    dtype = PRECISION_DTYPES[precision]
+
+    class _Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.preprocess = model.preprocess
+            self.backbone = copy.deepcopy(model.backbone).to(dtype).eval()
+            self.register_buffer("positive", model.positive.clone())
+
+        def forward(self, cutouts):
+            logits = self.backbone(self.preprocess(cutouts).to(dtype)).float()
+            probabilities = torch.softmax(logits, dim=1)
+            return probabilities, probabilities @ self.positive
+
+    return _Graph().eval()

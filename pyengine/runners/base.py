@@ -23,8 +23,8 @@ from pyengine.models.spec import ModelSpec
 
 __all__ = ["PRECISIONS", "RUNNER_NAMES", "Runner", "RunnerUnavailable", "make_runner"]
 
-RUNNER_NAMES = ("auto", "onnxruntime")
-PRECISIONS = {"onnxruntime": ("fp32", "int8")}
+RUNNER_NAMES = ("auto", "onnxruntime", "torch")
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "fp16", "bf16")}
 
 
 class RunnerUnavailable(ConfigError):
@@ -84,10 +84,10 @@ class Runner(ABC):
 
 
 def make_runner(name: str, model, *, precision: str | None = None, threads: int | None = None,
-                cache_dir=None) -> Runner:
+                cache_dir=None, device: str = "auto") -> Runner:
     """A runner by name for ``model`` (a model file, an exported .onnx file, or None for the
     shipped demo model).  ``auto`` picks the best usable one (so far: ONNX Runtime; the
-    torch and TensorRT runners come with the scan engine).  ``precision`` None means the
+    TensorRT runner and auto's GPU choices come with the scan engine).  ``precision`` None means the
     exported file's own, or fp32 for a model file."""
     if name not in RUNNER_NAMES:
         raise ConfigError(f"runner {name!r} is not known; accepted: {', '.join(RUNNER_NAMES)}")
@@ -97,7 +97,11 @@ def make_runner(name: str, model, *, precision: str | None = None, threads: int 
     if precision is not None and precision not in accepted:
         raise ConfigError(f"precision {precision!r} is not available with the {name} runner; "
                           f"accepted: {', '.join(accepted)}")
+    model = Path(model) if model is not None else None
+    if name == "torch":
+        from pyengine.runners.torch import TorchRunner
+
+        return TorchRunner(model, precision=precision, device=device, threads=threads)
     from pyengine.runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(Path(model) if model is not None else None, precision=precision,
-                             threads=threads, cache_dir=cache_dir)
+    return OnnxRuntimeRunner(model, precision=precision, threads=threads, cache_dir=cache_dir)
