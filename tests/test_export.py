@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import types
 
 import numpy as np
@@ -160,13 +159,12 @@ class _Recorder:
             def get_error(self, i):
                 return "Unsupported operator TopK with k > 3840"
 
-        logger = types.SimpleNamespace(WARNING=2)
         logger_cls = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
         return types.SimpleNamespace(
             __version__=self.version, Logger=logger_cls, Builder=Builder, OnnxParser=Parser,
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
             MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
-            BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"), _logger=logger)
+            BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"))
 
 
 GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.8")
@@ -230,10 +228,6 @@ def test_tensorrt_errors(tmp_path, onnx_files):
     except ImportError:
         with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
             build_engine(onnx_files["fp32"], tmp_path, identity=GPU)
-
-
-def test_spec_survives_dataclass_replace():
-    assert dataclasses.replace(SPEC, threshold=0.7).threshold == 0.7
 
 
 def test_export_cli_onnx_int8_and_tensorrt_message(tmp_path, model_file):

@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from astropy.table import Table
 
 from pyengine import Mosaic
 from pyengine.cutouts import extract_cutouts
 from pyengine.metrics import f1_optimal_threshold, operating_point, purity_threshold
 from pyengine.models.checkpoint import DEMO_MODEL, load_model, save_model
+from pyengine.runners.torch import TorchRunner
 from pyengine.synth import SynthConfig, make_field
 from pyengine.train import TrainConfig, train
 
@@ -71,19 +71,17 @@ def training_catalog(truth_path: Path, out: Path, seed: int, ratio: float) -> tu
     return int(is_cluster.sum()), len(pick)
 
 
-def score_field(model, images, truth_path, batch: int = 256):
+def score_field(model_path: Path, images, truth_path, batch: int = 256):
+    """Scores (torch runner, fp32 graph) and cluster labels of every i < 21 truth source."""
     truth = Table.read(truth_path, mask_invalid=False)
     truth = truth[truth["i_mag"] < MAG_LIMIT]
-    with Mosaic.open(images) as mosaic:
-        cut = extract_cutouts(mosaic, truth["x"], truth["y"], model.spec.cutout_size)
-    keep = cut.on_image & (cut.nan_fraction < 0.5)
-    pixels = cut.pixels[keep]
-    labels = is_cluster_column(truth)[keep]
-    scores = []
-    with torch.no_grad():
-        for i in range(0, len(pixels), batch):
-            scores.append(model(torch.from_numpy(pixels[i : i + batch]))[1].numpy())
-    return np.concatenate(scores), labels
+    with TorchRunner(model_path, device="cpu", channels_last=False) as runner, \
+            Mosaic.open(images) as mosaic:
+        cut = extract_cutouts(mosaic, truth["x"], truth["y"], runner.spec.cutout_size)
+        keep = cut.on_image & (cut.nan_fraction < 0.5)
+        pixels = cut.pixels[keep]
+        scores = [runner.infer(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return np.concatenate(scores), is_cluster_column(truth)[keep]
 
 
 def main() -> int:
@@ -119,7 +117,7 @@ def main() -> int:
     save_model(model, args.out, weights="int8-per-channel")
     compact = load_model(args.out)  # measured after the int8 round trip
     cal_images, cal_truth = field(args.workdir, 303, args.test_size, args.density)
-    cal_scores, cal_labels = score_field(compact, cal_images, cal_truth)
+    cal_scores, cal_labels = score_field(args.out, cal_images, cal_truth)
     chosen = purity_threshold(cal_labels, cal_scores, 0.893)
     rule = "target_purity 0.893"
     if chosen is None:
@@ -130,10 +128,10 @@ def main() -> int:
     compact.spec = compact.spec.replace(threshold=float(chosen))
     print(f"threshold calibrated on a realistic field: {json.dumps(calibration)}")
     test_images, test_truth = field(args.workdir, 202, args.test_size, args.density)
-    scores, labels = score_field(compact, test_images, test_truth)
+    scores, labels = score_field(args.out, test_images, test_truth)
     t = compact.spec.threshold
     point = operating_point(labels, scores, t).to_dict()
-    fp32_scores, _ = score_field(model, test_images, test_truth)
+    fp32_scores, _ = score_field(fp32_path, test_images, test_truth)
     test = {"field": f"synthetic, seed 202, {args.test_size} px, i < {MAG_LIMIT}",
             "sources": len(labels), "clusters": int(labels.sum()), "threshold": t,
             **point,

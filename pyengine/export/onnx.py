@@ -112,12 +112,10 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
 
 
 def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """Scores of ``cutouts`` from an ONNX file under ONNX Runtime (CPU)."""
-    import onnxruntime as ort
+    """Scores of ``cutouts`` from a pyengine ONNX file under ONNX Runtime (CPU)."""
+    from pyengine.runners.onnxrt import OnnxRuntimeRunner
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    out = [session.run([OUTPUT_NAMES[1]], {INPUT_NAME: cutouts[i : i + batch]})[0]
-           for i in range(0, len(cutouts), batch)]
+    cutouts = np.asarray(cutouts, dtype=np.float32)
+    with OnnxRuntimeRunner(Path(path)) as runner:
+        out = [runner.infer(cutouts[i : i + batch]) for i in range(0, len(cutouts), batch)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)

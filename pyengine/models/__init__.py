@@ -1,4 +1,5 @@
 """The classifier: ResNet-50 with in-graph preprocessing, and its self-describing file.
 
-``spec`` (metadata, no torch) loads eagerly; the torch modules load on use.
+``spec`` needs no torch; ``resnet``, ``preprocess``, ``classifier`` and the loading
+half of ``checkpoint`` import torch.  Nothing is imported by this package itself.
 """
