@@ -16,7 +16,9 @@ __all__ = [
     "InputFileError",
     "ModelFileError",
     "MosaicMismatchError",
+    "OutputError",
     "PyEngineError",
+    "ResumeError",
     "WCSError",
 ]
 
@@ -51,3 +53,11 @@ class ModelFileError(InputFileError):
 
 class CatalogError(InputFileError):
     """A catalog cannot be read or lacks what is needed (positions, labels)."""
+
+
+class OutputError(PyEngineError):
+    """An output cannot be written (directory missing, not writable, bad extension)."""
+
+
+class ResumeError(PyEngineError):
+    """A resume journal is missing, damaged, or belongs to different inputs or options."""
