@@ -1,0 +1,46 @@
+"""Outputs of ``pyengine scan``: catalog, DS9 regions, score map, resume journal.
+
+* :mod:`~pyengine.output.catalog`: ``write_catalog`` (FITS, ECSV, Parquet, CSV;
+  atomic), ``check_output`` (refuse a bad path before scanning), flag bits.
+* :mod:`~pyengine.output.regions`: ``write_regions`` (DS9, ICRS circles).
+* :mod:`~pyengine.output.scoremap`: ``scoremap_wcs`` and ``write_scoremap``
+  for grid scans.
+* :mod:`~pyengine.output.journal`: ``Journal``, finished tiles kept on disk so
+  a killed scan resumes.
+
+Names load their module on first use, so importing this package is cheap.
+Thread safety: see each module.
+"""
+
+from __future__ import annotations
+
+from pyengine._lazy import lazy_exports
+
+__all__ = [
+    "BLANK",
+    "CATALOG_FORMATS",
+    "EDGE",
+    "FLAG_BITS",
+    "OFF_IMAGE",
+    "STANDARD_COLUMNS",
+    "Journal",
+    "check_meta",
+    "check_output",
+    "describe_flags",
+    "scoremap_wcs",
+    "write_catalog",
+    "write_regions",
+    "write_scoremap",
+]
+
+_LAZY = {
+    **dict.fromkeys(("BLANK", "CATALOG_FORMATS", "EDGE", "FLAG_BITS", "OFF_IMAGE",
+                     "STANDARD_COLUMNS", "check_meta", "check_output", "describe_flags",
+                     "write_catalog"), "pyengine.output.catalog"),
+    "Journal": "pyengine.output.journal",
+    "scoremap_wcs": "pyengine.output.scoremap",
+    "write_scoremap": "pyengine.output.scoremap",
+    "write_regions": "pyengine.output.regions",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
