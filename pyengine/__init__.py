@@ -11,9 +11,10 @@ from pyengine.errors import PyEngineError
 
 __version__ = "0.1.0"
 
-__all__ = ["Mosaic", "PyEngineError", "TilePlan", "__version__", "load_model"]
+__all__ = ["Engine", "Mosaic", "PyEngineError", "TilePlan", "__version__", "load_model"]
 
 _LAZY = {
+    "Engine": "pyengine.engine",
     "Mosaic": "pyengine.io.mosaic",
     "TilePlan": "pyengine.io.tiles",
     "load_model": "pyengine.models.checkpoint",

@@ -63,10 +63,14 @@ def info(as_json):
 
 
 # Subcommands that live in their own modules register here.
+from pyengine.demo import demo  # noqa: E402
 from pyengine.export.cli import export  # noqa: E402
+from pyengine.scan_cli import scan  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
 from pyengine.train_cli import train  # noqa: E402
 
+main.add_command(scan)
+main.add_command(demo)
 main.add_command(synth)
 main.add_command(train)
 main.add_command(export)

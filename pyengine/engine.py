@@ -1,0 +1,529 @@
+"""The scan engine: tiles -> positions -> pinned batches -> runner -> per-tile results.
+
+``Engine`` scores every position of a source (catalog, detection, grid;
+:mod:`pyengine.sources`) on a mosaic with a runner (:mod:`pyengine.runners`).
+Four stages run at once, joined by bounded queues, so the runner is never
+waiting for pixels (DESIGN.md §2):
+
+1. **read** (a small thread pool, tiles in file order, ``prefetch`` ahead):
+   ``Mosaic.read`` of the tile window, the source's positions in the tile core
+   (SEP detection runs here), and, for a float16 transfer, the tile's per-band
+   offset and scale;
+2. **gather** (one thread driving the C++ worker pool of
+   :class:`pyengine.batching.BatchRing`): fills fixed-size batch slots with the
+   windows of consecutive positions, spanning tile boundaries, so every batch
+   but the last is full;
+3. **infer** (one thread): ``runner.submit`` with up to two batches in flight
+   (the copy of one overlaps the compute of the other on a GPU);
+4. **collect** (the caller's thread, inside :meth:`Engine.iter_scan`): scores
+   and NaN counts back into tile order; each tile is yielded when its last
+   position is scored, so tiles complete in file order.
+
+Memory is bounded by configuration: ``prefetch`` tiles of (nband, core + 2 halo)^2
+float32, plus the ring's slots.
+
+Determinism: positions, their order and coordinates depend only on the inputs,
+the tile plan and the source, never on thread count, batch size or resume.
+Scores agree across batch sizes to float rounding of the runner.
+
+Thread safety: an Engine owns one runner and runs one scan at a time (a lock
+serialises ``scan``/``iter_scan``/``classify``); use one Engine per thread for
+concurrent scans.  ``iter_scan`` must be consumed from one thread.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pyengine.batching import BatchRing, make_slots
+from pyengine.coords import centre_pixel
+from pyengine.errors import ConfigError, MosaicMismatchError
+from pyengine.io.tiles import Tile, TilePlan
+from pyengine.output.catalog import BLANK, EDGE
+from pyengine.runners.base import Runner, make_runner
+
+__all__ = ["Engine", "ScanStopped", "TileResult"]
+
+DEFAULT_CORE = 2048
+DEFAULT_MAX_NAN = 0.5
+_POLL = 0.1  # seconds between checks of the abort flag while a stage waits
+
+
+class ScanStopped(Exception):
+    """Raised inside the pipeline threads when the scan is being torn down."""
+
+
+@dataclass
+class TileResult:
+    """Everything a scan learned about one tile's positions (all arrays length n)."""
+
+    tile: int
+    x: np.ndarray  # float64, 0-based mosaic pixels
+    y: np.ndarray
+    row: np.ndarray  # int64 input catalog row, -1 otherwise
+    score: np.ndarray  # float32 (NaN: not scored)
+    nan_fraction: np.ndarray  # float32 share of NaN cutout pixels
+    flags: np.ndarray  # int32 bitmask (pyengine.output.catalog)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.size)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat dict for the resume journal (numeric arrays only)."""
+        out = {"x": self.x, "y": self.y, "row": self.row, "score": self.score,
+               "nan_fraction": self.nan_fraction, "flags": self.flags}
+        out.update({f"col_{k}": v for k, v in self.columns.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, tile: int, arrays: dict[str, np.ndarray]) -> TileResult:
+        columns = {k[4:]: v for k, v in arrays.items() if k.startswith("col_")}
+        return cls(tile, arrays["x"], arrays["y"], arrays["row"], arrays["score"],
+                   arrays["nan_fraction"], arrays["flags"], columns)
+
+
+@dataclass
+class _TileWork:
+    """A tile on its way through the pipeline."""
+
+    tile: Tile
+    pixels: np.ndarray | None
+    x: np.ndarray
+    y: np.ndarray
+    row: np.ndarray
+    columns: dict
+    offset: np.ndarray
+    scale: np.ndarray
+    scores: np.ndarray = None
+    nan_counts: np.ndarray = None
+    filled: int = 0
+
+
+def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (offset, scale) mapping the tile's sky to 0 and its noise to 1.
+
+    Robust statistics (median, 1.4826 MAD) of every ``sample``-th pixel.  The
+    models' in-graph preprocessing (border median / MAD) is invariant to such a
+    map; it exists so that a float16 transfer keeps the faint end precise.
+    """
+    nband = pixels.shape[0]
+    offset = np.zeros(nband, np.float32)
+    scale = np.ones(nband, np.float32)
+    for b in range(nband):
+        v = pixels[b, ::sample, ::sample]
+        v = v[np.isfinite(v)]
+        if v.size < 16:
+            continue
+        med = np.median(v)
+        mad = 1.4826 * np.median(np.abs(v - med))
+        offset[b] = med
+        if np.isfinite(mad) and mad > 0:
+            scale[b] = 1.0 / mad
+    return offset, scale
+
+
+def _affine_invariant(spec) -> bool:
+    p = spec.preprocess
+    return p.background == "border_median" and p.scale == "border_mad"
+
+
+class Engine:
+    """Scores positions on mosaics with one model and one runner.
+
+    ``model``: a pyengine model file, an exported ``.onnx`` (onnxruntime) or
+    TensorRT engine, or None for the shipped demo model.  ``runner``: a name
+    (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a :class:`Runner`.
+    ``batch_size`` None takes the runner's preferred size; ``threads`` None lets
+    each library choose.  ``threshold`` None takes the model's decision threshold.
+    """
+
+    def __init__(self, model=None, runner: str | Runner = "auto", precision: str | None = None,
+                 batch_size: int | None = None, threads: int | None = None, *,
+                 threshold: float | None = None, core: int = DEFAULT_CORE,
+                 max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
+                 cache_dir=None, prefetch: int = 2, slots: int = 4):
+        if batch_size is not None and not 1 <= int(batch_size) <= 65536:
+            raise ConfigError(f"batch size {batch_size} is out of range; accepted: 1..65536")
+        if threads is not None and int(threads) < 1:
+            raise ConfigError(f"threads = {threads}; a positive number is needed")
+        if not 0.0 <= float(max_nan_fraction) <= 1.0:
+            raise ConfigError(f"max NaN fraction {max_nan_fraction} is out of range; "
+                              "accepted: 0..1")
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ConfigError(f"threshold {threshold} is out of range; accepted: a "
+                              "probability in [0, 1]")
+        if not 64 <= int(core) <= 1 << 16:
+            raise ConfigError(f"tile core {core} is out of range; accepted: 64..65536")
+        if isinstance(runner, Runner):
+            self.runner = runner
+        else:
+            self.runner = make_runner(runner, model, precision=precision, threads=threads,
+                                      cache_dir=cache_dir, device=device)
+        self.spec = self.runner.spec
+        preferred = getattr(self.runner, "preferred_batch_size", 32) or 32
+        self.batch_size = int(batch_size) if batch_size is not None else int(preferred)
+        limit = getattr(self.runner, "max_batch_size", None)
+        if limit is not None and self.batch_size > limit:
+            raise ConfigError(f"batch size {self.batch_size} exceeds the {self.runner.name} "
+                              f"runner's maximum {limit}")
+        self.threads = int(threads) if threads is not None else None
+        self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
+        self.core = int(core)
+        self.max_nan_fraction = float(max_nan_fraction)
+        self.prefetch = max(1, int(prefetch))
+        self.nslots = max(2, int(slots))
+        self.model = model
+        self._lock = threading.Lock()
+
+    # -- life cycle ------------------------------------------------------------
+    def open(self) -> Engine:
+        """Load the runner (model session or engine); called on first use anyway."""
+        self.runner.activate()
+        return self
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def transfer_dtype(self):
+        """dtype of the batches handed to the runner (float16 halves the copy)."""
+        dtype = np.dtype(getattr(self.runner, "input_dtype", np.float32))
+        if dtype == np.float16 and not _affine_invariant(self.spec):
+            return np.dtype(np.float32)  # the runner converts; no rescaling allowed
+        return dtype
+
+    @property
+    def gather_threads(self) -> int:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+        return max(1, min(4, self.threads or cpus))
+
+    def describe(self) -> dict:
+        """Runner, precision and batch settings, for logs and catalog metadata."""
+        return {"runner": self.runner.name, "precision": self.runner.precision,
+                "batch_size": self.batch_size, "threshold": self.threshold,
+                "transfer_dtype": str(self.transfer_dtype),
+                "chosen_because": getattr(self.runner, "chosen_because", "")}
+
+    # -- arrays the caller already has -------------------------------------------
+    def classify(self, cutouts: np.ndarray) -> np.ndarray:
+        """Scores (n,) float32 for raw cutouts (n, nband, S, S) (NaN allowed)."""
+        cutouts = np.asarray(cutouts)
+        want = (self.spec.nband, self.spec.cutout_size, self.spec.cutout_size)
+        if cutouts.ndim != 4 or cutouts.shape[1:] != want:
+            raise ConfigError(f"classify: cutouts must be (n, {', '.join(map(str, want))}) for "
+                              f"this model (bands {', '.join(self.spec.bands)}), got "
+                              f"{cutouts.shape}")
+        cutouts = cutouts.astype(np.float32, copy=False)
+        with self._lock:
+            self.runner.activate()
+            out = np.empty(cutouts.shape[0], np.float32)
+            for s in range(0, cutouts.shape[0], self.batch_size):
+                out[s : s + self.batch_size] = self.runner.infer(
+                    np.ascontiguousarray(cutouts[s : s + self.batch_size]))
+        return out
+
+    # -- scanning ------------------------------------------------------------------
+    def prepare(self, mosaic, sources=None):
+        """(mosaic, source, plan) ready to scan: bands matched to the model, source bound."""
+        from pyengine.io.mosaic import Mosaic
+        from pyengine.sources import DetectSource
+
+        if not isinstance(mosaic, Mosaic):
+            mosaic = Mosaic.open(mosaic)
+        mosaic = match_bands(mosaic, self.spec.bands)
+        source = sources if sources is not None else DetectSource()
+        plan = TilePlan.for_cutout(mosaic.shape, cutout=self.spec.cutout_size, core=self.core)
+        source.bind(mosaic, plan)
+        return mosaic, source, plan
+
+    def scan(self, mosaic, sources=None):
+        """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``."""
+        from pyengine.scan import assemble_catalog
+
+        mosaic, source, plan = self.prepare(mosaic, sources)
+        results = list(self.iter_results(mosaic, source, plan))
+        return assemble_catalog(self, mosaic, source, results)
+
+    def iter_scan(self, mosaic, sources=None):
+        """Per-tile catalogs (astropy Tables), in tile order, as tiles complete."""
+        from pyengine.scan import tile_table
+
+        mosaic, source, plan = self.prepare(mosaic, sources)
+        for result in self.iter_results(mosaic, source, plan):
+            yield tile_table(self, mosaic, result)
+
+    def iter_results(self, mosaic, source, plan: TilePlan, *, skip=frozenset(),
+                     stop: threading.Event | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> Iterator[TileResult]:
+        """The pipeline: a :class:`TileResult` per tile with positions, in tile order.
+
+        ``skip``: tile indices already done (resume).  ``stop``: when set, no new
+        tile is started; batches already gathered finish and their complete
+        tiles are still yielded, then the iterator ends.  ``on_batch(n)`` is
+        called after each batch of n scores (progress).
+        """
+        with self._lock:
+            self.runner.activate()
+            yield from _Pipeline(self, mosaic, source, plan, skip, stop, on_batch).run()
+
+
+def match_bands(mosaic, bands):
+    """The mosaic with its bands in the model's order; refuses other band sets."""
+    have = tuple(mosaic.bands)
+    bands = tuple(bands)
+    if have == bands:
+        return mosaic
+    if sorted(have) != sorted(bands):
+        raise MosaicMismatchError(
+            f"the model needs bands {', '.join(bands)} but the mosaic has "
+            f"{', '.join(have)} ({', '.join(mosaic.paths)}); give one image per model band, "
+            "or name them with --bands")
+    from pyengine.io.mosaic import Mosaic
+
+    order = [have.index(b) for b in bands]
+    return Mosaic.open([mosaic.paths[i] for i in order], bands=list(bands))
+
+
+class _Pipeline:
+    """One scan's threads and queues (see the module docstring)."""
+
+    def __init__(self, engine: Engine, mosaic, source, plan, skip, stop, on_batch):
+        self.engine, self.mosaic, self.source, self.plan = engine, mosaic, source, plan
+        self.skip = frozenset(int(t) for t in skip)
+        self.stop = stop if stop is not None else threading.Event()
+        self.on_batch = on_batch
+        self.abort = threading.Event()  # teardown: every stage leaves at once
+        self.error: BaseException | None = None
+        self.size = engine.spec.cutout_size
+        self.dtype = engine.transfer_dtype
+        self.batch = engine.batch_size
+        self.tiles_q: queue.Queue = queue.Queue(maxsize=engine.prefetch)
+        self.infer_q: queue.Queue = queue.Queue(maxsize=engine.nslots)
+        self.collect_q: queue.Queue = queue.Queue()
+
+    # -- plumbing ------------------------------------------------------------------
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.abort.is_set():
+                raise ScanStopped
+            try:
+                q.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue):
+        while True:
+            if self.abort.is_set():
+                raise ScanStopped
+            try:
+                return q.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+
+    def _stage(self, fn):
+        def body():
+            try:
+                fn()
+            except ScanStopped:
+                pass
+            except BaseException as exc:  # handed to the caller's thread
+                if self.error is None:
+                    self.error = exc
+                self.abort.set()
+        return threading.Thread(target=body, name=f"pyengine-{fn.__name__}", daemon=True)
+
+    # -- stage 1: read tiles and find their positions --------------------------------
+    def _wanted(self) -> list[Tile]:
+        tiles = []
+        for tile in self.plan:
+            if tile.index in self.skip:
+                continue
+            if self.source.count(tile) == 0:
+                continue
+            tiles.append(tile)
+        return tiles
+
+    def _load(self, tile: Tile) -> _TileWork:
+        pixels = None
+        if self.source.needs_pixels or self.source.count(tile) != 0:
+            pixels = self.mosaic.read(*tile.window)
+        pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
+        nband = self.mosaic.nband
+        if self.dtype == np.float16 and pixels is not None:
+            offset, scale = tile_affine(pixels)
+        else:
+            offset, scale = np.zeros(nband, np.float32), np.ones(nband, np.float32)
+        return _TileWork(tile, pixels, np.asarray(pos.x, np.float64),
+                         np.asarray(pos.y, np.float64), np.asarray(pos.row, np.int64),
+                         dict(pos.columns), offset, scale)
+
+    def read(self):
+        tiles = self._wanted()
+        workers = max(1, min(2, self.engine.threads or 2))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyengine-read") as pool:
+            pending: deque = deque()
+            it = iter(tiles)
+            try:
+                while True:
+                    while len(pending) < self.engine.prefetch and not self.stop.is_set():
+                        tile = next(it, None)
+                        if tile is None:
+                            break
+                        pending.append(pool.submit(self._load, tile))
+                    if not pending:
+                        break
+                    work = pending.popleft().result()
+                    self._put(self.tiles_q, work)
+            finally:
+                for fut in pending:
+                    fut.cancel()
+        self._put(self.tiles_q, None)
+
+    # -- stage 2: gather windows into batch slots ------------------------------------
+    def gather(self):
+        ring = self.ring
+        slot, used, segments = -1, 0, []
+        while not self.stop.is_set() or slot >= 0:
+            work = self._get(self.tiles_q)
+            if work is None:
+                break
+            n = work.x.size
+            work.scores = np.full(n, np.nan, np.float32)
+            work.nan_counts = np.zeros(n, np.int64)
+            self.collect_q.put(("tile", work))
+            if n == 0:
+                continue
+            wy0, _, wx0, _ = work.tile.window
+            cx = centre_pixel(work.x) - wx0
+            cy = centre_pixel(work.y) - wy0
+            done = 0
+            while done < n:
+                if slot < 0:
+                    if self.stop.is_set():  # interrupted: only the batch in flight finishes
+                        break
+                    slot = self._acquire(ring)
+                    used, segments = 0, []
+                k = min(n - done, self.batch - used)
+                ring.fill(slot, used, work.pixels, cx[done : done + k], cy[done : done + k],
+                          offset=work.offset, scale=work.scale)
+                segments.append((work, done, used, k))
+                used += k
+                done += k
+                if used == self.batch:
+                    self._put(self.infer_q, (slot, used, segments))
+                    slot = -1
+        if slot >= 0:
+            self._put(self.infer_q, (slot, used, segments))
+        self._put(self.infer_q, None)
+
+    def _acquire(self, ring: BatchRing) -> int:
+        while True:
+            if self.abort.is_set():
+                raise ScanStopped
+            try:
+                return ring.acquire(timeout=_POLL)
+            except TimeoutError:
+                continue
+
+    # -- stage 3: inference, two batches in flight ---------------------------------------
+    def infer(self):
+        ring, runner = self.ring, self.engine.runner
+        flight: deque = deque()
+
+        def retire():
+            slot, n, segments, pending = flight.popleft()
+            scores = np.asarray(pending.result(), dtype=np.float32).reshape(-1)[:n]
+            counts = ring.nan_counts[slot][:n].copy()
+            ring.release(slot)
+            self.collect_q.put(("scores", segments, scores, counts))
+
+        while True:
+            item = self._get(self.infer_q)
+            if item is None:
+                break
+            slot, n, segments = item
+            ring.wait(slot)
+            flight.append((slot, n, segments, runner.submit(ring.slots[slot][:n])))
+            if len(flight) > 1:
+                retire()
+        while flight:
+            retire()
+        self.collect_q.put(("end",))
+
+    # -- stage 4: collect, in the caller's thread -------------------------------------------
+    def _finish(self, work: _TileWork) -> TileResult:
+        npix = self.mosaic.nband * self.size * self.size
+        frac = (work.nan_counts / npix).astype(np.float32)
+        flags = np.zeros(work.x.size, np.int32)
+        flags[frac > 0] |= EDGE
+        blank = frac > self.engine.max_nan_fraction
+        flags[blank] |= BLANK
+        return TileResult(work.tile.index, work.x, work.y, work.row, work.scores, frac, flags,
+                          work.columns)
+
+    def run(self) -> Iterator[TileResult]:
+        slots = self.engine.runner.allocate_slots(self.engine.nslots, self.batch)
+        if any(s.dtype != self.dtype for s in slots):
+            # The runner's own (pinned) slots hold another dtype than this scan sends:
+            # plain aligned slots, and the runner converts.
+            slots = make_slots(self.engine.nslots, self.batch, self.mosaic.nband, self.size,
+                               self.dtype)
+        self.ring = BatchRing(slots, threads=self.engine.gather_threads)
+        stages = [self._stage(self.read), self._stage(self.gather), self._stage(self.infer)]
+        for t in stages:
+            t.start()
+        open_tiles: deque[_TileWork] = deque()
+        try:
+            while True:
+                try:
+                    msg = self.collect_q.get(timeout=_POLL)
+                except queue.Empty:
+                    msg = None
+                if msg is None:
+                    if self.error is not None:
+                        raise self.error
+                    if not any(t.is_alive() for t in stages):
+                        raise RuntimeError("scan pipeline ended without finishing")  # a bug
+                    continue
+                kind = msg[0]
+                if kind == "end":
+                    break
+                if kind == "tile":
+                    open_tiles.append(msg[1])
+                else:
+                    _, segments, scores, counts = msg
+                    for work, start, at, k in segments:
+                        work.scores[start : start + k] = scores[at : at + k]
+                        work.nan_counts[start : start + k] = counts[at : at + k]
+                        work.filled += k
+                    if self.on_batch is not None:
+                        self.on_batch(int(scores.size))
+                while open_tiles and open_tiles[0].filled == open_tiles[0].x.size:
+                    work = open_tiles.popleft()
+                    work.pixels = None
+                    yield self._finish(work)
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.abort.set()
+            for t in stages:
+                t.join()
+            self.ring.close()
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,191 @@
+"""``pyengine scan``: score every source of a field and write the catalog.
+
+Progress goes to stderr (a one-line bar when stderr is a terminal), the closing
+summary to stdout; ``--log-json`` writes one JSON object per line to stdout
+instead (per tile, then the summary) for pipelines.  SIGINT or SIGTERM lets
+the batch in flight finish, keeps completed tiles in the journal, prints how
+to resume and exits 130; a second signal exits at once (the journal is
+always consistent).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import threading
+import time
+
+import click
+
+__all__ = ["scan"]
+
+EXIT_INTERRUPTED = 130
+
+
+class _Progress:
+    """A one-line progress display on a terminal, or JSON lines, or nothing."""
+
+    def __init__(self, *, quiet: bool, log_json: bool):
+        self.tty = sys.stderr.isatty() and not quiet and not log_json
+        self.log_json = log_json
+        self.quiet = quiet
+        self.last = 0.0
+
+    def __call__(self, event: dict) -> None:
+        if self.log_json and event["event"] in ("start", "tile"):
+            click.echo(json.dumps(event, sort_keys=True))
+        if event["event"] == "start":
+            if not self.quiet and not self.log_json:
+                resumed = (f", {event['tiles_resumed']} done before"
+                           if event["tiles_resumed"] else "")
+                click.echo(f"pyengine scan: {event['width']} x {event['height']} px, bands "
+                           f"{', '.join(event['bands'])}; {event['source']}; runner "
+                           f"{event['runner']} {event['precision']}, batch "
+                           f"{event['batch_size']}; {event['tiles_total']} tiles to scan"
+                           f"{resumed}", err=True)
+            return
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if event["event"] == "batch" and now - self.last < 0.2:
+            return
+        self.last = now
+        total = event["positions_total"]
+        pos = f"{event['positions_done']:,}" + (f"/{total:,}" if total else "")
+        eta = event["eta_s"]
+        eta_text = "" if eta is None else f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        line = (f"tiles {event['tiles_done']}/{event['tiles_total']}  cutouts {pos}  "
+                f"{event['rate']:,.0f}/s  candidates {event['candidates']:,}{eta_text}")
+        click.echo("\r" + line.ljust(79), nl=False, err=True)
+
+    def close(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
+def _resume_command() -> str:
+    argv = ["pyengine", *sys.argv[1:]]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(argv)
+
+
+@click.command()
+@click.argument("bands", nargs=-1, required=True, metavar="BAND_FITS...")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Catalog to write: .fits (default format), .ecsv, .parquet or .csv.")
+@click.option("--catalog", type=click.Path(dir_okay=False),
+              help="Classify these positions (FITS/ECSV/CSV/Parquet; RA/Dec deg or x/y pixels).")
+@click.option("--grid", type=int, metavar="STRIDE",
+              help="Classify every STRIDE pixels and write a score map.")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="Model file (.safetensors), exported .onnx or TensorRT .engine "
+                   "[default: the shipped demo model].")
+@click.option("--runner", default="auto", show_default=True,
+              help="auto, onnxruntime, torch or tensorrt.")
+@click.option("--precision", default=None, help="fp32, fp16, bf16 or int8 (runner-dependent).")
+@click.option("--batch-size", type=int, default=None, help="Cutouts per batch [runner's choice].")
+@click.option("--threads", type=int, default=None, help="CPU threads [all].")
+@click.option("--threshold", type=float, default=None,
+              help="Candidate threshold on the score [the model's].")
+@click.option("--regions", type=click.Path(dir_okay=False),
+              help="Also write the candidates as DS9 regions (.reg).")
+@click.option("--scoremap", type=click.Path(dir_okay=False),
+              help="Score map path in grid mode [OUT stem + _scoremap.fits].")
+@click.option("--resume", is_flag=True, help="Finish an interrupted scan of the same inputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--log-json", is_flag=True, help="JSON lines on stdout: per tile and a summary.")
+@click.option("--band-names", default=None,
+              help="Comma-separated band names for the images [FILTER keys or file names].")
+@click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
+@click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")
+@click.option("--x-col", default=None, help="Catalog x column (0-based pixels).")
+@click.option("--y-col", default=None, help="Catalog y column (0-based pixels).")
+@click.option("--mag-col", default=None, help="Catalog magnitude column for --mag-limit.")
+@click.option("--mag-limit", type=float, default=None,
+              help="Keep catalog rows with magnitude <= this.")
+@click.option("--detect-threshold", type=float, default=3.0, show_default=True,
+              help="Detection threshold in sigma above the background.")
+@click.option("--min-area", type=int, default=5, show_default=True,
+              help="Minimum connected pixels of a detection.")
+@click.option("--detect-band", default="sum", show_default=True,
+              help="Band to detect on, or 'sum' (noise-weighted sum of all bands).")
+@click.option("--tile-size", type=int, default=2048, show_default=True,
+              help="Tile core size in pixels (the unit of work and of resume).")
+@click.option("--max-nan", type=float, default=0.5, show_default=True,
+              help="Flag cutouts with more than this share of blank/off-image pixels.")
+def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
+         regions, scoremap, resume, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
+         mag_col, mag_limit, detect_threshold, min_area, detect_band, tile_size, max_nan):
+    """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits) for
+    star-cluster candidates.  Sources: --catalog, --grid, or detection (default)."""
+    from pyengine.errors import ConfigError
+    from pyengine.io.mosaic import Mosaic
+
+    if catalog is not None and grid is not None:
+        raise ConfigError("--catalog and --grid are exclusive; give one source of positions "
+                          "(or neither, to detect sources)")
+    if scoremap is not None and grid is None:
+        raise ConfigError("--scoremap needs --grid STRIDE (a score map samples a grid)")
+    catalog_opts = {"ra_col": ra_col, "dec_col": dec_col, "x_col": x_col, "y_col": y_col,
+                    "mag_col": mag_col, "mag_limit": mag_limit}
+    if catalog is None and any(v is not None for v in catalog_opts.values()):
+        used = [f"--{k.replace('_', '-')}" for k, v in catalog_opts.items() if v is not None]
+        raise ConfigError(f"{', '.join(used)} apply to --catalog, which was not given")
+    from pyengine.scan import output_paths
+
+    output_paths(out, regions, scoremap)  # fail before loading anything heavy
+    from pyengine.engine import Engine
+    from pyengine.scan import ScanInterrupted, run_scan
+    from pyengine.sources import CatalogSource, DetectSource, GridSource
+
+    names = [b.strip() for b in band_names.split(",")] if band_names else None
+    mosaic = Mosaic.open(list(bands), bands=names)
+    if catalog is not None:
+        source = CatalogSource(catalog, **catalog_opts)
+    elif grid is not None:
+        source = GridSource(grid)
+    else:
+        source = DetectSource(threshold=detect_threshold, min_area=min_area, band=detect_band)
+    engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
+                    threads=threads, threshold=threshold, core=tile_size,
+                    max_nan_fraction=max_nan)
+    stop = threading.Event()
+    signals = {}
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the batch in flight "
+                   "(again to quit now)...", err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signals[sig] = signal.signal(sig, on_signal)
+    show = _Progress(quiet=quiet, log_json=log_json)
+    try:
+        with engine:
+            summary = run_scan(engine, mosaic, source, out, regions=regions, scoremap=scoremap,
+                               resume=resume, stop=stop, progress=show)
+    except ScanInterrupted as exc:
+        show.close()
+        click.echo(f"Interrupted: {exc}. Resume with:\n  {_resume_command()}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        show.close()
+        click.echo(f"Interrupted. Completed tiles are journalled; resume with:\n  "
+                   f"{_resume_command()}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        for sig, old in signals.items():
+            signal.signal(sig, old)
+        mosaic.close()
+    show.close()
+    if log_json:
+        click.echo(json.dumps({"event": "summary", **summary.to_dict()}, sort_keys=True))
+    else:
+        click.echo(summary.line())
+        for kind, path in summary.outputs.items():
+            click.echo(f"  {kind}: {path}")

@@ -1,0 +1,860 @@
+"""Position sources: where the positions to classify come from.
+
+Three kinds, one interface (:class:`Source`), so the scan engine treats them alike:
+
+* :class:`CatalogSource` — rows of an input catalog (RA/Dec through the mosaic's
+  WCS, or x/y pixels; see :mod:`pyengine.io.catalog`), optionally cut on
+  magnitude.  Rows are grouped by owning tile once, in :meth:`Source.bind`.
+* :class:`DetectSource` — objects found by SEP on each tile's pixels (core plus
+  halo), with their measurements as extra output columns.
+* :class:`GridSource` — a dense regular grid of positions, for score maps.
+
+Contract (DESIGN §2, §4):
+
+* Positions are 0-based pixel coordinates on the mosaic's grid (astropy
+  convention).  A tile owns the positions whose centre pixel
+  (:func:`pyengine.coords.centre_pixel`) lies in its core, so over all tiles of
+  a plan every on-image position is returned exactly once.  ``positions`` is a
+  pure function of (source options, inputs, tile) and returns its positions in
+  a deterministic order: input order for catalogs, (y, x) for detections,
+  row-major for grids.
+* ``bind(mosaic, plan)`` is called once before scanning; it reads and checks
+  everything a user can get wrong (catalog columns, band names), so mistakes
+  surface before any pixel is read.  ``count``, ``positions``, ``off_image``,
+  ``fingerprint`` and ``passthrough`` need a bound source.
+* Catalog positions whose centre pixel is off the image, or that are not
+  finite, are returned by ``off_image`` (to be counted and reported, never
+  dropped silently); detections and grid points are on the image by
+  construction.
+* ``fingerprint`` is a JSON-serialisable dict of everything the source adds to
+  the positions (options, catalog bytes, SEP version, resolved columns); the
+  caller adds the mosaic and the tile plan.  A resume whose fingerprint
+  differs must be refused.
+* User mistakes raise :class:`~pyengine.errors.CatalogError` or
+  :class:`~pyengine.errors.ConfigError` with a one-line message naming the
+  file, the bad value and what is accepted.  A tile too crowded for SEP even
+  with enlarged buffers raises :class:`DetectionError` naming the tile.
+
+Detection (:class:`DetectSource`) on each tile window (core plus halo):
+
+1. Every band's blank pixels (NaN, inf) are masked.  SEP's background mesh is
+   aligned to a global grid of ``background_box`` pixels (the window is padded
+   with masked pixels to box boundaries), so a mesh cell holds the same pixels
+   in every window that contains it and the background is bitwise the same
+   more than a few boxes from the window's edge; a window with no mesh cell
+   half full (a sliver of image) uses one median level and MAD noise instead.
+2. The detection image is one band minus its background, with that band's
+   background rms as the noise; or ("sum") the bands minus their backgrounds
+   summed with weights 1 / (each band's typical noise, measured once in
+   ``bind`` from nine fixed sample windows, so every tile weights alike), with
+   the noise summed in quadrature.  SEP thresholds it at ``threshold`` times
+   the noise, its 3x3 filter applied as a plain convolution (SExtractor's
+   semantics: the threshold is in units of the unfiltered per-pixel noise).
+3. Position: near a window's edge the background differs slightly between
+   the windows holding a pixel, and so would SEP's barycentres; an object on a
+   core border could then be claimed by both tiles or by neither.  So each
+   object's position is the peak of the *raw* detection band (or the weighted
+   sum of the raw bands) smoothed with SEP's 3x3 kernel: climbed to from SEP's
+   convolved peak pixel, placed to sub-pixel precision by a parabola through
+   its neighbours.  It depends only on the raw pixels within 3 px of the peak,
+   so it is bitwise the same in every window holding them: ownership (centre
+   pixel in the core) is decided identically by neighbouring tiles, and an
+   object's position does not depend on the tile size.  SEP objects that climb
+   to one peak are one position (with the brightest one's measurements).
+   SEP's measurements (flux, peak, a, b, theta, npix, flags; detection-image
+   units) are the extra columns.
+
+What still depends on the tiling: whether an object at the edge of
+detectability is detected or deblended at all, where the background differs
+(within a few background boxes of a window's edge).  On a crowded synthetic
+PAndAS-like field (35,000 detections) about 1 % of the detections were found
+with 2048 px cores or with 1024 px cores but not both; none was duplicated or
+lost on a border, and every common one had bitwise the same position.  An object is
+seen whole by both neighbouring tiles when it fits within the halo; larger
+ones are truncated at the window edge (SEP flag 8, ``OBJ_TRUNC``).
+
+Thread safety: a bound source is read-only; ``count``, ``positions``,
+``off_image``, ``fingerprint``, ``passthrough`` and ``describe`` may be called
+from any number of threads at once.  ``bind`` must not race with them.  SEP
+keeps its buffer limits in process-wide state: they are only ever raised,
+under a lock.  SEP 1.4 holds the GIL in its C code (background and
+extraction), so detection on several threads of one process runs mostly one
+at a time; use processes (shards, Dask workers) to spread detection over
+cores.  Sources pickle (for shards and Dask workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pyengine.coords import centre_pixel
+from pyengine.errors import CatalogError, ConfigError, PyEngineError
+
+__all__ = [
+    "DETECT_COLUMNS",
+    "SOURCE_KINDS",
+    "CatalogSource",
+    "DetectSource",
+    "DetectionError",
+    "GridSource",
+    "Source",
+    "TilePositions",
+    "make_source",
+]
+
+SOURCE_KINDS = ("catalog", "detect", "grid")
+
+# Magnitude columns tried (case-insensitively) when mag_limit is set without mag_col.
+MAG_NAMES = ("mag", "mag_i", "imag", "i_mag", "magi", "mag_g", "gmag", "g_mag", "magg",
+             "mag_auto", "mag_best")
+
+# Extra output columns of detections: name -> dtype.
+DETECT_COLUMNS = {
+    "flux": np.dtype(np.float32),      # sum of object pixels, detection-image units
+    "peak": np.dtype(np.float32),      # peak pixel, detection-image units
+    "a": np.dtype(np.float32),         # semi-major axis (px, SExtractor scaling)
+    "b": np.dtype(np.float32),         # semi-minor axis (px)
+    "theta": np.dtype(np.float32),     # position angle (rad, from +x towards +y)
+    "npix": np.dtype(np.int32),        # pixels of the object
+    "det_flag": np.dtype(np.int16),    # SEP extraction flags
+}
+
+DEBLEND_CONT = 0.005      # SEP/SExtractor's default minimum contrast when deblending
+DEBLEND_NTHRESH = 32
+MIN_DETECT_HALO = 8       # px: objects straddling a core border must fit in the halo
+# SEP allocates its whole pixel stack on every extract (~23 ms per million on a laptop
+# core), so it starts at SEP's default (300,000 active pixels) and grows only when a
+# crowded tile overflows it.
+_PIXSTACK_START = 300_000
+_SUBOBJECT_START = 4096         # SEP's default is 1,024
+_SUBOBJECT_MAX = 65536
+_SEP_LOCK = threading.Lock()    # guards SEP's process-wide limits (they only grow)
+DETECT_METHOD = 1               # bump when the detection recipe changes (fingerprint)
+
+
+class DetectionError(PyEngineError):
+    """Source detection failed on a tile (beyond SEP's limits even after enlarging them)."""
+
+
+# -- positions of one tile ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TilePositions:
+    """Positions owned by one tile: 0-based pixel (x, y), catalog row, extra columns."""
+
+    x: np.ndarray
+    y: np.ndarray
+    row: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.x)
+        lengths = [len(self.y), len(self.row), *(len(v) for v in self.columns.values())]
+        if any(m != n for m in lengths):
+            raise ValueError(f"TilePositions: arrays of unequal length {[n, *lengths]}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def empty(cls, columns=None) -> TilePositions:
+        """No positions; ``columns`` maps (or lists pairs of) extra column name -> dtype."""
+        items = columns.items() if isinstance(columns, dict) else (columns or ())
+        return cls(np.empty(0, np.float64), np.empty(0, np.float64), np.empty(0, np.int64),
+                   {name: np.empty(0, dtype) for name, dtype in items})
+
+
+# -- the interface -----------------------------------------------------------------------
+
+
+class Source(ABC):
+    """Where the positions to classify come from.  See the module docstring."""
+
+    kind: str = ""
+    needs_pixels: bool = False
+
+    @property
+    def column_dtypes(self) -> dict[str, np.dtype]:
+        """Extra per-position columns every ``positions`` result carries: name -> dtype."""
+        return {}
+
+    @property
+    def bound(self) -> bool:
+        return getattr(self, "_plan", None) is not None
+
+    @abstractmethod
+    def bind(self, mosaic, plan) -> None:
+        """Read, convert and check the inputs for ``mosaic`` cut by ``plan``; once, before scanning."""
+
+    def count(self, tile) -> int | None:
+        """Positions ``tile`` owns when known without its pixels, else None."""
+        return None
+
+    @abstractmethod
+    def positions(self, tile, pixels: np.ndarray | None) -> TilePositions:
+        """Positions whose centre pixel lies in ``tile``'s core, in a deterministic order.
+
+        ``pixels`` is ``mosaic.read(*tile.window)`` when ``needs_pixels``, else None.
+        """
+
+    def off_image(self) -> TilePositions:
+        """Positions off the image or not finite (catalogs); empty for other kinds."""
+        self._check_bound()
+        return TilePositions.empty(self.column_dtypes)
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """JSON-serialisable description of everything this source adds to the positions."""
+
+    def passthrough(self):
+        """Catalog rows that are scanned (``TilePositions.row`` indexes them); None otherwise."""
+        return None
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for logs."""
+
+    # helpers for subclasses
+    def _check_bound(self) -> None:
+        if not self.bound:
+            raise RuntimeError(f"{type(self).__name__}: call bind(mosaic, plan) first")
+
+    def _check_tile(self, tile) -> None:
+        self._check_bound()
+        plan = self._plan
+        if not 0 <= tile.index < len(plan) or plan[tile.index] != tile:
+            raise ValueError(f"{type(self).__name__}: {tile} is not a tile of the bound {plan}")
+
+    @staticmethod
+    def _check_shapes(mosaic, plan) -> None:
+        if tuple(mosaic.shape) != tuple(plan.shape):
+            raise ValueError(f"tile plan shape {plan.shape} differs from the mosaic's "
+                             f"{mosaic.shape}")
+
+
+# -- catalog -----------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CatalogSource(Source):
+    """Rows of a catalog file (FITS table, ECSV, CSV, Parquet; ``path[ext]`` allowed).
+
+    Positions come from RA/Dec (degrees) through the mosaic's WCS or from x/y
+    pixel columns, found case-insensitively or named here (giving both forms,
+    or finding neither, is refused).  ``mag_limit`` keeps the rows whose
+    magnitude column (``mag_col``, or the one obvious column among
+    :data:`MAG_NAMES`) is finite and <= the limit.
+    """
+
+    kind = "catalog"
+    needs_pixels = False
+
+    def __init__(self, path, *, ra_col=None, dec_col=None, x_col=None, y_col=None,
+                 mag_col=None, mag_limit=None):
+        self.spec = os.fspath(path)
+        self.ra_col, self.dec_col, self.x_col, self.y_col = ra_col, dec_col, x_col, y_col
+        self.mag_col = mag_col
+        if mag_limit is not None:
+            if (isinstance(mag_limit, bool) or not isinstance(mag_limit, numbers.Real)
+                    or not math.isfinite(mag_limit)):
+                raise ConfigError(f"{self.spec}: magnitude limit {mag_limit!r} is not a finite "
+                                  "number; give the faintest magnitude to keep, e.g. 21")
+            mag_limit = float(mag_limit)
+        self.mag_limit = mag_limit
+        self._plan = None
+
+    def _mag_column(self, table) -> str | None:
+        from pyengine.io.catalog import find_column
+
+        if self.mag_col is not None:
+            return find_column(table, (), given=self.mag_col, where=self.spec, what="magnitudes")
+        if self.mag_limit is None:
+            return None
+        found = [name for name in table.colnames if name.lower() in MAG_NAMES]
+        if not found:
+            raise CatalogError(
+                f"{self.spec}: a magnitude limit needs a magnitude column and none of "
+                f"{', '.join(MAG_NAMES)} is present; name it with --mag-col; columns: "
+                f"{', '.join(table.colnames)}")
+        if len(found) > 1:
+            raise CatalogError(f"{self.spec}: several magnitude columns ({', '.join(found)}); "
+                               "choose the one to cut on with --mag-col")
+        return found[0]
+
+    def bind(self, mosaic, plan) -> None:
+        from pyengine.io.catalog import catalog_positions, read_catalog
+        from pyengine.io.fitsfile import parse_spec
+
+        self._check_shapes(mosaic, plan)
+        path, ext = parse_spec(self.spec)
+        if not path.exists():
+            raise CatalogError(f"{path}: no such catalog file")
+        # Hash before reading: a file rewritten in between makes the fingerprint stale,
+        # never silently newer than the rows scanned.
+        try:
+            size, sha = path.stat().st_size, _sha256(path)
+        except OSError as exc:
+            raise CatalogError(f"{path}: cannot read the catalog file ({exc.strerror})") from None
+        table = read_catalog(self.spec)
+        n_input = len(table)
+        mag_col = self._mag_column(table)
+        if mag_col is not None and self.mag_limit is not None:
+            col = table[mag_col]
+            if col.dtype.kind not in "fiu":
+                raise CatalogError(f"{self.spec}: magnitude column {mag_col!r} holds {col.dtype} "
+                                   "values; numbers are needed")
+            mag = np.asarray(col, dtype=np.float64)
+            if hasattr(col, "mask") and np.any(col.mask):
+                mag = np.where(np.asarray(col.mask), np.nan, mag)
+            with np.errstate(invalid="ignore"):
+                keep = np.isfinite(mag) & (mag <= self.mag_limit)
+            if not keep.any():
+                finite = mag[np.isfinite(mag)]
+                have = (f"its finite values span {finite.min():g} .. {finite.max():g}"
+                        if finite.size else "it has no finite values")
+                raise CatalogError(
+                    f"{self.spec}: no row has {mag_col} <= {self.mag_limit:g} ({have}); "
+                    "raise --mag-limit or choose another --mag-col")
+            if not keep.all():
+                table = table[keep]
+        pos = catalog_positions(table, mosaic.wcs, where=self.spec, ra_col=self.ra_col,
+                                dec_col=self.dec_col, x_col=self.x_col, y_col=self.y_col)
+        _, order, starts = plan.group(pos.x, pos.y)
+        order.flags.writeable = False
+        self._x, self._y = pos.x, pos.y
+        self._order, self._starts = order, starts
+        self._table = table
+        self._n_input = n_input
+        self._form, self._columns = pos.form, pos.columns
+        self._mag_used = mag_col if self.mag_limit is not None else None
+        self._file = {"path": str(path.resolve()), "ext": ext, "size": size, "sha256": sha}
+        self._plan = plan
+
+    def count(self, tile) -> int:
+        self._check_tile(tile)
+        return int(self._starts[tile.index + 1] - self._starts[tile.index])
+
+    def _take(self, rows: np.ndarray) -> TilePositions:
+        return TilePositions(self._x[rows], self._y[rows], rows.copy(), {})
+
+    def positions(self, tile, pixels=None) -> TilePositions:
+        self._check_tile(tile)
+        return self._take(self._order[self._starts[tile.index]:self._starts[tile.index + 1]])
+
+    def off_image(self) -> TilePositions:
+        self._check_bound()
+        n = len(self._plan)
+        return self._take(self._order[self._starts[n]:self._starts[n + 1]])
+
+    def fingerprint(self) -> dict:
+        self._check_bound()
+        return {"kind": self.kind, "file": dict(self._file), "form": self._form,
+                "columns": list(self._columns), "mag_col": self._mag_used,
+                "mag_limit": self.mag_limit}
+
+    def passthrough(self):
+        self._check_bound()
+        return self._table
+
+    @property
+    def n_off_image(self) -> int:
+        self._check_bound()
+        n = len(self._plan)
+        return int(self._starts[n + 1] - self._starts[n])
+
+    def describe(self) -> str:
+        name = Path(self.spec).name
+        if not self.bound:
+            return f"catalog {name} (not read yet)"
+        kept = len(self._table)
+        form = "RA/Dec" if self._form == "sky" else "pixel"
+        text = f"catalog {name}: {kept:,} positions ({form} columns {', '.join(self._columns)})"
+        if self._mag_used is not None:
+            text += (f"; {kept:,} of {self._n_input:,} rows with {self._mag_used} <= "
+                     f"{self.mag_limit:g}")
+        off = self.n_off_image
+        if off:
+            text += f"; {off:,} off the image"
+        return text
+
+
+# -- detection ---------------------------------------------------------------------------
+
+
+def _int_option(value, name: str, lo: int, hi: int, owner: str) -> int:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value != int(value) or not lo <= int(value) <= hi):
+        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; an integer "
+                          f"{lo}..{hi} is needed")
+    return int(value)
+
+
+def _ensure_sep_limits(pixstack: int, subobjects: int) -> None:
+    """Raise SEP's process-wide limits to at least these values (never lower them)."""
+    import sep
+
+    with _SEP_LOCK:
+        if sep.get_extract_pixstack() < pixstack:
+            sep.set_extract_pixstack(int(pixstack))
+        if hasattr(sep, "set_sub_object_limit") and sep.get_sub_object_limit() < subobjects:
+            sep.set_sub_object_limit(int(subobjects))
+
+
+_CLIMB_STEPS = 32     # a climb stops at a local maximum, or after this many steps
+# The 3 x 3 neighbourhood in (dy, dx) order: argmax takes the first of equal values, so
+# pixels are ranked by (value, -y, -x), a strict order that does not depend on the
+# window.  A climb never cycles and ends on the same pixel of a flat top (saturated
+# star, integer data) from wherever in it it starts.
+_NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0),
+                        (1, 1)], dtype=np.int64)
+
+
+def _peak_positions(raw: np.ndarray, start_x, start_y):
+    """Sub-pixel peaks of ``raw`` smoothed by SEP's 3 x 3 filter, climbed to from the starts.
+
+    From each start pixel, up to ``_CLIMB_STEPS`` steps to the highest of the 3 x 3
+    neighbours (ties to the upper left) reach the local maximum of the smoothed
+    image; a parabola through it and its neighbours along each axis places the peak
+    within half a pixel (between two equal pixels: half-way).  Every
+    value used is a fixed arithmetic of the raw pixels within 3 px of the peak, so
+    two windows holding those pixels give bitwise the same position: ownership of
+    an object on a core border is decided identically by both tiles.  Returns the
+    peak pixels ax, ay (int64, window coordinates) and offsets dx, dy (float64, at
+    most half a pixel).
+    """
+    h, w = raw.shape
+    row = raw[:, :-2] + 2 * raw[:, 1:-1] + raw[:, 2:]
+    smooth = np.full((h, w), -np.inf, dtype=np.float32)
+    smooth[1:-1, 1:-1] = row[:-2] + 2 * row[1:-1] + row[2:]
+    ax = np.clip(np.asarray(start_x, dtype=np.int64), 2, w - 3)
+    ay = np.clip(np.asarray(start_y, dtype=np.int64), 2, h - 3)
+    for _ in range(_CLIMB_STEPS):
+        values = smooth[ay[:, None] + _NEIGHBOURS[:, 0], ax[:, None] + _NEIGHBOURS[:, 1]]
+        step = _NEIGHBOURS[np.argmax(values, axis=1)]
+        if not step.any():
+            break
+        ay = np.clip(ay + step[:, 0], 2, h - 3)
+        ax = np.clip(ax + step[:, 1], 2, w - 3)
+
+    def vertex(minus, centre, plus):
+        minus, centre, plus = (v.astype(np.float64) for v in (minus, centre, plus))
+        curve = minus - 2 * centre + plus
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = np.where(curve < 0, 0.5 * (minus - plus) / curve, 0.0)
+        return np.clip(off, -0.5, 0.5)
+
+    f0 = smooth[ay, ax]
+    dx = vertex(smooth[ay, ax - 1], f0, smooth[ay, ax + 1])
+    dy = vertex(smooth[ay - 1, ax], f0, smooth[ay + 1, ax])
+    return ax, ay, dx, dy
+
+
+_NOISE_SAMPLES = 3      # sample windows per axis for each band's typical noise
+_NOISE_WINDOW = 256
+
+
+def _band_noise(mosaic) -> list[float]:
+    """Each band's typical pixel noise, from a fixed 3 x 3 set of sample windows.
+
+    Robust (median absolute deviation of neighbour differences, so sources and
+    smooth gradients hardly count) and a function of the mosaic alone: every tile
+    weights the bands the same.  0.0 for a band with no usable pixels there.
+    """
+    ny, nx = mosaic.shape
+    diffs = [[] for _ in range(mosaic.nband)]
+    for j in range(_NOISE_SAMPLES):
+        for i in range(_NOISE_SAMPLES):
+            cy = ny * (2 * j + 1) // (2 * _NOISE_SAMPLES)
+            cx = nx * (2 * i + 1) // (2 * _NOISE_SAMPLES)
+            y0 = max(0, min(cy - _NOISE_WINDOW // 2, ny - _NOISE_WINDOW))
+            x0 = max(0, min(cx - _NOISE_WINDOW // 2, nx - _NOISE_WINDOW))
+            window = mosaic.read(y0, min(y0 + _NOISE_WINDOW, ny), x0,
+                                 min(x0 + _NOISE_WINDOW, nx))
+            d = np.diff(window.astype(np.float64), axis=2)
+            for b in range(mosaic.nband):
+                diffs[b].append(d[b][np.isfinite(d[b])])
+    noise = []
+    for parts in diffs:
+        d = np.concatenate(parts)
+        if d.size < 16:
+            noise.append(0.0)
+            continue
+        spread = 1.4826 * np.median(np.abs(d - np.median(d)))
+        if not spread > 0:  # quantised data flatter than its steps: fall back to std
+            spread = np.std(d)
+        noise.append(float(spread / math.sqrt(2.0)))
+    return noise
+
+
+class DetectSource(Source):
+    """Objects found by SEP on every tile (core plus halo), placed at their peaks.
+
+    ``threshold`` is in units of the background rms (sigma); ``band`` is a
+    band name of the mosaic or "sum" (all bands, weighted by their inverse
+    noise); ``background_box`` is SEP's background mesh size in pixels;
+    ``deblend`` switches SEP's deblending (contrast 0.005) on or off.  See the
+    module docstring for the recipe and what it guarantees.
+    """
+
+    kind = "detect"
+    needs_pixels = True
+
+    def __init__(self, *, threshold: float = 3.0, min_area: int = 5, band: str = "sum",
+                 deblend: bool = True, background_box: int = 64):
+        owner = "detection"
+        if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                or not math.isfinite(threshold) or threshold <= 0):
+            raise ConfigError(f"{owner}: threshold {threshold!r} is not accepted; a number of "
+                              "sigma > 0 is needed, e.g. 3")
+        self.threshold = float(threshold)
+        self.min_area = _int_option(min_area, "minimum area", 1, 1 << 20, owner)
+        self.background_box = _int_option(background_box, "background box", 8, 1 << 16, owner)
+        if not isinstance(band, str) or not band:
+            raise ConfigError(f"{owner}: band {band!r} is not accepted; a band name of the "
+                              "mosaic or 'sum' is needed")
+        self.band = band
+        if not isinstance(deblend, bool | np.bool_):
+            raise ConfigError(f"{owner}: deblend {deblend!r} is not accepted; true or false")
+        self.deblend = bool(deblend)
+        self._plan = None
+
+    @property
+    def column_dtypes(self) -> dict[str, np.dtype]:
+        return dict(DETECT_COLUMNS)
+
+    def bind(self, mosaic, plan) -> None:
+        import sep
+
+        self._check_shapes(mosaic, plan)
+        bands = list(mosaic.bands)
+        if self.band == "sum":
+            band_index = None
+        elif self.band in bands:
+            band_index = bands.index(self.band)
+        else:
+            folded = [i for i, b in enumerate(bands) if b.lower() == self.band.lower()]
+            if len(folded) != 1:
+                raise ConfigError(f"detection: band {self.band!r} is not a band of the mosaic; "
+                                  f"accepted: sum, {', '.join(bands)}")
+            band_index = folded[0]
+        if plan.halo < MIN_DETECT_HALO:
+            raise ConfigError(
+                f"detection: the tile halo is {plan.halo} px; detection needs at least "
+                f"{MIN_DETECT_HALO} px to see objects across tile borders (use a cutout of at "
+                f"least {2 * MIN_DETECT_HALO} px)")
+        _ensure_sep_limits(_PIXSTACK_START, _SUBOBJECT_START)
+        if band_index is None:
+            noise = _band_noise(mosaic)
+            weights = [1.0 / n if n > 0 else 1.0 for n in noise]
+            self._weights = np.array([w if math.isfinite(w) else 1.0 for w in weights],
+                                     np.float32)
+        else:
+            self._weights = None
+        self._band_index = band_index
+        self._band_name = "sum" if band_index is None else bands[band_index]
+        self._nband = mosaic.nband
+        self._sep_version = str(getattr(sep, "__version__", "unknown"))
+        self._plan = plan
+
+    # The detection image of one window, padded to the global background grid.
+    def _detection_image(self, pixels, y0, x0):
+        """(image, err, mask, oy, ox): image[j, i] is mosaic pixel (ox + i, oy + j)."""
+        import sep
+
+        box = self.background_box
+        _, h, w = pixels.shape
+        py, px = y0 % box, x0 % box
+        ph, pw = -(-(py + h) // box) * box, -(-(px + w) // box) * box
+        oy, ox = y0 - py, x0 - px
+        bands = range(self._nband) if self._band_index is None else [self._band_index]
+
+        def background_subtracted(b):
+            """Band b padded, minus its background; its rms; its mask (True = no data)."""
+            plane = pixels[b]
+            mask = np.ones((ph, pw), dtype=bool)
+            inner = mask[py:py + h, px:px + w]
+            np.isfinite(plane, out=inner)
+            np.logical_not(inner, out=inner)
+            if inner.all():
+                return None
+            data = np.zeros((ph, pw), dtype=np.float32)
+            np.copyto(data[py:py + h, px:px + w], plane, where=~inner)
+            valid = box * box - np.count_nonzero(mask.reshape(ph // box, box, pw // box, box),
+                                                 axis=(1, 3))
+            if np.any(2 * valid >= box * box):
+                # SEP interpolates meshes under half full from their good neighbours.
+                bkg = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
+                bkg.subfrom(data)
+                rms = bkg.rms()
+            else:
+                # No mesh is half full (a sliver of image at an edge or between blank
+                # areas): one robust level and noise for the whole window.
+                values = data[~mask]
+                level = np.median(values)
+                noise = 1.4826 * np.median(np.abs(values - level))
+                data -= np.float32(level)
+                rms = np.full((ph, pw), noise, dtype=np.float32)
+            mask |= ~(rms > 0)  # also catches NaN
+            data[mask] = 0.0
+            rms[mask] = 1.0
+            return data, rms, mask
+
+        if self._band_index is not None:
+            got = background_subtracted(self._band_index)
+            return (None if got is None else (*got, oy, ox))
+        total = var = None
+        for b in bands:
+            got = background_subtracted(b)
+            if got is None:
+                continue
+            data, rms, mask = got
+            weight = self._weights[b]
+            data *= weight
+            rms *= weight
+            rms[mask] = 0.0
+            np.square(rms, out=rms)
+            if total is None:
+                total, var = data, rms
+            else:
+                total += data
+                var += rms
+        if total is None:
+            return None
+        mask = ~(var > 0)
+        np.sqrt(var, out=var)
+        var[mask] = 1.0
+        return total, var, mask, oy, ox
+
+    def _extract(self, image, err, mask, tile):
+        import sep
+
+        npix = image.size
+        while True:
+            try:
+                return sep.extract(image, self.threshold, err=err, mask=mask,
+                                   minarea=self.min_area, filter_type="conv",
+                                   deblend_nthresh=DEBLEND_NTHRESH,
+                                   deblend_cont=DEBLEND_CONT if self.deblend else 1.0)
+            except Exception as exc:
+                message = str(exc)
+                stack = sep.get_extract_pixstack()
+                subs = (sep.get_sub_object_limit() if hasattr(sep, "get_sub_object_limit")
+                        else _SUBOBJECT_MAX)
+                if "pixel buffer full" in message and stack < npix:
+                    _ensure_sep_limits(min(4 * stack, npix), 0)
+                    continue
+                if "deblending overflow" in message and subs < _SUBOBJECT_MAX:
+                    _ensure_sep_limits(0, min(4 * subs, _SUBOBJECT_MAX))
+                    continue
+                if "pixel buffer full" in message or "deblending overflow" in message:
+                    y0, y1, x0, x1 = tile.window
+                    raise DetectionError(
+                        f"detection: tile {tile.index} (rows {y0}..{y1 - 1}, columns "
+                        f"{x0}..{x1 - 1}) is beyond SEP's limits ({message.split(':')[0]}, "
+                        f"with {stack:,} pixels and {subs:,} sub-objects); raise the threshold "
+                        f"(now {self.threshold:g} sigma), switch deblending off, or check the "
+                        "image's background") from None
+                raise
+
+    def positions(self, tile, pixels) -> TilePositions:
+        self._check_tile(tile)
+        y0, y1, x0, x1 = tile.window
+        want = (self._nband, y1 - y0, x1 - x0)
+        if pixels is None or pixels.shape != want:
+            got = None if pixels is None else pixels.shape
+            raise ValueError(f"DetectSource.positions: tile {tile.index} needs its window's "
+                             f"pixels {want}, got {got}")
+        made = self._detection_image(pixels, y0, x0)
+        if made is None:
+            return TilePositions.empty(DETECT_COLUMNS)
+        image, err, mask, oy, ox = made
+        objs = self._extract(image, err, mask, tile)
+        if len(objs) == 0:
+            return TilePositions.empty(DETECT_COLUMNS)
+        # SEP's convolved peak pixel, in window coordinates, starts the climb.
+        ax, ay, dx, dy = _peak_positions(self._raw_image(pixels), objs["xcpeak"] + (ox - x0),
+                                         objs["ycpeak"] + (oy - y0))
+        ax += x0  # whole pixels first: then one rounding, the same in every window
+        ay += y0
+        x, y = ax + dx, ay + dy
+        key = (ay - y0) * (x1 - x0) + (ax - x0)   # one integer per peak pixel
+        # Objects climbing to one peak are one position: keep the brightest (SEP flux).
+        first = np.lexsort((-objs["flux"], key))
+        first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
+        cx, cy = centre_pixel(x[first]), centre_pixel(y[first])
+        own = (tile.x0 <= cx) & (cx < tile.x1) & (tile.y0 <= cy) & (cy < tile.y1)
+        idx = first[own]
+        idx = idx[np.lexsort((x[idx], y[idx]))]
+        objs = objs[idx]
+        columns = {name: np.asarray(objs["flag" if name == "det_flag" else name], dtype=dtype)
+                   for name, dtype in DETECT_COLUMNS.items()}
+        return TilePositions(x[idx], y[idx], np.full(len(idx), -1, np.int64), columns)
+
+    def _raw_image(self, pixels) -> np.ndarray:
+        """The window's detection band (or the weighted sum of the bands), blank pixels as 0.
+
+        No background, no noise map: it depends on the pixels alone, so every window
+        holding a pixel sees the same value there.
+        """
+        if self._band_index is not None:
+            return np.where(np.isfinite(pixels[self._band_index]), pixels[self._band_index],
+                            np.float32(0))
+        raw = np.zeros(pixels.shape[1:], dtype=np.float32)
+        for b in range(self._nband):
+            weighted = pixels[b] * self._weights[b]
+            raw += np.where(np.isfinite(weighted), weighted, np.float32(0))
+        return raw
+
+    def fingerprint(self) -> dict:
+        self._check_bound()
+        return {"kind": self.kind, "method": DETECT_METHOD, "sep": self._sep_version,
+                "threshold": self.threshold, "min_area": self.min_area, "band": self._band_name,
+                "deblend": self.deblend, "deblend_cont": DEBLEND_CONT,
+                "deblend_nthresh": DEBLEND_NTHRESH, "background_box": self.background_box,
+                "filter": "conv 3x3",
+                "band_weights": None if self._weights is None else
+                [float(w) for w in self._weights]}
+
+    def describe(self) -> str:
+        band = self._band_name if self.bound else self.band
+        image = "the noise-weighted sum of the bands" if band == "sum" else f"band {band}"
+        return (f"detect (SEP) on {image}: threshold {self.threshold:g} sigma, minimum area "
+                f"{self.min_area} px, background box {self.background_box} px, deblending "
+                f"{'on' if self.deblend else 'off'}")
+
+
+# -- grid --------------------------------------------------------------------------------
+
+
+class GridSource(Source):
+    """Positions x = offset + stride*i, y = offset + stride*j covering the image.
+
+    ``offset`` defaults to ``stride // 2`` (the grid is centred in its cells);
+    positions are whole pixels, so a grid point's centre pixel is itself.
+    """
+
+    kind = "grid"
+    needs_pixels = False
+
+    def __init__(self, stride, *, offset=None):
+        self.stride = _int_option(stride, "grid stride", 1, 1 << 30, "grid")
+        if offset is None:
+            offset = self.stride // 2
+        self.offset = _int_option(offset, "grid offset", 0, self.stride - 1, "grid")
+        self._plan = None
+
+    def _axis(self, n: int) -> int:
+        """Grid points along an image axis of n pixels."""
+        return max(0, -(-(n - self.offset) // self.stride))
+
+    def bind(self, mosaic, plan) -> None:
+        self._check_shapes(mosaic, plan)
+        ny, nx = plan.shape
+        shape = (self._axis(ny), self._axis(nx))
+        if 0 in shape:
+            raise ConfigError(f"grid: stride {self.stride} with offset {self.offset} puts no "
+                              f"point on the {ny} x {nx} image; a stride (or offset) below "
+                              f"{min(ny, nx)} is needed")
+        self._shape = shape
+        self._plan = plan
+
+    def grid_shape(self) -> tuple[int, int]:
+        """(ny_grid, nx_grid): grid points along y and x."""
+        self._check_bound()
+        return self._shape
+
+    def grid_index(self, x, y):
+        """(j, i) int64 grid indices of positions (x, y): exact for grid points, else nearest."""
+        j = np.rint((np.asarray(y, dtype=np.float64) - self.offset) / self.stride)
+        i = np.rint((np.asarray(x, dtype=np.float64) - self.offset) / self.stride)
+        return j.astype(np.int64), i.astype(np.int64)
+
+    def _span(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        """Grid indices [a, b) whose coordinates lie in [lo, hi), within [0, n)."""
+        a = max(0, -(-(lo - self.offset) // self.stride))
+        b = min(n, -(-(hi - self.offset) // self.stride))
+        return a, max(a, b)
+
+    def count(self, tile) -> int:
+        self._check_tile(tile)
+        j0, j1 = self._span(tile.y0, tile.y1, self._shape[0])
+        i0, i1 = self._span(tile.x0, tile.x1, self._shape[1])
+        return (j1 - j0) * (i1 - i0)
+
+    def positions(self, tile, pixels=None) -> TilePositions:
+        self._check_tile(tile)
+        j0, j1 = self._span(tile.y0, tile.y1, self._shape[0])
+        i0, i1 = self._span(tile.x0, tile.x1, self._shape[1])
+        gx = self.offset + self.stride * np.arange(i0, i1, dtype=np.float64)
+        gy = self.offset + self.stride * np.arange(j0, j1, dtype=np.float64)
+        y, x = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))
+        return TilePositions(x, y, np.full(x.size, -1, np.int64), {})
+
+    def fingerprint(self) -> dict:
+        self._check_bound()
+        return {"kind": self.kind, "stride": self.stride, "offset": self.offset,
+                "grid_shape": list(self._shape)}
+
+    def describe(self) -> str:
+        text = f"grid: stride {self.stride} px, offset {self.offset} px"
+        if self.bound:
+            ny, nx = self._shape
+            text += f", {ny:,} x {nx:,} = {ny * nx:,} positions"
+        return text
+
+
+# -- factory -----------------------------------------------------------------------------
+
+_OPTIONS = {
+    "catalog": ("ra_col", "dec_col", "x_col", "y_col", "mag_col", "mag_limit"),
+    "detect": ("threshold", "min_area", "band", "deblend", "background_box"),
+    "grid": ("offset",),
+}
+
+
+def make_source(kind: str | None = None, *, catalog=None, stride=None, **options) -> Source:
+    """Build a source from command-line style options; options that are None are ignored.
+
+    ``kind`` defaults to "catalog" when ``catalog`` (a path) is given, "grid"
+    when ``stride`` is given, else "detect".  Options of another kind that are
+    set (not None) are refused, so a misplaced flag never goes unnoticed.
+    """
+    if kind is None:
+        kind = "catalog" if catalog is not None else "grid" if stride is not None else "detect"
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"source kind {kind!r} is not known; accepted: {', '.join(SOURCE_KINDS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if catalog is not None and kind != "catalog":
+        given["catalog"] = catalog
+    if stride is not None and kind != "grid":
+        given["stride"] = stride
+    unknown = sorted(set(given) - set(_OPTIONS[kind]))
+    if unknown:
+        raise ConfigError(f"{kind} source: option(s) {', '.join(unknown)} do not apply; "
+                          f"accepted: {', '.join(_OPTIONS[kind]) or 'none'}")
+    if kind == "catalog":
+        if catalog is None:
+            raise ConfigError("catalog source: no catalog file given; give its path")
+        return CatalogSource(catalog, **given)
+    if kind == "grid":
+        if stride is None:
+            raise ConfigError("grid source: no stride given; give the grid spacing in pixels")
+        return GridSource(stride, **given)
+    return DetectSource(**given)

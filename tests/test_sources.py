@@ -1,0 +1,598 @@
+"""Position sources: catalog rows, SEP detections and grids, each owned by exactly one tile."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import sep
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+
+from pyengine import Mosaic, TilePlan
+from pyengine.coords import centre_pixel
+from pyengine.errors import CatalogError, ConfigError
+from pyengine.sources import (
+    DETECT_COLUMNS,
+    CatalogSource,
+    DetectionError,
+    DetectSource,
+    GridSource,
+    TilePositions,
+    _peak_positions,
+    make_source,
+)
+from tests.makedata import make_wcs
+
+SHAPE = (300, 410)          # (ny, nx): 5 x 7 tiles of core 64
+NAN_ROWS, NAN_COLS = (180, 300), (0, 150)   # blank corner: whole tile windows of core 64
+SIGMA_PSF = 1.5
+# Injected sources (x, y): a jittered lattice plus sources on core borders (64k - 0.5 is
+# the ownership border between pixel 64k - 1 and 64k) and tile corners.
+_rng = np.random.default_rng(42)
+_lattice = np.array([(x, y) for y in range(14, 300, 36) for x in range(14, 410, 36)], float)
+_lattice += _rng.uniform(-4, 4, _lattice.shape)
+BORDER = np.array([[63.45, 40.2], [127.55, 100.3], [255.4, 127.5],
+                   [319.5, 63.5], [383.6, 255.45], [247.5, 191.5], [191.5, 176.0]])
+ALL = np.concatenate([_lattice, BORDER])
+_far = np.min(np.hypot(*(ALL[:, None, :] - ALL[None, :, :]).transpose(2, 0, 1))
+              + np.eye(len(ALL)) * 99, axis=1) > 9   # isolated
+_blank = ((ALL[:, 1] > NAN_ROWS[0] - 6) & (ALL[:, 0] < NAN_COLS[1] + 6))
+_edge = ((ALL[:, 0] < 5) | (ALL[:, 0] > SHAPE[1] - 6) | (ALL[:, 1] < 5)
+         | (ALL[:, 1] > SHAPE[0] - 6))
+TRUTH = ALL[_far & ~_blank & ~_edge]
+G_ONLY = 3  # TRUTH[G_ONLY] shines in g and not in i
+
+
+def _gaussians(points, amplitude):
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    out = np.zeros(SHAPE)
+    for (x, y), a in zip(points, amplitude, strict=True):
+        sl = (slice(max(int(y) - 8, 0), int(y) + 9), slice(max(int(x) - 8, 0), int(x) + 9))
+        out[sl] += a * np.exp(-((xx[sl] - x) ** 2 + (yy[sl] - y) ** 2) / (2 * SIGMA_PSF**2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    """Two-band mosaic: sloped sky, noise, Gaussian sources (TRUTH), a blank corner."""
+    root = tmp_path_factory.mktemp("sources")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    amp = np.full(len(TRUTH), 60.0)
+    amp_i = amp.copy()
+    amp_i[G_ONLY] = 0.0
+    g = 100 + 0.02 * xx + rng.normal(0, 1, SHAPE) + _gaussians(TRUTH, amp)
+    i = 50 - 0.01 * yy + rng.normal(0, 2, SHAPE) + _gaussians(TRUTH, 2 * amp_i)
+    header = make_wcs(SHAPE).to_header()
+    paths = []
+    for name, data in (("g", g), ("i", i)):
+        data = data.astype(np.float32)
+        data[NAN_ROWS[0]:NAN_ROWS[1], NAN_COLS[0]:NAN_COLS[1]] = np.nan
+        paths.append(root / f"{name}.fits")
+        fits.PrimaryHDU(data, header=header).writeto(paths[-1])
+    with Mosaic.open(paths, bands=["g", "i"]) as mosaic:
+        yield mosaic
+
+
+def _scan(source, mosaic, plan):
+    """Bind, then concatenate every tile's positions; also checks ownership and counts."""
+    source.bind(mosaic, plan)
+    parts = []
+    for tile in plan:
+        pixels = mosaic.read(*tile.window) if source.needs_pixels else None
+        got = source.positions(tile, pixels)
+        assert isinstance(got, TilePositions)
+        assert got.x.dtype == np.float64 and got.y.dtype == np.float64
+        assert got.row.dtype == np.int64
+        assert list(got.columns) == list(source.column_dtypes)
+        for name, dtype in source.column_dtypes.items():
+            assert got.columns[name].dtype == dtype
+        cx, cy = centre_pixel(got.x), centre_pixel(got.y)
+        assert np.all((tile.x0 <= cx) & (cx < tile.x1) & (tile.y0 <= cy) & (cy < tile.y1))
+        count = source.count(tile)
+        assert count is None or count == len(got)
+        parts.append(got)
+    return parts
+
+
+def _cat(parts):
+    return (np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+            np.concatenate([p.row for p in parts]))
+
+
+# -- catalog -----------------------------------------------------------------------------
+
+
+def _catalog_table(mosaic, n=400, seed=3):
+    """Rows all over and around the image, exact border cases, NaN rows; RA/Dec and pixels."""
+    rng = np.random.default_rng(seed)
+    ny, nx = SHAPE
+    x = np.concatenate([rng.uniform(-20, nx + 20, n), [63.5, 63.4999, -0.5, -0.51, nx - 0.5,
+                                                        nx - 0.51, 10.0, np.nan]])
+    y = np.concatenate([rng.uniform(-20, ny + 20, n), [10.0, 127.5, 0.0, 5.0, 7.0, ny - 0.51,
+                                                        np.nan, 3.0]])
+    ra, dec = mosaic.wcs.pixel_to_world_values(x, y)
+    mag = rng.uniform(17, 25, len(x))
+    mag[::17] = np.nan
+    return Table({"id": np.arange(len(x)) + 1000, "RA": ra, "DEC": dec, "mag": mag,
+                  "name": [f"s{k}" for k in range(len(x))]})
+
+
+def _wcs_pixels(mosaic, ra, dec):
+    """The reference: astropy's high-level WCS."""
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    px, py = np.full(len(ra), np.nan), np.full(len(ra), np.nan)
+    sky = SkyCoord(ra[ok], dec[ok], unit="deg", frame="icrs")
+    px[ok], py[ok] = mosaic.wcs.world_to_pixel(sky)
+    return px, py
+
+
+@pytest.fixture(scope="module")
+def sky_catalog(field, tmp_path_factory):
+    table = _catalog_table(field)
+    path = tmp_path_factory.mktemp("cat") / "cat.fits"
+    table.write(path)
+    return path, table
+
+
+def test_catalog_every_row_once_at_the_wcs_position(field, sky_catalog):
+    path, table = sky_catalog
+    plan = TilePlan(SHAPE, core=64, halo=16)
+    source = CatalogSource(path)
+    assert source.kind == "catalog" and not source.needs_pixels
+    parts = _scan(source, field, plan)
+    off = source.off_image()
+    x, y, row = _cat([*parts, off])
+    np.testing.assert_array_equal(np.sort(row), np.arange(len(table)))   # each row once
+    for part in parts:
+        assert np.all(np.diff(part.row) > 0)                             # input order
+    px, py = _wcs_pixels(field, np.asarray(table["RA"]), np.asarray(table["DEC"]))
+    np.testing.assert_allclose(x, px[row], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(y, py[row], rtol=0, atol=1e-8)
+    # off-image rows: non-finite, or centre pixel outside the image; the rest are on it
+    cx, cy = centre_pixel(off.x), centre_pixel(off.y)
+    with np.errstate(invalid="ignore"):
+        inside = ((0 <= cx) & (cx < SHAPE[1]) & (0 <= cy) & (cy < SHAPE[0])
+                  & np.isfinite(off.x) & np.isfinite(off.y))
+    assert not inside.any() and len(off) > 20
+    assert source.passthrough() is not None and len(source.passthrough()) == len(table)
+    assert "cat.fits: 408 positions (RA/Dec columns RA, DEC)" in source.describe()
+    assert f"{len(off)} off the image" in source.describe()
+
+
+def test_catalog_pixel_columns_give_the_same_positions(field, sky_catalog, tmp_path):
+    _, table = sky_catalog
+    px, py = _wcs_pixels(field, np.asarray(table["RA"]), np.asarray(table["DEC"]))
+    pix = Table({"id": table["id"], "X": px, "y_pix": py})
+    pix.write(tmp_path / "pix.ecsv")
+    plan = TilePlan(SHAPE, core=64, halo=16)
+    sky, flat = CatalogSource(sky_catalog[0]), CatalogSource(tmp_path / "pix.ecsv")
+    for a, b in zip(_scan(sky, field, plan), _scan(flat, field, plan), strict=True):
+        np.testing.assert_array_equal(a.row, b.row)
+        np.testing.assert_allclose(a.x, b.x, atol=1e-8)
+        np.testing.assert_allclose(a.y, b.y, atol=1e-8)
+    np.testing.assert_array_equal(sky.off_image().row, flat.off_image().row)
+    assert flat.fingerprint()["form"] == "pixel"
+    assert flat.fingerprint()["columns"] == ["X", "y_pix"]
+
+
+def test_catalog_magnitude_cut_and_passthrough(field, sky_catalog):
+    path, table = sky_catalog
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    source = CatalogSource(path, mag_limit=21)
+    parts = _scan(source, field, plan)
+    mag = np.asarray(table["mag"])
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(mag) & (mag <= 21)
+    passed = source.passthrough()
+    assert passed.colnames == table.colnames
+    np.testing.assert_array_equal(passed["id"], table["id"][keep])        # input order
+    _, _, row = _cat([*parts, source.off_image()])
+    np.testing.assert_array_equal(np.sort(row), np.arange(keep.sum()))
+    px, _ = _wcs_pixels(field, np.asarray(passed["RA"]), np.asarray(passed["DEC"]))
+    for part in parts:   # rows index the pass-through table
+        np.testing.assert_allclose(part.x, px[part.row], atol=1e-8)
+    assert f"{keep.sum()} of {len(table)} rows with mag <= 21" in source.describe()
+    assert source.fingerprint()["mag_col"] == "mag"
+
+
+def test_catalog_magnitude_column_choice(field, tmp_path):
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    t = Table({"ra": [10.6847, 10.6848], "dec": [41.269, 41.2691], "MAG_G": [20.0, 22.0],
+               "mag_i": [22.0, 20.0]})
+    t.write(tmp_path / "two.csv")
+    with pytest.raises(CatalogError, match=r"two\.csv: several magnitude columns \(MAG_G, "
+                                           r"mag_i\); choose .* --mag-col"):
+        CatalogSource(tmp_path / "two.csv", mag_limit=21).bind(field, plan)
+    s = CatalogSource(tmp_path / "two.csv", mag_col="MAG_I", mag_limit=21)
+    s.bind(field, plan)
+    assert len(s.passthrough()) == 1 and s.passthrough()["mag_i"][0] == 20.0
+    # a magnitude column without a limit cuts nothing
+    s = CatalogSource(tmp_path / "two.csv", mag_col="mag_g")
+    s.bind(field, plan)
+    assert len(s.passthrough()) == 2
+
+
+def test_catalog_fingerprint_follows_bytes_and_options(field, sky_catalog, tmp_path):
+    path, table = sky_catalog
+    plan = TilePlan(SHAPE, core=128, halo=16)
+
+    def fp(p, **kw):
+        s = CatalogSource(p, **kw)
+        s.bind(field, plan)
+        return s.fingerprint()
+
+    base = fp(path)
+    json.dumps(base)
+    assert base == fp(path)
+    assert base["file"]["size"] == path.stat().st_size
+    assert fp(path, mag_limit=21) != base
+    assert fp(path, mag_limit=21) != fp(path, mag_limit=22)
+    copy = table.copy()
+    copy["mag"][1] += 0.001     # same size, other bytes
+    copy.write(tmp_path / "cat.fits")
+    other = fp(tmp_path / "cat.fits")
+    assert other["file"]["size"] == base["file"]["size"]
+    assert other["file"]["sha256"] != base["file"]["sha256"]
+    both = table.copy()
+    both["x"], both["y"] = _wcs_pixels(field, np.asarray(table["RA"]), np.asarray(table["DEC"]))
+    both.write(tmp_path / "both.fits")
+    assert (fp(tmp_path / "both.fits", ra_col="RA", dec_col="DEC")
+            != fp(tmp_path / "both.fits", x_col="x", y_col="y"))
+
+
+def _one_line(exc_info, name):
+    text = str(exc_info.value)
+    assert "\n" not in text and name in text
+    return text
+
+
+@pytest.mark.parametrize(("table", "options", "error", "match"), [
+    (Table({"ra": np.zeros(0), "dec": np.zeros(0)}), {}, CatalogError, "the catalog is empty"),
+    (Table({"mag": [20.0]}), {}, CatalogError, "no usable position columns"),
+    (Table({"ra": [10.68], "dec": [41.27], "x": [1.0], "y": [2.0]}), {}, CatalogError,
+     "both as RA/Dec"),
+    (Table({"ra": [10.68], "dec": [41.27]}), {"ra_col": "ra", "x_col": "x"}, CatalogError,
+     "not both"),
+    (Table({"ra": [10.68], "dec": [41.27], "mag": [22.5]}), {"mag_limit": 21}, CatalogError,
+     r"no row has mag <= 21 \(its finite values span 22.5 .. 22.5\)"),
+    (Table({"ra": [10.68], "dec": [41.27], "mag": [np.nan]}), {"mag_limit": 21}, CatalogError,
+     "no row has mag <= 21 .it has no finite values"),
+    (Table({"ra": [10.68], "dec": [41.27]}), {"mag_limit": 21}, CatalogError,
+     "needs a magnitude column"),
+    (Table({"ra": [10.68], "dec": [41.27]}), {"mag_col": "imag"}, CatalogError,
+     "no column 'imag' for magnitudes"),
+])
+def test_catalog_errors_name_the_file(field, tmp_path, table, options, error, match):
+    path = tmp_path / "bad_cat.fits"
+    table.write(path)
+    with pytest.raises(error, match=match) as exc:
+        CatalogSource(path, **options).bind(field, TilePlan(SHAPE, core=128, halo=16))
+    _one_line(exc, "bad_cat.fits")
+
+
+@pytest.mark.parametrize("limit", ["faint", float("nan"), True])
+def test_catalog_bad_magnitude_limit(limit):
+    with pytest.raises(ConfigError, match=r"magnitude limit .* is not a finite number") as exc:
+        CatalogSource("c.fits", mag_limit=limit)
+    _one_line(exc, "c.fits")
+
+
+def test_catalog_extension_spec(field, sky_catalog):
+    path, table = sky_catalog
+    source = CatalogSource(f"{path}[1]", mag_limit=22.0)
+    source.bind(field, TilePlan(SHAPE, core=128, halo=16))
+    assert source.fingerprint()["file"]["ext"] == "1"
+    assert source.fingerprint()["file"]["path"] == str(path.resolve())
+    assert len(source.passthrough()) == np.count_nonzero(np.asarray(table["mag"]) <= 22.0)
+
+
+def test_catalog_missing_file_and_unbound_use(tmp_path, field):
+    with pytest.raises(CatalogError, match="no such catalog file") as exc:
+        CatalogSource(tmp_path / "nope.fits").bind(field, TilePlan(SHAPE, core=128))
+    _one_line(exc, "nope.fits")
+    source = CatalogSource(tmp_path / "nope.fits")
+    assert source.describe() == "catalog nope.fits (not read yet)"
+    with pytest.raises(RuntimeError, match="bind"):
+        source.fingerprint()
+
+
+# -- detection ---------------------------------------------------------------------------
+
+
+def _match(x, y, truth, tol=1.0):
+    """Index of the detection within tol of each truth position (-1 if none); asserts
+    that no truth position has two."""
+    d = np.hypot(x[None, :] - truth[:, 0, None], y[None, :] - truth[:, 1, None])
+    near = d < tol
+    assert np.all(near.sum(axis=1) <= 1), "a source detected twice"
+    return np.where(near.any(axis=1), np.argmax(near, axis=1), -1)
+
+
+@pytest.fixture(scope="module")
+def detections(field):
+    """Detections (x, y, parts) for band -> core; threshold 5 sigma."""
+    out = {}
+    for band, core in (("sum", 64), ("sum", 128), ("sum", 4096), ("g", 64), ("i", 64)):
+        parts = _scan(DetectSource(band=band, threshold=5), field,
+                      TilePlan(SHAPE, core=core, halo=16))
+        x, y, row = _cat(parts)
+        assert np.all(row == -1)
+        out[band, core] = x, y, parts
+    return out
+
+
+@pytest.mark.parametrize(("band", "core"), [("sum", 64), ("sum", 128), ("sum", 4096),
+                                            ("g", 64)])
+def test_detection_finds_every_source_once(detections, band, core):
+    x, y, _ = detections[band, core]
+    idx = _match(x, y, TRUTH)
+    assert np.all(idx >= 0), f"missed {TRUTH[idx < 0]}"
+    assert len(x) == len(TRUTH), "spurious detections"
+    dist = np.hypot(x[idx] - TRUTH[:, 0], y[idx] - TRUTH[:, 1])
+    assert dist.max() < 0.3
+    # nothing in (or leaking from) the blank corner
+    assert not np.any((y > NAN_ROWS[0]) & (x < NAN_COLS[1]))
+
+
+def test_detection_border_sources_owned_once(detections):
+    x, y, parts = detections["sum", 64]
+    border = TRUTH[np.isin(TRUTH[:, 0], BORDER[:, 0])]
+    assert len(border) == len(BORDER)
+    idx = _match(x, y, border)
+    assert np.all(idx >= 0)
+    owners = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    assert len(set(owners[idx])) > 3   # they really sit in different tiles
+
+
+def test_detection_named_band(detections):
+    xg, yg, _ = detections["g", 64]
+    xi, yi, _ = detections["i", 64]
+    assert _match(xg, yg, TRUTH[[G_ONLY]])[0] >= 0
+    assert _match(xi, yi, TRUTH[[G_ONLY]])[0] == -1
+    rest = np.delete(TRUTH, G_ONLY, axis=0)
+    assert np.all(_match(xi, yi, rest) >= 0) and len(xi) == len(rest)
+
+
+def _sorted(x, y):
+    order = np.lexsort((x, y))
+    return x[order], y[order]
+
+
+def test_detection_does_not_depend_on_the_tiling(detections):
+    """Positions are a function of the pixels near each peak: bitwise the same per tiling."""
+    ref = _sorted(*detections["sum", 4096][:2])
+    for core in (64, 128):
+        got = _sorted(*detections["sum", core][:2])
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_detection_on_ownership_borders(tmp_path):
+    """Sources within hundredths of a pixel of core borders: each owned exactly once."""
+    shape = (192, 192)
+    eps = np.array([-0.06, -0.03, -0.01, 0.0, 0.01, 0.03, 0.06])
+    ys = 8.0 + 14.0 * np.arange(len(eps))            # along the border x = 63.5 ...
+    vertical = np.c_[63.5 + eps, ys]
+    horizontal = np.c_[ys + 90.0, 127.5 + eps[::-1]]  # ... and y = 127.5
+    corner = np.array([[127.5 + 0.02, 63.5 - 0.01]])
+    truth = np.concatenate([vertical, horizontal, corner])
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = 20 + rng.normal(0, 1, shape)
+    for x, y in truth:
+        img += 30 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.2**2))
+    fits.PrimaryHDU(img.astype(np.float32), header=make_wcs(shape).to_header()).writeto(
+        tmp_path / "b.fits")
+    with Mosaic.open([tmp_path / "b.fits"], bands=["r"]) as mosaic:
+        ref = None
+        for core, halo in ((32, 8), (64, 16), (64, 8), (192, 8)):
+            x, y, _ = _cat(_scan(DetectSource(threshold=5), mosaic,
+                                 TilePlan(shape, core=core, halo=halo)))
+            idx = _match(x, y, truth, tol=0.5)
+            assert np.all(idx >= 0) and len(x) == len(truth)
+            got = _sorted(x, y)
+            if ref is None:
+                ref = got
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_detection_order_and_columns(detections):
+    for part in detections["sum", 128][2]:
+        assert np.all(np.diff(part.y) >= 0)            # sorted by y (then x)
+        assert np.all(part.columns["npix"] >= 5)
+        assert np.all(part.columns["flux"] > 0)
+        assert np.all(part.columns["a"] >= part.columns["b"])
+
+
+def test_detection_blank_tiles(field):
+    plan = TilePlan(SHAPE, core=64, halo=16)
+    source = DetectSource()
+    source.bind(field, plan)
+    tile = plan[4 * plan.ncols]               # bottom-left: its whole window is blank
+    pixels = field.read(*tile.window)
+    assert np.isnan(pixels).all()
+    empty = source.positions(tile, pixels)
+    assert len(empty) == 0 and empty.columns.keys() == DETECT_COLUMNS.keys()
+    # a window with only a sliver of data (no background mesh half full) finds nothing
+    sliver = plan[3 * plan.ncols]
+    assert len(source.positions(sliver, field.read(*sliver.window))) == 0
+    assert len(source.off_image()) == 0 and source.passthrough() is None
+    assert source.count(tile) is None
+
+
+def test_detection_grows_sep_buffers_and_reports_failure(field, monkeypatch):
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    source = DetectSource(threshold=5)
+    source.bind(field, plan)
+    tile = plan[1]
+    pixels = field.read(*tile.window)
+    want = source.positions(tile, pixels)
+    old = sep.get_extract_pixstack()
+    try:
+        sep.set_extract_pixstack(20)      # far below one source's pixels
+        got = source.positions(tile, pixels)
+        assert sep.get_extract_pixstack() > 20
+    finally:
+        sep.set_extract_pixstack(old)
+    np.testing.assert_array_equal(got.x, want.x)
+
+    def full(*args, **kwargs):
+        raise Exception("internal pixel buffer full: The limit of 1 active object pixels ...")
+
+    monkeypatch.setattr(sep, "extract", full)
+    monkeypatch.setattr(sep, "get_extract_pixstack", lambda: 1 << 40)
+    with pytest.raises(DetectionError, match=r"tile 1 \(rows -16..143, columns 112..271\) is "
+                                             "beyond SEP's limits") as exc:
+        source.positions(tile, pixels)
+    assert "\n" not in str(exc.value)
+
+
+def test_peak_climb_is_start_independent_on_flat_tops():
+    """A saturated (flat) top: every start on it ends on one pixel, half-way between ties."""
+    yy, xx = np.mgrid[:40, :40]
+    raw = (1000 * np.exp(-((xx - 20.3) ** 2 + (yy - 17.8) ** 2) / 18)).astype(np.float32)
+    raw = np.minimum(raw, np.float32(600)).round()          # flat, integer-valued top
+    top_y, top_x = np.nonzero(raw == 600)
+    assert len(top_x) > 9
+    ax, ay, dx, dy = _peak_positions(raw, np.r_[top_x, 14, 27], np.r_[top_y, 12, 23])
+    assert len(set(zip(ax.tolist(), ay.tolist(), strict=True))) == 1
+    assert np.ptp(ax + dx) == 0 and np.ptp(ay + dy) == 0
+    assert abs(ax[0] + dx[0] - 20.3) < 1.0 and abs(ay[0] + dy[0] - 17.8) < 1.0
+    # a two-pixel top: the position is half-way between them
+    two = np.zeros((9, 9), np.float32)
+    two[4, 3:5] = 9
+    ax, ay, dx, dy = _peak_positions(two, np.array([4, 3]), np.array([4, 4]))
+    np.testing.assert_array_equal(ax + dx, [3.5, 3.5])
+    np.testing.assert_array_equal(ay + dy, [4.0, 4.0])
+
+
+def test_sum_weights_follow_band_noise(field):
+    source = DetectSource()
+    source.bind(field, TilePlan(SHAPE, core=128, halo=16))
+    wg, wi = source.fingerprint()["band_weights"]
+    assert wg / wi == pytest.approx(2.0, rel=0.1)    # noise 1 in g, 2 in i
+    assert "noise-weighted sum of the bands" in source.describe()
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"threshold": 0}, "threshold 0 is not accepted"),
+    ({"threshold": float("nan")}, "threshold nan"),
+    ({"min_area": 0}, "minimum area 0 is not accepted; an integer 1.."),
+    ({"min_area": 2.5}, "minimum area 2.5"),
+    ({"min_area": float("inf")}, "minimum area inf"),
+    ({"background_box": 4}, "background box 4"),
+    ({"band": ""}, "band '' is not accepted"),
+    ({"deblend": "yes"}, "deblend 'yes'"),
+])
+def test_detection_option_errors(options, match):
+    with pytest.raises(ConfigError, match=match):
+        DetectSource(**options)
+
+
+def test_detection_band_and_halo_checked_at_bind(field):
+    with pytest.raises(ConfigError, match="band 'r' is not a band of the mosaic; accepted: "
+                                          "sum, g, i"):
+        DetectSource(band="r").bind(field, TilePlan(SHAPE, core=128, halo=16))
+    source = DetectSource(band="G")   # case-insensitive when unambiguous
+    source.bind(field, TilePlan(SHAPE, core=128, halo=16))
+    assert source.fingerprint()["band"] == "g"
+    with pytest.raises(ConfigError, match="tile halo is 4 px; detection needs at least 8"):
+        DetectSource().bind(field, TilePlan(SHAPE, core=128, halo=4))
+
+
+def test_detection_fingerprint_and_pickle(field):
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    a, b = DetectSource(), DetectSource(threshold=4)
+    a.bind(field, plan)
+    b.bind(field, plan)
+    json.dumps(a.fingerprint())
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint()["sep"] == sep.__version__
+    assert "threshold 3 sigma" in a.describe()
+    clone = pickle.loads(pickle.dumps(a))
+    tile = plan[3]
+    pixels = field.read(*tile.window)
+    np.testing.assert_array_equal(clone.positions(tile, pixels).x, a.positions(tile, pixels).x)
+
+
+# -- grid --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stride", "offset", "core"), [(16, None, 64), (7, 3, 50), (1, 0, 128),
+                                                        (500, 5, 64)])
+def test_grid_covers_the_image_once(field, stride, offset, core):
+    source = GridSource(stride, offset=offset)
+    plan = TilePlan(SHAPE, core=core, halo=16)
+    parts = _scan(source, field, plan)
+    off = source.offset
+    assert off == (stride // 2 if offset is None else offset)
+    x, y, _ = _cat(parts)
+    gx, gy = np.arange(off, SHAPE[1], stride), np.arange(off, SHAPE[0], stride)
+    assert source.grid_shape() == (len(gy), len(gx))
+    assert len(x) == len(gx) * len(gy)
+    j, i = source.grid_index(x, y)
+    flat = j * len(gx) + i
+    np.testing.assert_array_equal(np.sort(flat), np.arange(len(x)))    # every point once
+    np.testing.assert_array_equal(x, gx[i])
+    np.testing.assert_array_equal(y, gy[j])
+    for part in parts:   # row-major within a tile
+        pj, pi = source.grid_index(part.x, part.y)
+        assert np.all(np.diff(pj * len(gx) + pi) > 0)
+    assert len(source.off_image()) == 0 and source.passthrough() is None
+    assert source.fingerprint() == {"kind": "grid", "stride": stride, "offset": off,
+                                    "grid_shape": [len(gy), len(gx)]}
+
+
+@pytest.mark.parametrize(("stride", "offset", "match"), [
+    (0, None, "grid stride 0 is not accepted"),
+    (2.5, None, "grid stride 2.5"),
+    (8, 8, r"grid offset 8 is not accepted; an integer 0..7"),
+    (8, -1, "grid offset -1"),
+])
+def test_grid_option_errors(stride, offset, match):
+    with pytest.raises(ConfigError, match=match):
+        GridSource(stride, offset=offset)
+
+
+def test_grid_with_no_point_on_the_image(field):
+    with pytest.raises(ConfigError, match="stride 1000 with offset 500 puts no point on the "
+                                          "300 x 410 image"):
+        GridSource(1000).bind(field, TilePlan(SHAPE, core=128))
+
+
+# -- factory and containers --------------------------------------------------------------
+
+
+def test_make_source(tmp_path):
+    assert isinstance(make_source(), DetectSource)
+    assert isinstance(make_source(catalog="c.fits", mag_limit=None), CatalogSource)
+    grid = make_source(stride=8, offset=None, threshold=None)
+    assert isinstance(grid, GridSource) and grid.offset == 4
+    detect = make_source("detect", threshold=4.5, band="g", mag_limit=None)
+    assert detect.threshold == 4.5 and detect.band == "g"
+    with pytest.raises(ConfigError, match=r"grid source: option\(s\) threshold do not apply; "
+                                          r"accepted: offset"):
+        make_source(stride=8, threshold=3)
+    with pytest.raises(ConfigError, match=r"detect source: option\(s\) catalog, mag_limit"):
+        make_source("detect", catalog="c.fits", mag_limit=21)
+    with pytest.raises(ConfigError, match="kind 'dense' is not known; accepted: catalog, "
+                                          "detect, grid"):
+        make_source("dense")
+    with pytest.raises(ConfigError, match="no catalog file given"):
+        make_source("catalog")
+    with pytest.raises(ConfigError, match="no stride given"):
+        make_source("grid")
+
+
+def test_tile_positions_container():
+    empty = TilePositions.empty([("flux", np.float32), ("npix", np.int32)])
+    assert len(empty) == 0 and empty.columns["npix"].dtype == np.int32
+    assert len(TilePositions.empty()) == 0
+    with pytest.raises(ValueError, match="unequal length"):
+        TilePositions(np.zeros(2), np.zeros(2), np.zeros(1, np.int64))
