@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyengine.batching import BatchRing, make_slots
+from pyengine.batching import BatchRing
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.io.tiles import Tile, TilePlan
@@ -167,7 +167,7 @@ class Engine:
             self.runner = runner
         else:
             self.runner = make_runner(runner, model, precision=precision, threads=threads,
-                                      cache_dir=cache_dir, device=device)
+                                      cache_dir=cache_dir, device=device, batch_size=batch_size)
         self.spec = self.runner.spec
         preferred = getattr(self.runner, "preferred_batch_size", 32) or 32
         self.batch_size = int(batch_size) if batch_size is not None else int(preferred)
@@ -478,12 +478,8 @@ class _Pipeline:
                           work.columns)
 
     def run(self) -> Iterator[TileResult]:
-        slots = self.engine.runner.allocate_slots(self.engine.nslots, self.batch)
-        if any(s.dtype != self.dtype for s in slots):
-            # The runner's own (pinned) slots hold another dtype than this scan sends:
-            # plain aligned slots, and the runner converts.
-            slots = make_slots(self.engine.nslots, self.batch, self.mosaic.nband, self.size,
-                               self.dtype)
+        # The runner's own memory (pinned on a GPU), in the dtype this scan sends.
+        slots = self.engine.runner.allocate_slots(self.engine.nslots, self.batch, self.dtype)
         self.ring = BatchRing(slots, threads=self.engine.gather_threads)
         stages = [self._stage(self.read), self._stage(self.gather), self._stage(self.infer)]
         for t in stages:

@@ -121,8 +121,19 @@ def _probe_tensorrt() -> RunnerStatus:
 
 
 def runners() -> list[RunnerStatus]:
-    """Every runner pyengine knows, probed in isolation: one broken backend fails alone."""
-    return [_probe_onnxruntime(), _probe_torch(), _probe_tensorrt()]
+    """Every runner pyengine knows, probed in isolation: one broken backend fails alone.
+    Usability is :func:`pyengine.runners.base.available_runners`' verdict (what
+    ``make_runner`` acts on); the probes add versions and devices."""
+    from pyengine.runners.base import available_runners
+
+    problems = available_runners()
+    out = []
+    for status in (_probe_onnxruntime(), _probe_torch(), _probe_tensorrt()):
+        problem = problems.get(status.name)
+        if status.usable and problem is not None:
+            status = RunnerStatus(status.name, False, problem)
+        out.append(status)
+    return out
 
 
 def machine_info(*, probe_runners: bool = True) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,136 @@ def test_torch_runner_on_cuda(model_file, precision):
     with torch.no_grad():
         want = load_model(model_file)(torch.from_numpy(_batch()))[1].numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if precision == "fp32" else 5e-2)
+
+
+# -- the scan engine's interface: slots, submit/result, dtypes, choosing ------------------------
+@pytest.fixture(scope="module")
+def ort_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("ort-cache")
+
+
+def _runners(model_file, cache):
+    from pyengine.runners.torch import TorchRunner
+
+    return [make_runner("onnxruntime", model_file, cache_dir=cache, threads=1),
+            TorchRunner(model_file, device="cpu", threads=1)]
+
+
+def test_allocate_slots_are_page_aligned_arrays_of_the_input_dtype(model_file, ort_cache):
+    for runner in _runners(model_file, ort_cache):
+        with pytest.raises(ConfigError, match=r"allocate_slots before activate\(\)"):
+            runner.allocate_slots(2, 8)
+        with runner:
+            slots = runner.allocate_slots(3, 8)
+            assert len(slots) == 3
+            for s in slots:
+                assert s.shape == (8, 2, 32, 32)
+                assert s.dtype == runner.input_dtype == np.float32
+                assert s.flags.c_contiguous and s.flags.writeable
+                assert s.ctypes.data % 4096 == 0
+            assert len({s.ctypes.data for s in slots}) == 3
+            half = runner.allocate_slots(1, 5, np.float16)[0]
+            assert half.dtype == np.float16 and half.shape == (5, 2, 32, 32)
+            assert half.ctypes.data % 4096 == 0
+            with pytest.raises(ConfigError, match="slot dtype float64 is not accepted; accepted: "
+                                                  "float32, float16"):
+                runner.allocate_slots(1, 8, np.float64)
+            with pytest.raises(ConfigError, match="slot count 0 is not accepted"):
+                runner.allocate_slots(0, 8)
+            with pytest.raises(ConfigError, match="slot batch size 0 is not accepted"):
+                runner.allocate_slots(2, 0)
+
+
+def test_submit_result_equals_infer_and_slots_work(model_file, ort_cache):
+    for runner in _runners(model_file, ort_cache):
+        with runner:
+            want = runner.infer(_batch())
+            slots = runner.allocate_slots(2, 9)
+            # the engine's pattern: fill a slot, submit a leading slice, two in flight
+            flight, got = [], []
+            for k, n in enumerate((9, 4, 9, 1)):
+                slot = slots[k % 2]
+                slot[:n] = _batch()[:n]
+                flight.append((n, runner.submit(slot[:n])))
+                if len(flight) > 1:
+                    got.append(flight.pop(0))
+            got.extend(flight)
+            for n, pending in got:
+                scores = pending.result()
+                assert scores.dtype == np.float32 and scores.shape == (n,)
+                np.testing.assert_array_equal(scores, runner.infer(_batch()[:n]))
+                np.testing.assert_allclose(scores, want[:n], rtol=0, atol=1e-6)  # other size
+                assert pending.result() is scores  # a second call returns the same array
+            assert runner.submit(_batch()[:0]).result().shape == (0,)
+
+
+def test_float16_batches_are_accepted(model_file, ort_cache):
+    half = _batch().astype(np.float16)
+    for runner in _runners(model_file, ort_cache):
+        with runner:
+            got = runner.infer(half)
+            want = runner.infer(half.astype(np.float32))
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(runner.submit(half).result(), want)
+
+
+def test_batch_sizes_and_reasons(model_file, ort_cache):
+    runner = make_runner("onnxruntime", model_file, cache_dir=ort_cache)
+    assert runner.preferred_batch_size == 32 and runner.max_batch_size is None
+    assert runner.chosen_because == "onnxruntime was asked for"
+    runner = make_runner("torch", model_file, device="cpu", batch_size=48)
+    assert runner.preferred_batch_size == 48 and runner.input_dtype == np.float32
+    with pytest.raises(ConfigError, match="batch size 0 is not accepted"):
+        make_runner("onnxruntime", model_file, batch_size=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks a GPU runner here")
+def test_auto_picks_onnxruntime_on_a_cpu_and_says_why(model_file, ort_cache):
+    runner = make_runner("auto", model_file, cache_dir=ort_cache)
+    assert runner.name == "onnxruntime"
+    assert runner.chosen_because.startswith("no CUDA GPU (")
+    runner = make_runner("auto", model_file, precision="bf16")  # only torch has bf16
+    assert (runner.name, runner.precision) == ("torch", "bf16")
+    assert runner.chosen_because.startswith("torch on the CPU: tensorrt has no bf16")
+    assert runner.preferred_batch_size == 32
+
+
+def test_available_runners_and_the_tensorrt_message(model_file, monkeypatch):
+    from pyengine.runners import available_runners
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    found = available_runners()
+    assert set(found) == {"onnxruntime", "torch", "tensorrt"}
+    assert found["onnxruntime"] is None and found["torch"] is None
+    assert found["tensorrt"].startswith("the tensorrt package is not installed")
+    with pytest.raises(RunnerUnavailable, match=r"^tensorrt runner: the tensorrt package is not "
+                                                r"installed \(.*\); available runners: "
+                                                r"onnxruntime, torch$"):
+        make_runner("tensorrt", model_file)
+    from pyengine.info import runners
+
+    status = {r.name: r for r in runners()}
+    assert not status["tensorrt"].usable and status["onnxruntime"].usable
+
+
+def test_precision_and_model_kind_errors(tmp_path, model_file):
+    with pytest.raises(ConfigError, match="precision 'bf16' is not available with the tensorrt "
+                                          "runner; accepted: fp32, fp16, int8"):
+        make_runner("tensorrt", model_file, precision="bf16")
+    with pytest.raises(ConfigError, match="precision 'fp8' is not known; accepted: bf16, fp16, "
+                                          "fp32, int8"):
+        make_runner("auto", model_file, precision="fp8")
+    with pytest.raises(ConfigError, match="device 'gpu' is not accepted; accepted: auto, cpu, "
+                                          "cuda, cuda:N"):
+        make_runner("auto", model_file, device="gpu")
+    engine = tmp_path / "m.engine"
+    with pytest.raises(ConfigError, match="the onnxruntime runner does not take a TensorRT "
+                                          "engine; accepted for this file: tensorrt"):
+        make_runner("onnxruntime", engine)
+    with pytest.raises(ConfigError, match="the torch runner does not take ONNX files; accepted "
+                                          "for this file: tensorrt, onnxruntime"):
+        make_runner("torch", tmp_path / "m.onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(RunnerUnavailable, match="runner auto: nothing here runs a TensorRT "
+                                                    "engine: tensorrt: "):
+            make_runner("auto", engine)

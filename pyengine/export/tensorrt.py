@@ -17,8 +17,11 @@ its tensor types):
 
 The engine is cached under ``cache_dir`` with a key over the GPU name and
 compute capability, TensorRT and CUDA versions, precision, the optimisation
-profile's shapes and the ONNX file's SHA-256: an engine is never reused on a
-GPU, driver stack or model it was not built for.
+profile's shapes and the ONNX file's SHA-256 (which covers the model: its
+weights, spec and hash are in the file): an engine is never reused on a GPU,
+driver stack or model it was not built for.  Beside each engine a JSON sidecar
+(same name, ``.json``) holds that key and the model's spec (``pyengine``), so
+the TensorRT runner can run an engine file alone (:func:`engine_metadata`).
 
 Thread safety: one build per cache entry at a time (the write is atomic; two
 concurrent builds of one key both succeed, the later rename wins).
@@ -39,7 +42,8 @@ from pyengine.models.checkpoint import file_sha256
 from pyengine.models.classifier import INPUT_NAME
 from pyengine.models.spec import ModelSpec
 
-__all__ = ["EngineKey", "build_engine", "engine_key", "import_tensorrt"]
+__all__ = ["EngineKey", "build_engine", "engine_key", "engine_metadata", "import_tensorrt",
+           "sidecar_path"]
 
 
 class TensorRTUnavailable(PyEngineError):
@@ -125,7 +129,9 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
+    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json()}, indent=2) + "\n"
     if engine_path.exists():
+        _write_sidecar(engine_path, sidecar, only_if_missing=True)
         return engine_path
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -153,8 +159,52 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     try:
         tmp.write_bytes(bytes(serialized))
         os.replace(tmp, engine_path)
-        engine_path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2) + "\n")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PyEngineError(f"{engine_path}: cannot write the engine ({exc.strerror})") from None
+    _write_sidecar(engine_path, sidecar)
     return engine_path
+
+
+def sidecar_path(engine_path) -> Path:
+    """The JSON beside an engine: its cache key and the model's spec."""
+    return Path(engine_path).with_suffix(".json")
+
+
+def _write_sidecar(engine_path: Path, text: str, *, only_if_missing: bool = False) -> None:
+    path = sidecar_path(engine_path)
+    if only_if_missing:
+        try:
+            if "pyengine" in json.loads(path.read_text(encoding="utf-8")):
+                return
+        except (OSError, ValueError):
+            pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PyEngineError(f"{path}: cannot write the engine's sidecar ({exc.strerror})"
+                            ) from None
+
+
+def engine_metadata(engine_path) -> dict:
+    """The sidecar of an engine built by :func:`build_engine`: its key fields
+    (``precision``, ``input_shapes`` (min, opt, max), GPU, versions) and ``spec``, the
+    :class:`ModelSpec` it was built for."""
+    engine_path = Path(engine_path)
+    path = sidecar_path(engine_path)
+    how = ("give the .onnx or model file instead (the engine is built and cached), or "
+           "build it with pyengine export MODEL --format tensorrt")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{engine_path}: no {path.name} beside it (the model spec pyengine "
+                             f"writes with each engine); {how}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable engine sidecar ({exc}); {how}") from None
+    if not isinstance(data, dict) or "pyengine" not in data:
+        raise ModelFileError(f"{path}: has no model spec (written by an older pyengine); {how}")
+    data["spec"] = ModelSpec.from_json(data["pyengine"], where=str(path))
+    return data

@@ -6,6 +6,9 @@ exported to fp32 ONNX once and cached by the model's SHA-256 (needs torch).
 An int8 graph is calibrated on cutouts, so it is never made silently here:
 export it with ``pyengine export MODEL --precision int8`` and give the .onnx.
 
+``submit`` computes synchronously (ONNX Runtime's CPU session); batches may be
+float16, converted to float32 on the host; slots are page-aligned NumPy arrays.
+
 Thread safety: see :mod:`pyengine.runners.base`; ONNX Runtime's session runs
 its own intra-op threads (``threads``) with the GIL released.
 """
@@ -20,7 +23,7 @@ import numpy as np
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
 from pyengine.models.spec import ModelSpec
-from pyengine.runners.base import Runner, RunnerUnavailable
+from pyengine.runners.base import Runner, RunnerUnavailable, unavailable
 
 __all__ = ["OnnxRuntimeRunner", "default_cache_dir"]
 
@@ -34,7 +37,7 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: Path | None, *, precision: str | None = None,
-                 threads: int | None = None, cache_dir=None):
+                 threads: int | None = None, cache_dir=None, batch_size: int | None = None):
         if threads is not None and threads < 1:
             raise ConfigError(f"threads = {threads}; a positive number is needed")
         self._model = model
@@ -56,7 +59,7 @@ class OnnxRuntimeRunner(Runner):
                 raise ConfigError(f"{model} is a {stored} graph; --precision {precision} needs "
                                   f"its own export (pyengine export MODEL --precision {precision})")
             self._onnx = model
-            super().__init__(spec, stored)
+            super().__init__(spec, stored, batch_size)
             return
         from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
 
@@ -69,7 +72,7 @@ class OnnxRuntimeRunner(Runner):
                 f"pyengine export {source} --precision {precision} --images ... and give the .onnx")
         self._onnx = self._cache_dir / f"{file_sha256(source)[:32]}-fp32.onnx"
         self._source = source
-        super().__init__(spec, precision)
+        super().__init__(spec, precision, batch_size)
 
     def _ensure_onnx(self) -> Path:
         if self._onnx.exists():
@@ -90,8 +93,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RunnerUnavailable("onnxruntime is not installed (pip install onnxruntime)"
-                                    ) from None
+            raise unavailable("onnxruntime", "onnxruntime is not installed (pip install "
+                              "onnxruntime)") from None
         path = self._ensure_onnx()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

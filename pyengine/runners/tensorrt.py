@@ -1,0 +1,384 @@
+"""The TensorRT runner: a serialized engine run with ``execute_async_v3`` on our stream.
+
+Takes a TensorRT engine built by pyengine (``.engine``, with its JSON sidecar
+holding the model spec: :func:`pyengine.export.tensorrt.engine_metadata`), an
+exported ``.onnx`` (its precision is the file's), or a pyengine model file
+(exported to ONNX at fp32 or fp16 first; int8 needs the calibrated QDQ export,
+``pyengine export MODEL --precision int8``).  Engines are built by
+:func:`pyengine.export.tensorrt.build_engine` and cached under ``cache_dir``
+(default ``~/.cache/pyengine/engines``, as ``pyengine export``), keyed by GPU,
+compute capability, TensorRT and CUDA versions, precision, profile shapes and the
+ONNX file's hash.  The optimisation profile built is (1, batch_size, batch_size),
+or ``pyengine export``'s default (1, 256, 1024) when no batch size is given.
+
+Activation: ``import tensorrt`` (only here: this module imports without it),
+``trt.Runtime.deserialize_cuda_engine``, a check of the engine's inputs and
+outputs against the model spec (one float32/float16 input ``cutouts`` (batch,
+nband, S, S); float32 outputs ``probabilities`` (batch, classes) and ``score``
+(batch,)), the choice of an optimisation profile holding ``batch_size``, and one
+execution context.  Device memory comes from torch (the CUDA allocator here: no
+pycuda or cuda-python); host memory, copy streams, events and the compute
+stream are :class:`pyengine.runners.torch.CudaFeed`'s, as for the torch runner.
+Per batch: ``set_input_shape`` when the batch size changes (batches below the
+profile's minimum are padded), ``set_tensor_address`` of the input buffer,
+``execute_async_v3(compute_stream)``.  ``input_dtype`` is the engine input's
+dtype (half -> float16); batches of the other float dtype are cast on the GPU.
+Only the TensorRT 10/11 name-based tensor API is used (no bindings API, no
+precision flags: the precision is the ONNX file's, see pyengine.export.tensorrt).
+
+NOT RUN HERE: TensorRT cannot be installed in this project's workplace and no
+GPU was lent.  The pure parts (:func:`engine_io`, :func:`check_engine_io`,
+:func:`engine_profiles`, :func:`choose_profile`, :func:`open_engine` against a fake
+``tensorrt``) and every refusal are tested on the CPU
+(``tests/test_tensorrt_runner.py``).
+
+Thread safety: see :mod:`pyengine.runners.base` (one thread submits and collects;
+the execution context is not shared).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pyengine.errors import ConfigError, ModelFileError, PyEngineError
+from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
+from pyengine.models.spec import ModelSpec
+from pyengine.runners.base import (
+    ENGINE_SUFFIXES,
+    PRECISIONS,
+    Pending,
+    Runner,
+    RunnerUnavailable,
+    tensorrt_problem,
+    unavailable,
+)
+from pyengine.runners.torch import CudaFeed, parse_device
+
+__all__ = ["DEFAULT_PROFILE", "EnginePlan", "TensorInfo", "TensorRTRunner", "check_engine_io",
+           "choose_profile", "default_engine_cache", "engine_io", "engine_profiles",
+           "open_engine", "trt_dtype_name"]
+
+DEFAULT_PROFILE = (1, 256, 1024)  # pyengine export --format tensorrt's default --batch
+_DTYPE_NAMES = (("FLOAT", "float32"), ("HALF", "float16"), ("BF16", "bfloat16"),
+                ("INT8", "int8"), ("INT32", "int32"), ("INT64", "int64"), ("BOOL", "bool"),
+                ("UINT8", "uint8"), ("FP8", "fp8"))
+
+
+def default_engine_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyengine" / "engines"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One I/O tensor of an engine: name, direction, shape (-1: dynamic) and dtype name."""
+
+    name: str
+    is_input: bool
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def trt_dtype_name(trt, dtype) -> str:
+    """NumPy-style name of a ``trt.DataType`` (its str() for the exotic ones)."""
+    for attr, name in _DTYPE_NAMES:
+        if hasattr(trt.DataType, attr) and dtype == getattr(trt.DataType, attr):
+            return name
+    return str(dtype)
+
+
+def engine_io(trt, engine) -> list[TensorInfo]:
+    """The engine's I/O tensors, by the name-based API of TensorRT 10 and 11."""
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        out.append(TensorInfo(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                              tuple(int(d) for d in engine.get_tensor_shape(name)),
+                              trt_dtype_name(trt, engine.get_tensor_dtype(name))))
+    return out
+
+
+def _shape(dims) -> str:
+    text = ", ".join("batch" if d == -1 else str(d) for d in dims)
+    return f"({text},)" if len(dims) == 1 else f"({text})"
+
+
+def check_engine_io(io: list[TensorInfo], spec: ModelSpec, where) -> np.dtype:
+    """The engine input's dtype, after checking its tensors against ``spec``; a one-line
+    ModelFileError naming what differs otherwise."""
+    inputs = [t for t in io if t.is_input]
+    outputs = {t.name: t for t in io if not t.is_input}
+    if [t.name for t in inputs] != [INPUT_NAME]:
+        raise ModelFileError(f"{where}: the engine's inputs are {[t.name for t in inputs]}; a "
+                             f"pyengine engine has one input {INPUT_NAME!r}")
+    x = inputs[0]
+    s = spec.cutout_size
+    want = (spec.nband, s, s)
+    if len(x.shape) != 4 or x.shape[1:] != want or not (x.shape[0] == -1 or x.shape[0] >= 1):
+        raise ModelFileError(f"{where}: engine input {INPUT_NAME!r} is {_shape(x.shape)}; the "
+                             f"model (bands {', '.join(spec.bands)}, {s} px cutouts) needs "
+                             f"(batch, {spec.nband}, {s}, {s})")
+    if x.dtype not in ("float32", "float16"):
+        raise ModelFileError(f"{where}: engine input {INPUT_NAME!r} is {x.dtype}; accepted: "
+                             "float32, float16")
+    if sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise ModelFileError(f"{where}: the engine's outputs are {sorted(outputs)}; a pyengine "
+                             f"engine has {list(OUTPUT_NAMES)}")
+    wanted = {"probabilities": (2, spec.num_classes), "score": (1, None)}
+    for name, (rank, width) in wanted.items():
+        t = outputs[name]
+        if len(t.shape) != rank or (width is not None and t.shape[1] != width) or \
+                t.dtype != "float32":
+            need = "(batch, " + str(width) + ")" if width is not None else "(batch,)"
+            raise ModelFileError(f"{where}: engine output {name!r} is {t.dtype} "
+                                 f"{_shape(t.shape)}; the model needs float32 {need}")
+    return np.dtype(x.dtype)
+
+
+def engine_profiles(engine, name: str = INPUT_NAME) -> list[tuple[int, int, int]]:
+    """(min, opt, max) batch of ``name`` in each optimisation profile."""
+    out = []
+    for index in range(engine.num_optimization_profiles):
+        lo, opt, hi = engine.get_tensor_profile_shape(name, index)
+        out.append((int(next(iter(lo))), int(next(iter(opt))), int(next(iter(hi)))))
+    return out
+
+
+def choose_profile(profiles: list[tuple[int, int, int]], batch_size: int | None,
+                   where) -> tuple[int, tuple[int, int, int]]:
+    """(index, (min, opt, max)) of the profile to run ``batch_size`` with: one whose range
+    holds it, the nearest optimum first; None: the largest optimum."""
+    if not profiles:
+        raise ModelFileError(f"{where}: the engine has no optimisation profile")
+    if batch_size is None:
+        index = max(range(len(profiles)), key=lambda i: (profiles[i][1], -i))
+        return index, profiles[index]
+    fits = [i for i, (lo, _, hi) in enumerate(profiles) if lo <= batch_size <= hi]
+    if not fits:
+        ranges = ", ".join(f"{lo}..{hi}" for lo, _, hi in profiles)
+        raise ConfigError(f"{where}: batch size {batch_size} is outside the engine's "
+                          f"optimisation profiles; accepted: {ranges} (or build an engine for "
+                          "it: give the .onnx or model file with this batch size)")
+    index = min(fits, key=lambda i: (abs(profiles[i][1] - batch_size), profiles[i][0], i))
+    return index, profiles[index]
+
+
+class EnginePlan:
+    """A deserialized engine, its execution context and the profile chosen."""
+
+    def __init__(self, runtime, engine, context, io, input_dtype, profile, batches):
+        self.runtime, self.engine, self.context = runtime, engine, context
+        self.io: list[TensorInfo] = io
+        self.input_dtype: np.dtype = input_dtype
+        self.profile: int = profile
+        self.batches: tuple[int, int, int] = batches
+
+    def release(self) -> None:
+        """Drop the TensorRT objects, context first."""
+        self.context = None
+        self.engine = None
+        self.runtime = None
+
+
+def open_engine(trt, data: bytes, spec: ModelSpec, batch_size: int | None, where) -> EnginePlan:
+    """Deserialize ``data``, check it against ``spec``, choose the profile for
+    ``batch_size`` and create the execution context (on the current CUDA device)."""
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise ModelFileError(f"{where}: TensorRT {trt.__version__} cannot deserialize this "
+                             "engine (built by another TensorRT version, or for another GPU?); "
+                             "delete it so it is rebuilt, or rebuild it with pyengine export")
+    io = engine_io(trt, engine)
+    dtype = check_engine_io(io, spec, where)
+    batch = next(t for t in io if t.is_input).shape[0]
+    profiles = engine_profiles(engine) if batch == -1 else [(batch, batch, batch)]
+    index, batches = choose_profile(profiles, batch_size, where)
+    context = engine.create_execution_context()
+    if context is None:
+        raise RunnerUnavailable(f"{where}: TensorRT could not create an execution context "
+                                "(not enough GPU memory?)")
+    return EnginePlan(runtime, engine, context, io, dtype, index, batches)
+
+
+class TensorRTRunner(Runner):
+    name = "tensorrt"
+
+    def __init__(self, model: Path | None, *, precision: str | None = None, cache_dir=None,
+                 device: str = "auto", batch_size: int | None = None,
+                 workspace_gb: float = 4.0):
+        kind, index = parse_device(device)
+        if kind == "cpu":
+            raise ConfigError("device 'cpu' is not accepted by the tensorrt runner; accepted: "
+                              "auto, cuda, cuda:N")
+        accepted = PRECISIONS["tensorrt"]
+        if precision is not None and precision not in accepted:
+            raise ConfigError(f"precision {precision!r} is not available with the tensorrt "
+                              f"runner; accepted: {', '.join(accepted)}")
+        self._gpu = index or 0
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_engine_cache()
+        self._workspace_gb = workspace_gb
+        self._engine = self._onnx = self._source = None
+        self._known = None  # (min, opt, max) of the engine, known before activation
+        self._plan = self._feed = self._torch = self._outputs = self._cast = None
+        self._engine_dtype = self._rows = self._where = None
+        model = Path(model) if model is not None else None
+        suffix = model.suffix.lower() if model is not None else ""
+        if suffix in ENGINE_SUFFIXES:
+            from pyengine.export.tensorrt import engine_metadata
+
+            if not model.exists():
+                raise ModelFileError(f"{model}: no such TensorRT engine file")
+            meta = engine_metadata(model)
+            stored = meta.get("precision", "fp32")
+            if precision is not None and precision != stored:
+                raise ConfigError(f"{model} is a {stored} engine; --precision {precision} needs "
+                                  "its own engine (pyengine export MODEL --format tensorrt "
+                                  f"--precision {precision})")
+            shapes = meta.get("input_shapes")
+            if shapes and len(shapes) == 3:
+                self._known = tuple(int(s[0]) for s in shapes)
+            self._engine = model
+            super().__init__(meta["spec"], stored, batch_size)
+        elif suffix == ".onnx":
+            from pyengine.export.onnx import onnx_metadata
+
+            if not model.exists():
+                raise ModelFileError(f"{model}: no such ONNX file")
+            meta = onnx_metadata(model)
+            if "pyengine" not in meta:
+                raise ModelFileError(f"{model}: not a pyengine ONNX export (no pyengine "
+                                     "metadata); export models with pyengine export")
+            stored = meta.get("pyengine_precision", "fp32")
+            if precision is not None and precision != stored:
+                raise ConfigError(f"{model} is a {stored} graph; --precision {precision} needs "
+                                  f"its own export (pyengine export MODEL --precision {precision})")
+            self._onnx = model
+            super().__init__(ModelSpec.from_json(meta["pyengine"], where=str(model)), stored,
+                             batch_size)
+        else:
+            from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
+
+            source = model if model is not None else DEMO_MODEL
+            spec, _ = read_spec(source)
+            precision = precision or "fp32"
+            if precision == "int8":
+                raise RunnerUnavailable(
+                    f"{source}: an int8 graph is calibrated on real cutouts; make it with "
+                    f"pyengine export {source} --precision int8 --images ... and give the .onnx")
+            self._onnx = self._cache_dir / f"{file_sha256(source)[:32]}-{precision}.onnx"
+            self._source = source
+            super().__init__(spec, precision, batch_size)
+        b = self._batch_size
+        self._build = (1, b, b) if b is not None else DEFAULT_PROFILE
+
+    # -- what the engine asks before activate ----------------------------------------------
+    @property
+    def _batches(self) -> tuple[int, int, int]:
+        if self._plan is not None:
+            return self._plan.batches
+        return self._known or self._build
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self._plan.input_dtype if self._plan is not None else np.dtype(np.float32)
+
+    @property
+    def preferred_batch_size(self) -> int:
+        return self._batch_size or self._batches[1]
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._batches[2]
+
+    # -- life cycle --------------------------------------------------------------------------
+    def _engine_file(self, trt) -> Path:
+        if self._engine is not None:
+            return self._engine
+        if not self._onnx.exists():
+            from pyengine.export.onnx import export_onnx
+            from pyengine.models.checkpoint import load_model
+
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            export_onnx(load_model(self._source), self._onnx, precision=self.precision)
+        from pyengine.export.tensorrt import build_engine
+
+        return build_engine(self._onnx, self._cache_dir, batch=self._build,
+                            workspace_gb=self._workspace_gb, device=self._gpu, trt=trt)
+
+    def _activate(self) -> None:  # NOT RUN HERE (needs TensorRT and a GPU)
+        problem = tensorrt_problem()
+        if problem is not None:
+            raise unavailable("tensorrt", problem)
+        import tensorrt as trt
+        import torch
+
+        if self._gpu >= torch.cuda.device_count():
+            raise RunnerUnavailable(f"tensorrt runner on cuda:{self._gpu}: only "
+                                    f"{torch.cuda.device_count()} CUDA device(s) are visible")
+        device = torch.device("cuda", self._gpu)
+        with torch.cuda.device(device):
+            path = self._engine_file(trt)
+            plan = open_engine(trt, path.read_bytes(), self.spec, self._batch_size, path)
+            hi = plan.batches[2]
+            feed = CudaFeed(torch, device, self.input_shape, hi)
+            context = plan.context
+            if plan.profile != 0:
+                context.set_optimization_profile_async(plan.profile, feed.compute.cuda_stream)
+                feed.compute.synchronize()
+            outputs = {
+                "probabilities": torch.zeros((hi, self.spec.num_classes), dtype=torch.float32,
+                                             device=device),
+                "score": torch.zeros(hi, dtype=torch.float32, device=device)}
+            for name, tensor in outputs.items():
+                if not context.set_tensor_address(name, tensor.data_ptr()):
+                    raise PyEngineError(f"{path}: TensorRT refused the address of output {name!r}")
+            self._engine_dtype = torch.float16 if plan.input_dtype == np.float16 else torch.float32
+            self._cast = torch.zeros((hi, *self.input_shape), dtype=self._engine_dtype,
+                                     device=device)
+            torch.cuda.current_stream(device).synchronize()
+        self._torch, self._plan, self._feed, self._outputs = torch, plan, feed, outputs
+        self._rows, self._where = None, path
+
+    def _deactivate(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+        if self._plan is not None:
+            self._plan.release()
+        self._feed = self._plan = None
+        self._outputs = self._cast = None
+
+    # -- memory and inference (NOT RUN HERE) ---------------------------------------------------
+    def _allocate_slots(self, count: int, batch_size: int, dtype: np.dtype) -> list[np.ndarray]:
+        return self._feed.pinned_slots(count, batch_size, dtype)
+
+    def _convert(self, batch: np.ndarray) -> np.ndarray:
+        return batch  # cast on the GPU when the engine wants the other float dtype
+
+    def _submit(self, batch: np.ndarray) -> Pending:
+        return self._feed.submit(batch, self._launch)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._submit(batch).result()
+
+    def _launch(self, x, n: int):
+        """On the compute stream: enqueue the engine on ``x`` (n rows); the score buffer."""
+        context = self._plan.context
+        rows = max(n, self._plan.batches[0])  # rows past n: stale, allocated, ignored
+        if x.dtype != self._engine_dtype:
+            self._cast[:n].copy_(x)
+            x = self._cast
+        if rows != self._rows:
+            if not context.set_input_shape(INPUT_NAME, (rows, *self.input_shape)):
+                raise PyEngineError(f"{self._where}: TensorRT refused input shape "
+                                    f"({rows}, {', '.join(map(str, self.input_shape))})")
+            self._rows = rows
+        if not context.set_tensor_address(INPUT_NAME, x.data_ptr()):
+            raise PyEngineError(f"{self._where}: TensorRT refused the input address")
+        if not context.execute_async_v3(self._feed.compute.cuda_stream):
+            raise PyEngineError(f"{self._where}: TensorRT execute_async_v3 failed (see its log)")
+        return self._outputs["score"]

@@ -1,0 +1,151 @@
+"""GPU runners: the torch CUDA path (pinned slots, copy streams, CUDA graphs) and TensorRT.
+
+Marked ``gpu`` and skipped without a CUDA GPU (TensorRT tests also without the
+tensorrt package).  Every score is compared with the torch fp32 graph on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pyengine.models.checkpoint import load_model, save_model
+from pyengine.models.classifier import ClusterClassifier
+from pyengine.models.spec import ModelSpec
+from pyengine.runners import make_runner
+from pyengine.runners.torch import TorchRunner
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+SPEC = ModelSpec(cutout_size=32)
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 5e-2}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(3)
+    return save_model(ClusterClassifier(SPEC).eval(),
+                      tmp_path_factory.mktemp("m") / "m.safetensors")
+
+
+def _batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(500.0, 8.0, size=(n, 2, 32, 32)).astype(np.float32)
+    x[0, :, :, :12] = np.nan
+    if n > 3:
+        x[3, 1] = np.nan  # a blank band
+    return x
+
+
+def _reference(model_file, x):
+    with torch.no_grad():
+        return load_model(model_file)(torch.from_numpy(np.asarray(x, np.float32)))[1].numpy()
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_scores_match_cpu_fp32(model_file, precision, graphs):
+    x = _batch(40)
+    with TorchRunner(model_file, precision=precision, device="cuda", batch_size=40,
+                     cuda_graphs=graphs) as runner:
+        assert runner.input_dtype == (np.float16 if precision == "fp16" else np.float32)
+        assert runner.preferred_batch_size == 40
+        got = runner.infer(x)  # float32 in, even where float16 is preferred
+        assert bool(runner._graphs) == graphs
+    assert got.dtype == np.float32 and got.shape == (40,)
+    np.testing.assert_allclose(got, _reference(model_file, x), rtol=0, atol=TOLERANCE[precision])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_graphs_on_and_off_agree(model_file, precision):
+    x = _batch(24, seed=1)
+    out = []
+    for graphs in (True, False):
+        with TorchRunner(model_file, precision=precision, device="cuda", batch_size=24,
+                         cuda_graphs=graphs) as runner:
+            out.append(runner.infer(x))
+    np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-5 if precision == "fp32" else 2e-3)
+
+
+def test_padded_last_batch_uses_the_full_size_graph(model_file):
+    x = _batch(21, seed=2)
+    with TorchRunner(model_file, device="cuda", batch_size=16) as runner:
+        assert sorted(runner._graphs) == [16]  # captured at activate
+        first = runner.submit(x[:16]).result()
+        last = runner.submit(x[16:]).result()  # 5 rows padded into the 16-row graph
+        assert sorted(runner._graphs) == [16]
+        bigger = runner.infer(np.concatenate([x, x]))  # 42 rows: a graph of its own
+        assert sorted(runner._graphs) == [16, 42]
+    want = _reference(model_file, x)
+    np.testing.assert_allclose(np.concatenate([first, last]), want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(bigger, np.concatenate([want, want]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_pinned_slots_and_two_in_flight(model_file, precision):
+    """The scan engine's pattern: fill a slot, submit a leading slice of it, keep two
+    batches in flight, collect in order, reuse a slot only after its result()."""
+    batches = [_batch(n, seed=10 + k) for k, n in enumerate((32, 32, 32, 32, 32, 7))]
+    with TorchRunner(model_file, precision=precision, device="cuda", batch_size=32) as runner:
+        slots = runner.allocate_slots(3, 32)
+        dtype = runner.input_dtype
+        for slot in slots:
+            assert slot.dtype == dtype and slot.shape == (32, 2, 32, 32)
+            assert torch.from_numpy(slot).is_pinned()
+        flight, got, inputs = [], [], []
+        for k, b in enumerate(batches):
+            slot = slots[k % 3]
+            slot[: len(b)] = b  # float16 slots round the pixels
+            inputs.append(slot[: len(b)].astype(np.float32))
+            assert runner._feed.find_slot(slot[: len(b)]) is not None  # pinned: no staging
+            flight.append(runner.submit(slot[: len(b)]))
+            if len(flight) > 1:
+                got.append(flight.pop(0).result())
+        got.extend(p.result() for p in flight)
+        assert not runner._feed._staging  # never needed a staging buffer
+        # an ordinary array goes through the pinned staging buffer instead
+        plain = runner.infer(batches[0])
+    for scores, x in zip(got, inputs, strict=True):
+        np.testing.assert_allclose(scores, _reference(model_file, x), rtol=0,
+                                   atol=TOLERANCE[precision])
+    np.testing.assert_allclose(plain, _reference(model_file, batches[0]), rtol=0,
+                               atol=TOLERANCE[precision])
+
+
+def test_more_in_flight_than_the_ring_and_float32_slots_at_fp16(model_file):
+    batches = [_batch(16, seed=20 + k) for k in range(7)]
+    with TorchRunner(model_file, precision="fp16", device="cuda", batch_size=16) as runner:
+        assert runner.input_dtype == np.float16
+        slots = runner.allocate_slots(7, 16, np.float32)  # the engine may keep float32
+        pending = []
+        for slot, b in zip(slots, batches, strict=True):
+            slot[:] = b
+            pending.append(runner.submit(slot))  # 7 in flight: the ring of 3 waits
+        got = [p.result() for p in pending]
+    for scores, b in zip(got, batches, strict=True):
+        np.testing.assert_allclose(scores, _reference(model_file, b), rtol=0, atol=5e-2)
+
+
+def test_auto_picks_a_gpu_runner(model_file):
+    runner = make_runner("auto", model_file)
+    assert runner.name in ("tensorrt", "torch")
+    assert runner.chosen_because
+    assert runner.preferred_batch_size == 256
+
+
+def test_tensorrt_runner_matches_cpu(tmp_path, model_file):
+    pytest.importorskip("tensorrt")
+    x = _batch(50, seed=5)
+    with make_runner("tensorrt", model_file, cache_dir=tmp_path, batch_size=32) as runner:
+        assert (runner.preferred_batch_size, runner.max_batch_size) == (32, 32)
+        slots = runner.allocate_slots(2, 32)
+        flight, got = [], []
+        for k, start in enumerate(range(0, 50, 32)):
+            part = x[start : start + 32]
+            slots[k % 2][: len(part)] = part
+            flight.append(runner.submit(slots[k % 2][: len(part)]))
+        got = np.concatenate([p.result() for p in flight])
+    np.testing.assert_allclose(got, _reference(model_file, x), rtol=0, atol=1e-3)
+    assert list(tmp_path.glob("*.engine"))  # built and cached
