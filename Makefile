@@ -21,8 +21,7 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/pyengine info
-	$(VENV)/bin/pyengine synth $(DEMO) --size 2048 --seed 1
-	$(PY) tools/fits_layout.py $(DEMO)/g.fits $(DEMO)/i.fits
+	$(VENV)/bin/pyengine demo --out $(DEMO)
 
 lint: install
 	$(PY) -m ruff check pyengine tests benchmarks tools
