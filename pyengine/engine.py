@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyengine.batching import BatchRing
+from pyengine.batching import BatchRing, gather
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.io.tiles import Tile, TilePlan
@@ -420,17 +420,37 @@ class _Pipeline:
                     slot = self._acquire(ring)
                     used, segments = 0, []
                 k = min(n - done, self.batch - used)
-                ring.fill(slot, used, work.pixels, cx[done : done + k], cy[done : done + k],
-                          offset=work.offset, scale=work.scale)
+                pixels, scx, scy = self._segment(work.pixels, cx[done : done + k],
+                                                 cy[done : done + k])
+                ring.fill(slot, used, pixels, scx, scy, offset=work.offset, scale=work.scale)
                 segments.append((work, done, used, k))
                 used += k
                 done += k
                 if used == self.batch:
                     self._put(self.infer_q, (slot, used, segments))
                     slot = -1
+            work.pixels = None  # the ring keeps what it still needs until the slot is waited on
         if slot >= 0:
             self._put(self.infer_q, (slot, used, segments))
         self._put(self.infer_q, None)
+
+    def _segment(self, pixels: np.ndarray, cx: np.ndarray, cy: np.ndarray):
+        """The array a ring fill reads for these k windows, and their centres in it.
+
+        A batch may hold positions of many tiles, and the ring keeps each tile
+        array alive until the batch is gathered.  For a sparse segment (its
+        windows cover under a quarter of the tile) the windows are first copied
+        side by side into a compact (nband, S, k * S) strip, so sparse catalogs
+        never pin a batch's worth of whole tiles in memory.
+        """
+        k, size = cx.size, self.size
+        if k * size * size * 4 >= pixels[0].size:
+            return pixels, cx, cy
+        windows = gather(pixels, cx, cy, size)  # raw float32, NaN kept
+        strip = np.ascontiguousarray(windows.transpose(1, 2, 0, 3).reshape(
+            pixels.shape[0], size, k * size))
+        centres = np.arange(k, dtype=np.int64) * size + size // 2
+        return strip, centres, np.full(k, size // 2, np.int64)
 
     def _acquire(self, ring: BatchRing) -> int:
         while True:

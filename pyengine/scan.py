@@ -301,6 +301,10 @@ def run_scan(engine: Engine, mosaic, source, out, *, regions=None, scoremap=None
         scoremap = default_scoremap_path(Path(out))
     paths = output_paths(out, regions, scoremap)
     mosaic, source, plan = engine.prepare(mosaic, source)
+    if grid:  # a WCS the score map cannot carry is refused now, not after the scan
+        from pyengine.output.scoremap import scoremap_wcs
+
+        scoremap_wcs(mosaic.wcs, source.stride, source.offset)
     fingerprint = scan_fingerprint(engine, mosaic, source, plan)
     journal = Journal(paths["catalog"])
     done = set(journal.start(fingerprint, resume=resume))

@@ -97,7 +97,7 @@ def _resume_command() -> str:
 @click.option("--resume", is_flag=True, help="Finish an interrupted scan of the same inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--log-json", is_flag=True, help="JSON lines on stdout: per tile and a summary.")
-@click.option("--band-names", default=None,
+@click.option("--bands", "band_names", default=None,
               help="Comma-separated band names for the images [FILTER keys or file names].")
 @click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
 @click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")

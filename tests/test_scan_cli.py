@@ -112,7 +112,7 @@ def test_bad_inputs_give_one_line(field, model, catalog, cache, tmp_path):
         (["--catalog", catalog, "--runner", "fast"], "runner 'fast' is not known"),
         (["--catalog", catalog, "--precision", "fp8"], "precision 'fp8'"),
         (["--catalog", catalog, "--runner", "tensorrt"], "tensorrt"),
-        (["--catalog", catalog, "--band-names", "g,r"], "needs bands g, i but the mosaic has g, r"),
+        (["--catalog", catalog, "--bands", "g,r"], "needs bands g, i but the mosaic has g, r"),
     ]
     for extra, expect in cases:
         line = _error_line(_run([*bands, "--model", model, "--out", out, *extra], cache))
