@@ -107,7 +107,8 @@ def overview_png(path: Path, mosaic, catalog, truth, *, band: int = -1, max_px: 
 
 
 def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
-             threads: int | None = None, echo=print) -> DemoResult:
+             threads: int | None = None, mag_limit: float | None = 21.0,
+             echo=print) -> DemoResult:
     """Synthesise, scan, write and evaluate; returns the evaluation."""
     from astropy.table import Table
 
@@ -131,7 +132,10 @@ def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
 
             shutil.rmtree(stale)
     with Mosaic.open(bands) as mosaic, Engine(None, runner=runner, threads=threads) as engine:
-        summary = run_scan(engine, mosaic, DetectSource(), catalog_path, regions=regions_path)
+        # The demo model was trained on sources with i < 21 (Zhang et al.'s cut), so the
+        # detections are cut the same way (aperture magnitudes, MAGZPT from the header).
+        source = DetectSource(mag_limit=mag_limit, mag_band="i")
+        summary = run_scan(engine, mosaic, source, catalog_path, regions=regions_path)
         echo("scan: " + summary.line())
         catalog = Table.read(catalog_path)
         truth = Table.read(field.truth)

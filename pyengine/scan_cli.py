@@ -105,7 +105,14 @@ def _resume_command() -> str:
 @click.option("--y-col", default=None, help="Catalog y column (0-based pixels).")
 @click.option("--mag-col", default=None, help="Catalog magnitude column for --mag-limit.")
 @click.option("--mag-limit", type=float, default=None,
-              help="Keep catalog rows with magnitude <= this.")
+              help="Keep sources with magnitude <= this (catalog column, or detection "
+                   "aperture magnitude).")
+@click.option("--mag-band", default=None,
+              help="Detection: band of the aperture magnitudes [detection band, or the last].")
+@click.option("--zero-point", type=float, default=None,
+              help="Detection: magnitude zero point [MAGZPT/PHOTZP/... header key].")
+@click.option("--aperture", type=float, default=8.0, show_default=True,
+              help="Detection: aperture radius for magnitudes, pixels.")
 @click.option("--detect-threshold", type=float, default=3.0, show_default=True,
               help="Detection threshold in sigma above the background.")
 @click.option("--min-area", type=int, default=5, show_default=True,
@@ -118,7 +125,8 @@ def _resume_command() -> str:
               help="Flag cutouts with more than this share of blank/off-image pixels.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
-         mag_col, mag_limit, detect_threshold, min_area, detect_band, tile_size, max_nan):
+         mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
+         detect_band, tile_size, max_nan):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits) for
     star-cluster candidates.  Sources: --catalog, --grid, or detection (default)."""
     from pyengine.errors import ConfigError
@@ -130,10 +138,18 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if scoremap is not None and grid is None:
         raise ConfigError("--scoremap needs --grid STRIDE (a score map samples a grid)")
     catalog_opts = {"ra_col": ra_col, "dec_col": dec_col, "x_col": x_col, "y_col": y_col,
-                    "mag_col": mag_col, "mag_limit": mag_limit}
+                    "mag_col": mag_col}
     if catalog is None and any(v is not None for v in catalog_opts.values()):
         used = [f"--{k.replace('_', '-')}" for k, v in catalog_opts.items() if v is not None]
         raise ConfigError(f"{', '.join(used)} apply to --catalog, which was not given")
+    detect_opts = {"mag_band": mag_band, "zero_point": zero_point}
+    if (catalog is not None or grid is not None) and any(
+            v is not None for v in detect_opts.values()):
+        used = [f"--{k.replace('_', '-')}" for k, v in detect_opts.items() if v is not None]
+        raise ConfigError(f"{', '.join(used)} apply to detection (no --catalog or --grid)")
+    if grid is not None and mag_limit is not None:
+        raise ConfigError("--mag-limit does not apply to --grid (grid points have no "
+                          "magnitudes)")
     from pyengine.scan import output_paths
 
     output_paths(out, regions, scoremap)  # fail before loading anything heavy
@@ -144,11 +160,13 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     names = [b.strip() for b in band_names.split(",")] if band_names else None
     mosaic = Mosaic.open(list(bands), bands=names)
     if catalog is not None:
-        source = CatalogSource(catalog, **catalog_opts)
+        source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
     elif grid is not None:
         source = GridSource(grid)
     else:
-        source = DetectSource(threshold=detect_threshold, min_area=min_area, band=detect_band)
+        source = DetectSource(threshold=detect_threshold, min_area=min_area, band=detect_band,
+                              mag_limit=mag_limit, mag_band=mag_band, zero_point=zero_point,
+                              aperture=aperture)
     engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
                     threads=threads, threshold=threshold, core=tile_size,
                     max_nan_fraction=max_nan)

@@ -63,6 +63,28 @@ Detection (:class:`DetectSource`) on each tile window (core plus halo):
    to one peak are one position (with the brightest one's measurements).
    SEP's measurements (flux, peak, a, b, theta, npix, flags; detection-image
    units) are the extra columns.
+4. Magnitudes (``mag``, ``mag_err``): SEP's circular-aperture sum
+   (``sep.sum_circle``, radius ``aperture`` px, 5 x 5 sub-pixel sampling) of
+   the magnitude band minus its background (the background of step 1), at the
+   position of step 3, with that band's background rms as the per-pixel error;
+   ``mag = zero_point - 2.5 log10(flux)`` and ``mag_err = 1.0857 fluxerr /
+   flux``, NaN where the flux is not positive or every aperture pixel is blank.
+   Blank pixels in the aperture (NaN, off the image) are masked and SEP scales
+   the sum up by the masked area (the mean of the pixels it has), so objects at
+   the image's edge get an extrapolated flux.  The magnitude band is
+   ``mag_band``, else the detection band, else (for "sum") the mosaic's last
+   band; the zero point is ``zero_point``, else the first of
+   :data:`ZERO_POINT_KEYS` in that band's header.  With no zero point the
+   columns are left out, unless magnitudes were asked for (``mag_limit`` or
+   ``mag_band``): then ``bind`` refuses.  ``mag_limit`` keeps only the
+   detections with a finite ``mag`` <= the limit (the float32 value in the
+   catalog).  The aperture is clamped to the tile halo (the radius actually
+   used is in ``describe`` and ``fingerprint``): an owned position lies at
+   least a halo from its window's edge, so the aperture always lies inside the
+   window and no object's flux depends on where the tile borders fall (a
+   larger aperture would be cut by the window edge for objects near a core
+   border but not for others).  The halo is half a cutout whatever the tile
+   size, so the radius used does not depend on the tile size either.
 
 What still depends on the tiling: whether an object at the edge of
 detectability is detected or deblended at all, where the background differs
@@ -71,7 +93,11 @@ PAndAS-like field (35,000 detections) about 1 % of the detections were found
 with 2048 px cores or with 1024 px cores but not both; none was duplicated or
 lost on a border, and every common one had bitwise the same position.  An object is
 seen whole by both neighbouring tiles when it fits within the halo; larger
-ones are truncated at the window edge (SEP flag 8, ``OBJ_TRUNC``).
+ones are truncated at the window edge (SEP flag 2, ``OBJ_TRUNC``).  Magnitudes
+share the background's dependence: an object within a few background boxes of
+its window's edge can have a slightly different ``mag`` with another tile size
+(the position stays bitwise the same), so one within that difference of
+``mag_limit`` can be kept with one tile size and cut with another.
 
 Thread safety: a bound source is read-only; ``count``, ``positions``,
 ``off_image``, ``fingerprint``, ``passthrough`` and ``describe`` may be called
@@ -101,7 +127,9 @@ from pyengine.errors import CatalogError, ConfigError, PyEngineError
 
 __all__ = [
     "DETECT_COLUMNS",
+    "MAG_COLUMNS",
     "SOURCE_KINDS",
+    "ZERO_POINT_KEYS",
     "CatalogSource",
     "DetectSource",
     "DetectionError",
@@ -127,6 +155,17 @@ DETECT_COLUMNS = {
     "npix": np.dtype(np.int32),        # pixels of the object
     "det_flag": np.dtype(np.int16),    # SEP extraction flags
 }
+
+# Magnitude columns of detections, present when a zero point is known (see DetectSource).
+MAG_COLUMNS = {
+    "mag": np.dtype(np.float32),       # aperture magnitude in the magnitude band
+    "mag_err": np.dtype(np.float32),   # its error from the background rms alone
+}
+
+# Header keys read (in this order) for a band's photometric zero point.
+ZERO_POINT_KEYS = ("MAGZPT", "PHOTZP", "MAGZERO", "ZEROPT", "ZP", "MAGZP")
+APERTURE_SUBPIX = 5       # SEP's sub-pixel sampling of aperture edges (its default)
+_MAG_ERR_SCALE = 2.5 / math.log(10.0)   # 1.0857...: mag error per relative flux error
 
 DEBLEND_CONT = 0.005      # SEP/SExtractor's default minimum contrast when deblending
 DEBLEND_NTHRESH = 32
@@ -398,6 +437,16 @@ class CatalogSource(Source):
 # -- detection ---------------------------------------------------------------------------
 
 
+def _finite_option(value, name: str, owner: str, wanted: str) -> float | None:
+    """None, or ``value`` as a float when it is a finite real number; else ConfigError."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; {wanted} is needed")
+    return float(value)
+
+
 def _int_option(value, name: str, lo: int, hi: int, owner: str) -> int:
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value != int(value) or not lo <= int(value) <= hi):
@@ -509,15 +558,23 @@ class DetectSource(Source):
     ``threshold`` is in units of the background rms (sigma); ``band`` is a
     band name of the mosaic or "sum" (all bands, weighted by their inverse
     noise); ``background_box`` is SEP's background mesh size in pixels;
-    ``deblend`` switches SEP's deblending (contrast 0.005) on or off.  See the
-    module docstring for the recipe and what it guarantees.
+    ``deblend`` switches SEP's deblending (contrast 0.005) on or off.
+
+    Magnitudes: ``mag_band`` (default: the detection band, or the mosaic's last
+    band for "sum") is measured in a circular aperture of radius ``aperture``
+    px with ``zero_point`` (default: the band's header, :data:`ZERO_POINT_KEYS`)
+    into the columns ``mag`` and ``mag_err``; ``mag_limit`` keeps only the
+    detections with a finite ``mag`` <= it.  See the module docstring for the
+    recipe and what it guarantees.
     """
 
     kind = "detect"
     needs_pixels = True
 
     def __init__(self, *, threshold: float = 3.0, min_area: int = 5, band: str = "sum",
-                 deblend: bool = True, background_box: int = 64):
+                 deblend: bool = True, background_box: int = 64,
+                 mag_limit: float | None = None, mag_band: str | None = None,
+                 zero_point: float | None = None, aperture: float = 8.0):
         owner = "detection"
         if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
                 or not math.isfinite(threshold) or threshold <= 0):
@@ -533,11 +590,34 @@ class DetectSource(Source):
         if not isinstance(deblend, bool | np.bool_):
             raise ConfigError(f"{owner}: deblend {deblend!r} is not accepted; true or false")
         self.deblend = bool(deblend)
+        self.mag_limit = _finite_option(mag_limit, "magnitude limit", owner,
+                                        "the faintest magnitude to keep, e.g. 21")
+        self.zero_point = _finite_option(zero_point, "zero point", owner,
+                                         "the band's photometric zero point in mag, e.g. 30")
+        if mag_band is not None and (not isinstance(mag_band, str) or not mag_band):
+            raise ConfigError(f"{owner}: magnitude band {mag_band!r} is not accepted; a band "
+                              "name of the mosaic is needed")
+        self.mag_band = mag_band
+        aperture = _finite_option(aperture, "aperture", owner,
+                                  "a radius in pixels > 0, e.g. 8")
+        if aperture is None or aperture <= 0:
+            raise ConfigError(f"{owner}: aperture {aperture!r} is not accepted; a radius in "
+                              "pixels > 0 is needed, e.g. 8")
+        self.aperture = aperture
         self._plan = None
 
     @property
     def column_dtypes(self) -> dict[str, np.dtype]:
-        return dict(DETECT_COLUMNS)
+        """The detection columns, plus ``mag``/``mag_err`` when a zero point is known.
+
+        Decided by ``bind`` (the zero point may come from a header); before it,
+        magnitudes are assumed when a zero point or a magnitude cut is given.
+        """
+        if self.bound:
+            mags = self._zero_point is not None
+        else:
+            mags = self.zero_point is not None or self.mag_limit is not None
+        return {**DETECT_COLUMNS, **MAG_COLUMNS} if mags else dict(DETECT_COLUMNS)
 
     def bind(self, mosaic, plan) -> None:
         import sep
@@ -559,6 +639,8 @@ class DetectSource(Source):
                 f"detection: the tile halo is {plan.halo} px; detection needs at least "
                 f"{MIN_DETECT_HALO} px to see objects across tile borders (use a cutout of at "
                 f"least {2 * MIN_DETECT_HALO} px)")
+        mag_index = self._resolve_mag_band(bands, band_index)
+        zero_point, zp_from = self._resolve_zero_point(mosaic, mag_index)
         _ensure_sep_limits(_PIXSTACK_START, _SUBOBJECT_START)
         if band_index is None:
             noise = _band_noise(mosaic)
@@ -569,13 +651,60 @@ class DetectSource(Source):
             self._weights = None
         self._band_index = band_index
         self._band_name = "sum" if band_index is None else bands[band_index]
+        self._mag_index, self._mag_band_name = mag_index, bands[mag_index]
+        self._zero_point, self._zero_point_from = zero_point, zp_from
+        # Clamped to the halo: an owned position lies at least a halo from its
+        # window's edge, so the aperture never leaves the window (module docstring).
+        self._aperture_used = min(self.aperture, float(plan.halo))
         self._nband = mosaic.nband
         self._sep_version = str(getattr(sep, "__version__", "unknown"))
         self._plan = plan
 
+    def _resolve_mag_band(self, bands, band_index) -> int:
+        """Index of the magnitude band: mag_band, else the detection band, else the last."""
+        if self.mag_band is None:
+            return len(bands) - 1 if band_index is None else band_index
+        if self.mag_band in bands:
+            return bands.index(self.mag_band)
+        folded = [i for i, b in enumerate(bands) if b.lower() == self.mag_band.lower()]
+        if len(folded) != 1:
+            raise ConfigError(f"detection: magnitude band {self.mag_band!r} is not a band of "
+                              f"the mosaic; accepted: {', '.join(bands)}")
+        return folded[0]
+
+    def _resolve_zero_point(self, mosaic, mag_index):
+        """(zero point, where it came from) for the magnitude band; (None, None) if none.
+
+        Refuses a missing zero point when magnitudes were asked for (a magnitude
+        cut or a named magnitude band), and a header zero point that is not a
+        finite number.
+        """
+        if self.zero_point is not None:
+            return self.zero_point, "given"
+        path, header = mosaic.paths[mag_index], mosaic.headers[mag_index]
+        for key in ZERO_POINT_KEYS:
+            if key not in header:
+                continue
+            value = header[key]
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                    or not math.isfinite(value)):
+                raise ConfigError(f"{path}: header zero point {key} = {value!r} is not a finite "
+                                  "number; fix the header or pass --zero-point")
+            return float(value), key
+        if self.mag_limit is not None or self.mag_band is not None:
+            why = ("a magnitude limit" if self.mag_limit is not None
+                   else f"magnitudes in band {self.mag_band!r}")
+            raise ConfigError(f"{path}: {why} needs a photometric zero point and the header "
+                              f"has none of {', '.join(ZERO_POINT_KEYS)}; pass --zero-point")
+        return None, None
+
     # The detection image of one window, padded to the global background grid.
     def _detection_image(self, pixels, y0, x0):
-        """(image, err, mask, oy, ox): image[j, i] is mosaic pixel (ox + i, oy + j)."""
+        """(image, err, mask, oy, ox, mag): image[j, i] is mosaic pixel (ox + i, oy + j).
+
+        ``mag`` is the magnitude band's (data, rms, mask) on the same padded grid,
+        None when no zero point is known or the band is blank in the window.
+        """
         import sep
 
         box = self.background_box
@@ -616,15 +745,23 @@ class DetectSource(Source):
             rms[mask] = 1.0
             return data, rms, mask
 
+        mag_b = self._mag_index if self._zero_point is not None else None
         if self._band_index is not None:
             got = background_subtracted(self._band_index)
-            return (None if got is None else (*got, oy, ox))
-        total = var = None
+            if got is None:
+                return None
+            mag = None
+            if mag_b is not None:
+                mag = got if mag_b == self._band_index else background_subtracted(mag_b)
+            return (*got, oy, ox, mag)
+        total = var = mag = None
         for b in bands:
             got = background_subtracted(b)
             if got is None:
                 continue
             data, rms, mask = got
+            if b == mag_b:   # before weighting (in place below); mask is not changed
+                mag = data.copy(), rms.copy(), mask
             weight = self._weights[b]
             data *= weight
             rms *= weight
@@ -640,7 +777,25 @@ class DetectSource(Source):
         mask = ~(var > 0)
         np.sqrt(var, out=var)
         var[mask] = 1.0
-        return total, var, mask, oy, ox
+        return total, var, mask, oy, ox, mag
+
+    def _magnitudes(self, planes, x, y):
+        """(mag, mag_err) float32 at padded-grid positions (x, y); NaN where unmeasurable."""
+        import sep
+
+        mag = np.full(len(x), np.nan, np.float32)
+        mag_err = np.full(len(x), np.nan, np.float32)
+        if planes is None or len(x) == 0:
+            return mag, mag_err
+        data, rms, mask = planes
+        flux, fluxerr, _ = sep.sum_circle(data, x, y, self._aperture_used, err=rms, mask=mask,
+                                          subpix=APERTURE_SUBPIX)
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(flux) & (flux > 0)
+        f = flux[good]
+        mag[good] = self._zero_point - 2.5 * np.log10(f)
+        mag_err[good] = _MAG_ERR_SCALE * fluxerr[good] / f
+        return mag, mag_err
 
     def _extract(self, image, err, mask, tile):
         import sep
@@ -683,11 +838,11 @@ class DetectSource(Source):
                              f"pixels {want}, got {got}")
         made = self._detection_image(pixels, y0, x0)
         if made is None:
-            return TilePositions.empty(DETECT_COLUMNS)
-        image, err, mask, oy, ox = made
+            return TilePositions.empty(self.column_dtypes)
+        image, err, mask, oy, ox, mag_planes = made
         objs = self._extract(image, err, mask, tile)
         if len(objs) == 0:
-            return TilePositions.empty(DETECT_COLUMNS)
+            return TilePositions.empty(self.column_dtypes)
         # SEP's convolved peak pixel, in window coordinates, starts the climb.
         ax, ay, dx, dy = _peak_positions(self._raw_image(pixels), objs["xcpeak"] + (ox - x0),
                                          objs["ycpeak"] + (oy - y0))
@@ -705,7 +860,17 @@ class DetectSource(Source):
         objs = objs[idx]
         columns = {name: np.asarray(objs["flag" if name == "det_flag" else name], dtype=dtype)
                    for name, dtype in DETECT_COLUMNS.items()}
-        return TilePositions(x[idx], y[idx], np.full(len(idx), -1, np.int64), columns)
+        x, y = x[idx], y[idx]
+        if self._zero_point is not None:
+            mag, mag_err = self._magnitudes(mag_planes, x - ox, y - oy)
+            columns["mag"], columns["mag_err"] = mag, mag_err
+            if self.mag_limit is not None:
+                with np.errstate(invalid="ignore"):
+                    keep = np.isfinite(mag) & (mag <= self.mag_limit)
+                if not keep.all():
+                    x, y = x[keep], y[keep]
+                    columns = {name: values[keep] for name, values in columns.items()}
+        return TilePositions(x, y, np.full(len(x), -1, np.int64), columns)
 
     def _raw_image(self, pixels) -> np.ndarray:
         """The window's detection band (or the weighted sum of the bands), blank pixels as 0.
@@ -730,14 +895,37 @@ class DetectSource(Source):
                 "deblend_nthresh": DEBLEND_NTHRESH, "background_box": self.background_box,
                 "filter": "conv 3x3",
                 "band_weights": None if self._weights is None else
-                [float(w) for w in self._weights]}
+                [float(w) for w in self._weights],
+                "mag_limit": self.mag_limit, "mag_band": self._mag_band_name,
+                "zero_point": self._zero_point, "zero_point_from": self._zero_point_from,
+                "aperture": self.aperture, "aperture_used": self._aperture_used,
+                "aperture_subpix": APERTURE_SUBPIX}
 
     def describe(self) -> str:
         band = self._band_name if self.bound else self.band
         image = "the noise-weighted sum of the bands" if band == "sum" else f"band {band}"
-        return (f"detect (SEP) on {image}: threshold {self.threshold:g} sigma, minimum area "
+        text = (f"detect (SEP) on {image}: threshold {self.threshold:g} sigma, minimum area "
                 f"{self.min_area} px, background box {self.background_box} px, deblending "
                 f"{'on' if self.deblend else 'off'}")
+        if self.bound:
+            mag_band, zp, radius = self._mag_band_name, self._zero_point, self._aperture_used
+        else:
+            mag_band, zp, radius = self.mag_band, self.zero_point, self.aperture
+        where = f"band {mag_band}" if mag_band is not None else "the magnitude band"
+        if self.bound and zp is None:
+            return text + f"; no magnitudes (no zero point in the {where} header)"
+        aperture = f"aperture radius {radius:g} px"
+        if radius != self.aperture:
+            aperture += f" (asked {self.aperture:g}, clamped to the tile halo)"
+        if zp is None:
+            zero = "zero point from its header (none: no magnitudes)"
+        else:
+            source = self._zero_point_from if self.bound else "given"
+            zero = f"zero point {zp:g}" + ("" if source == "given" else f" ({source})")
+        text += f"; magnitudes in {where}, {aperture}, {zero}"
+        if self.mag_limit is not None:
+            text += f"; keeps mag <= {self.mag_limit:g}"
+        return text
 
 
 # -- grid --------------------------------------------------------------------------------
@@ -824,7 +1012,8 @@ class GridSource(Source):
 
 _OPTIONS = {
     "catalog": ("ra_col", "dec_col", "x_col", "y_col", "mag_col", "mag_limit"),
-    "detect": ("threshold", "min_area", "band", "deblend", "background_box"),
+    "detect": ("threshold", "min_area", "band", "deblend", "background_box", "mag_limit",
+               "mag_band", "zero_point", "aperture"),
     "grid": ("offset",),
 }
 

@@ -17,6 +17,8 @@ from pyengine.coords import centre_pixel
 from pyengine.errors import CatalogError, ConfigError
 from pyengine.sources import (
     DETECT_COLUMNS,
+    MAG_COLUMNS,
+    ZERO_POINT_KEYS,
     CatalogSource,
     DetectionError,
     DetectSource,
@@ -489,6 +491,13 @@ def test_sum_weights_follow_band_noise(field):
     ({"background_box": 4}, "background box 4"),
     ({"band": ""}, "band '' is not accepted"),
     ({"deblend": "yes"}, "deblend 'yes'"),
+    ({"mag_limit": float("nan")}, "magnitude limit nan is not accepted"),
+    ({"mag_limit": "21"}, "magnitude limit '21'"),
+    ({"zero_point": float("inf")}, "zero point inf"),
+    ({"aperture": 0}, "aperture 0.0 is not accepted; a radius in pixels > 0"),
+    ({"aperture": -3}, "aperture -3.0"),
+    ({"aperture": None}, "aperture None"),
+    ({"mag_band": ""}, "magnitude band '' is not accepted"),
 ])
 def test_detection_option_errors(options, match):
     with pytest.raises(ConfigError, match=match):
@@ -519,6 +528,179 @@ def test_detection_fingerprint_and_pickle(field):
     tile = plan[3]
     pixels = field.read(*tile.window)
     np.testing.assert_array_equal(clone.positions(tile, pixels).x, a.positions(tile, pixels).x)
+
+
+# -- detection magnitudes -----------------------------------------------------------------
+
+PHOT_SHAPE = (160, 200)
+ZP_I, ZP_G = 30.0, 28.0
+# (x, y, true i magnitude): isolated, none within 0.2 mag of 21; some on the core borders
+# of 64 px cores (x or y = 63.5, 127.5).
+PHOT = np.array([(20.3, 20.7, 19.0), (63.6, 30.2, 20.5), (100.2, 24.9, 22.0),
+                 (150.7, 40.1, 23.0), (180.4, 20.2, 20.0), (30.1, 70.4, 21.5),
+                 (70.2, 63.45, 19.5), (127.4, 80.3, 22.5), (170.3, 100.6, 20.8),
+                 (40.6, 130.2, 22.2), (100.8, 127.6, 20.2), (160.2, 140.4, 21.3)])
+PHOT_FLUX = 10 ** (0.4 * (ZP_I - PHOT[:, 2]))    # total i counts; g has half of them
+
+
+def _flux_gaussians(shape, points, flux):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape)
+    norm = 2 * np.pi * SIGMA_PSF**2
+    for (x, y), f in zip(points, flux, strict=True):
+        out += f / norm * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * SIGMA_PSF**2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def phot_field(tmp_path_factory):
+    """g, i mosaic with sources of known flux; zero points MAGZPT (i) and PHOTZP (g)."""
+    root = tmp_path_factory.mktemp("phot")
+    rng = np.random.default_rng(7)
+    paths = []
+    for name, sky, share, keys in (("g", 80.0, 0.5, {"PHOTZP": ZP_G}),
+                                   ("i", 200.0, 1.0, {"MAGZPT": ZP_I, "ZP": 99.0})):
+        data = sky + rng.normal(0, 1, PHOT_SHAPE) + _flux_gaussians(
+            PHOT_SHAPE, PHOT[:, :2], share * PHOT_FLUX)
+        header = make_wcs(PHOT_SHAPE).to_header()
+        header.update(keys)
+        paths.append(root / f"{name}.fits")
+        fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(paths[-1])
+    with Mosaic.open(paths, bands=["g", "i"]) as mosaic:
+        yield mosaic
+
+
+def _phot_scan(mosaic, core, **options):
+    """(x, y, columns) of a detection scan, concatenated over tiles."""
+    source = DetectSource(threshold=5, **options)
+    parts = _scan(source, mosaic, TilePlan(PHOT_SHAPE, core=core, halo=16))
+    x, y, _ = _cat(parts)
+    columns = {k: np.concatenate([p.columns[k] for p in parts]) for k in source.column_dtypes}
+    return source, x, y, columns
+
+
+def test_detection_magnitudes_from_the_header(phot_field):
+    source, x, y, cols = _phot_scan(phot_field, 64)
+    assert list(source.column_dtypes) == [*DETECT_COLUMNS, *MAG_COLUMNS]
+    idx = _match(x, y, PHOT[:, :2])
+    assert np.all(idx >= 0) and len(x) == len(PHOT)
+    mag, err = cols["mag"][idx], cols["mag_err"][idx]
+    np.testing.assert_allclose(mag, PHOT[:, 2], atol=0.1)      # i (last band), MAGZPT
+    assert np.all((err > 0) & (err < 0.05))
+    # the error is the background noise (1 per pixel) over the 8 px aperture
+    np.testing.assert_allclose(err * PHOT_FLUX / 1.0857, np.sqrt(np.pi * 64), rtol=0.15)
+    fp = source.fingerprint()
+    assert (fp["mag_band"], fp["zero_point"], fp["zero_point_from"]) == ("i", ZP_I, "MAGZPT")
+    assert fp["mag_limit"] is None and fp["aperture"] == fp["aperture_used"] == 8.0
+    assert "magnitudes in band i, aperture radius 8 px, zero point 30 (MAGZPT)" in (
+        source.describe())
+    # detecting on g measures g (its PHOTZP) by default; mag_band picks another band
+    source, x, y, cols = _phot_scan(phot_field, 128, band="g")
+    idx = _match(x, y, PHOT[:, :2])
+    truth_g = ZP_G - 2.5 * np.log10(0.5 * PHOT_FLUX)
+    np.testing.assert_allclose(cols["mag"][idx], truth_g, atol=0.1)
+    assert source.fingerprint()["zero_point_from"] == "PHOTZP"
+    source, x, y, cols = _phot_scan(phot_field, 128, band="g", mag_band="I")
+    np.testing.assert_allclose(cols["mag"][_match(x, y, PHOT[:, :2])], PHOT[:, 2], atol=0.1)
+    assert source.fingerprint()["mag_band"] == "i"
+
+
+def test_detection_magnitude_cut_keeps_the_bright_ones(phot_field):
+    bright = PHOT[PHOT[:, 2] <= 21]
+    assert 0 < len(bright) < len(PHOT)
+    _, x_all, y_all, cols_all = _phot_scan(phot_field, 4096)
+    ref = None
+    for core in (4096, 64):
+        source, x, y, cols = _phot_scan(phot_field, core, mag_limit=21)
+        idx = _match(x, y, bright[:, :2])
+        assert np.all(idx >= 0) and len(x) == len(bright)
+        assert np.all(cols["mag"] <= 21) and "keeps mag <= 21" in source.describe()
+        got = _sorted(x, y)
+        if ref is None:
+            ref = got
+        # the kept positions are bitwise those of the uncut scan, for every tile size
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+        keep = np.isin(x_all, x) & np.isin(y_all, y)
+        assert keep.sum() == len(bright)
+        np.testing.assert_allclose(np.sort(cols["mag"]), np.sort(cols_all["mag"][keep]),
+                                   atol=0.01)
+
+
+def test_detection_zero_point_given_overrides_the_header(phot_field, field):
+    _, x, y, cols = _phot_scan(phot_field, 128)
+    _, x2, y2, cols2 = _phot_scan(phot_field, 128, zero_point=25.0)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_allclose(cols2["mag"], cols["mag"] - 5.0, atol=1e-4)
+    np.testing.assert_array_equal(cols2["mag_err"], cols["mag_err"])
+    # a mosaic without zero-point keys: magnitudes only with one given
+    source = DetectSource(zero_point=30.0)
+    source.bind(field, TilePlan(SHAPE, core=128, halo=16))
+    assert "mag" in source.column_dtypes
+    assert source.fingerprint()["zero_point_from"] == "given"
+
+
+def test_detection_without_a_zero_point(field):
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    source = DetectSource(threshold=5)
+    source.bind(field, plan)     # no zero point and no cut: no magnitude columns
+    assert source.column_dtypes == DETECT_COLUMNS
+    assert source.fingerprint()["zero_point"] is None
+    assert "no magnitudes (no zero point in the band i header)" in source.describe()
+    tile = plan[1]
+    got = source.positions(tile, field.read(*tile.window))
+    assert len(got) > 0 and list(got.columns) == list(DETECT_COLUMNS)
+    keys = ", ".join(ZERO_POINT_KEYS)
+    assert keys == "MAGZPT, PHOTZP, MAGZERO, ZEROPT, ZP, MAGZP"
+    with pytest.raises(ConfigError, match=rf"i\.fits: a magnitude limit needs a photometric zero "
+                                          rf"point and the header has none of {keys}; pass "
+                                          r"--zero-point") as exc:
+        DetectSource(mag_limit=21).bind(field, plan)
+    _one_line(exc, "i.fits")
+    with pytest.raises(ConfigError, match=r"g\.fits: magnitudes in band 'g' needs .* "
+                                          r"--zero-point"):
+        DetectSource(mag_band="g").bind(field, plan)
+
+
+def test_detection_magnitude_band_and_header_checked_at_bind(phot_field, tmp_path):
+    plan = TilePlan(PHOT_SHAPE, core=128, halo=16)
+    with pytest.raises(ConfigError, match=r"magnitude band 'r' is not a band of the mosaic; "
+                                          r"accepted: g, i$"):
+        DetectSource(mag_band="r").bind(phot_field, plan)
+    header = make_wcs((32, 32)).to_header()
+    header["MAGZPT"] = "thirty"
+    fits.PrimaryHDU(np.zeros((32, 32), np.float32), header=header).writeto(tmp_path / "z.fits")
+    with Mosaic.open([tmp_path / "z.fits"], bands=["r"]) as mosaic, pytest.raises(
+            ConfigError, match=r"z\.fits: header zero point MAGZPT = 'thirty' is not a finite "
+                               r"number; fix the header or pass --zero-point"):
+        DetectSource().bind(mosaic, TilePlan((32, 32), core=32, halo=16))
+
+
+def test_detection_magnitude_fingerprint_and_aperture_clamp(phot_field):
+    plan = TilePlan(PHOT_SHAPE, core=128, halo=16)
+
+    def bound(**options):
+        s = DetectSource(**options)
+        s.bind(phot_field, plan)
+        return s
+
+    base = bound().fingerprint()
+    json.dumps(base)
+    assert bound().fingerprint() == base
+    for options in ({"mag_limit": 21}, {"mag_band": "g"}, {"zero_point": 29.0},
+                    {"aperture": 6}):
+        assert bound(**options).fingerprint() != base, options
+    assert bound(mag_limit=21).fingerprint() != bound(mag_limit=22).fingerprint()
+    wide = bound(aperture=40)        # beyond the 16 px halo: clamped to it
+    assert (wide.fingerprint()["aperture"], wide.fingerprint()["aperture_used"]) == (40.0, 16.0)
+    assert "aperture radius 16 px (asked 40, clamped to the tile halo)" in wide.describe()
+    assert "keeps mag <= 21" in DetectSource(mag_limit=21).describe()   # before bind too
+    clone = pickle.loads(pickle.dumps(bound(mag_limit=21)))
+    tile = plan[0]
+    got = clone.positions(tile, phot_field.read(*tile.window))
+    assert list(got.columns) == [*DETECT_COLUMNS, *MAG_COLUMNS]
+    assert np.all(got.columns["mag"] <= 21)
 
 
 # -- grid --------------------------------------------------------------------------------
@@ -576,11 +758,16 @@ def test_make_source(tmp_path):
     assert isinstance(grid, GridSource) and grid.offset == 4
     detect = make_source("detect", threshold=4.5, band="g", mag_limit=None)
     assert detect.threshold == 4.5 and detect.band == "g"
+    detect = make_source("detect", mag_limit=21, mag_band="i", zero_point=30.0, aperture=6)
+    assert (detect.mag_limit, detect.mag_band, detect.zero_point, detect.aperture) == (
+        21.0, "i", 30.0, 6.0)
     with pytest.raises(ConfigError, match=r"grid source: option\(s\) threshold do not apply; "
                                           r"accepted: offset"):
         make_source(stride=8, threshold=3)
-    with pytest.raises(ConfigError, match=r"detect source: option\(s\) catalog, mag_limit"):
+    with pytest.raises(ConfigError, match=r"detect source: option\(s\) catalog do not apply"):
         make_source("detect", catalog="c.fits", mag_limit=21)
+    with pytest.raises(ConfigError, match=r"grid source: option\(s\) aperture, mag_band"):
+        make_source(stride=8, mag_band="i", aperture=5)
     with pytest.raises(ConfigError, match="kind 'dense' is not known; accepted: catalog, "
                                           "detect, grid"):
         make_source("dense")
