@@ -135,32 +135,36 @@ void check_gather(int64_t nband, int64_t height, int64_t width, int64_t n, int64
 
 uint16_t float_to_half(float value) { return to_half(value); }
 
+namespace {
+
+template <typename Out>
+void gather_checked(const float* tile, int64_t nband, int64_t height, int64_t width,
+                    const int64_t* cx, const int64_t* cy, int64_t n, int64_t size,
+                    const float* offset, const float* scale, Out* out, int32_t* nan_count) {
+  check_gather(nband, height, width, n, size);
+  if (nan_count) {
+    gather_windows<Out, true>(tile, nband, height, width, cx, cy, n, size, offset, scale, out,
+                              nan_count);
+  } else {
+    gather_windows<Out, false>(tile, nband, height, width, cx, cy, n, size, offset, scale, out,
+                               nullptr);
+  }
+}
+
+}  // namespace
+
 void gather_windows_f32(const float* tile, int64_t nband, int64_t height, int64_t width,
                         const int64_t* cx, const int64_t* cy, int64_t n, int64_t size,
                         const float* offset, const float* scale, float* out,
                         int32_t* nan_count) {
-  check_gather(nband, height, width, n, size);
-  if (nan_count) {
-    gather_windows<float, true>(tile, nband, height, width, cx, cy, n, size, offset, scale, out,
-                                nan_count);
-  } else {
-    gather_windows<float, false>(tile, nband, height, width, cx, cy, n, size, offset, scale, out,
-                                 nullptr);
-  }
+  gather_checked(tile, nband, height, width, cx, cy, n, size, offset, scale, out, nan_count);
 }
 
 void gather_windows_f16(const float* tile, int64_t nband, int64_t height, int64_t width,
                         const int64_t* cx, const int64_t* cy, int64_t n, int64_t size,
                         const float* offset, const float* scale, uint16_t* out,
                         int32_t* nan_count) {
-  check_gather(nband, height, width, n, size);
-  if (nan_count) {
-    gather_windows<uint16_t, true>(tile, nband, height, width, cx, cy, n, size, offset, scale,
-                                   out, nan_count);
-  } else {
-    gather_windows<uint16_t, false>(tile, nband, height, width, cx, cy, n, size, offset, scale,
-                                    out, nullptr);
-  }
+  gather_checked(tile, nband, height, width, cx, cy, n, size, offset, scale, out, nan_count);
 }
 
 }  // namespace pyengine

@@ -126,11 +126,11 @@ def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
          f"{field.counts.get('cluster', 0)} clusters ({time.perf_counter() - t0:.1f} s) -> {out}")
     bands = [str(field.images[b][0]) for b in ("g", "i")]
     catalog_path, regions_path = out / "candidates.fits", out / "candidates.reg"
-    for stale in (catalog_path.with_name(catalog_path.name + ".journal"),):
-        if stale.exists():  # a previous demo killed mid-scan: start over
-            import shutil
+    stale = catalog_path.with_name(catalog_path.name + ".journal")
+    if stale.exists():  # a previous demo killed mid-scan: start over
+        import shutil
 
-            shutil.rmtree(stale)
+        shutil.rmtree(stale)
     with Mosaic.open(bands) as mosaic, Engine(None, runner=runner, threads=threads) as engine:
         # The demo model was trained on sources with i < 21 (Zhang et al.'s cut), so the
         # detections are cut the same way (aperture magnitudes, MAGZPT from the header).

@@ -33,6 +33,7 @@ concurrent scans.  ``iter_scan`` must be consumed from one thread.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -183,6 +184,13 @@ class Engine:
         self.nslots = max(2, int(slots))
         self.model = model
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def model_sha256(self) -> str:
+        """SHA-256 of the model file given (the shipped demo model's when None)."""
+        from pyengine.models.checkpoint import DEMO_MODEL, file_sha256
+
+        return file_sha256(self.model if self.model is not None else DEMO_MODEL)
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> Engine:

@@ -36,7 +36,14 @@ import numpy as np
 from pyengine import __version__
 from pyengine.engine import Engine, TileResult
 from pyengine.errors import OutputError
-from pyengine.output.catalog import BLANK, OFF_IMAGE, check_output, describe_flags, write_catalog
+from pyengine.output.catalog import (
+    BLANK,
+    OFF_IMAGE,
+    check_output,
+    check_writable,
+    describe_flags,
+    write_catalog,
+)
 
 __all__ = ["ScanInterrupted", "ScanSummary", "assemble_catalog", "run_scan", "scan_fingerprint",
            "tile_table"]
@@ -182,7 +189,7 @@ def catalog_meta(engine: Engine, mosaic, source, table) -> dict:
         "PYENGVER": __version__,
         "DATE": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "MODEL": str(engine.model if engine.model is not None else DEMO_MODEL.name),
-        "MODELSHA": model_hash(engine),
+        "MODELSHA": engine.model_sha256,
         "THRESH": engine.threshold,
         "RUNNER": engine.runner.name,
         "PRECISN": engine.runner.precision,
@@ -198,14 +205,6 @@ def catalog_meta(engine: Engine, mosaic, source, table) -> dict:
     for i, path in enumerate(mosaic.paths, 1):
         meta[f"BANDFIL{i}"] = str(path)
     return meta
-
-
-def model_hash(engine: Engine) -> str:
-    """SHA-256 of the model file (or of the runner's source file)."""
-    from pyengine.models.checkpoint import DEMO_MODEL, file_sha256
-
-    path = engine.model if engine.model is not None else DEMO_MODEL
-    return file_sha256(path)
 
 
 # -- resume fingerprint -------------------------------------------------------------------
@@ -232,7 +231,7 @@ def scan_fingerprint(engine: Engine, mosaic, source, plan, extra: dict | None = 
         "pyengine": __version__,
         "bands": list(mosaic.bands),
         "band_files": [_file_identity(p) for p in mosaic.paths],
-        "model_sha256": model_hash(engine),
+        "model_sha256": engine.model_sha256,
         "runner": engine.runner.name,
         "precision": engine.runner.precision,
         "transfer": str(engine.transfer_dtype),
@@ -264,14 +263,7 @@ def _check_other(path, suffixes, what) -> Path:
     path = Path(path)
     if not any(path.name.lower().endswith(s) for s in suffixes):
         raise OutputError(f"{path}: a {what} file must end in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; give a file name for the {what}")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: directory {parent} is not writable")
-    return path
+    return check_writable(path, f"a {what} file name ending in {' or '.join(suffixes)}")
 
 
 def default_scoremap_path(out: Path) -> Path:

@@ -338,7 +338,7 @@ class CatalogSource(Source):
         return found[0]
 
     def bind(self, mosaic, plan) -> None:
-        from pyengine.io.catalog import catalog_positions, read_catalog
+        from pyengine.io.catalog import catalog_positions, numeric_column, read_catalog
         from pyengine.io.fitsfile import parse_spec
 
         self._check_shapes(mosaic, plan)
@@ -355,13 +355,8 @@ class CatalogSource(Source):
         n_input = len(table)
         mag_col = self._mag_column(table)
         if mag_col is not None and self.mag_limit is not None:
-            col = table[mag_col]
-            if col.dtype.kind not in "fiu":
-                raise CatalogError(f"{self.spec}: magnitude column {mag_col!r} holds {col.dtype} "
-                                   "values; numbers are needed")
-            mag = np.asarray(col, dtype=np.float64)
-            if hasattr(col, "mask") and np.any(col.mask):
-                mag = np.where(np.asarray(col.mask), np.nan, mag)
+            mag = numeric_column(table, mag_col, str(self.spec),
+                                 "numbers are needed for the magnitude cut")
             with np.errstate(invalid="ignore"):
                 keep = np.isfinite(mag) & (mag <= self.mag_limit)
             if not keep.any():

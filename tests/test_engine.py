@@ -19,21 +19,6 @@ from tests import scanfield
 
 
 @pytest.fixture(scope="module")
-def field(tmp_path_factory):
-    return scanfield.make_field(tmp_path_factory.mktemp("field"))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return scanfield.make_model(tmp_path_factory.mktemp("model") / "m.safetensors")
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory, field):
-    return scanfield.write_catalog(tmp_path_factory.mktemp("cat") / "cat.fits", field)
-
-
-@pytest.fixture(scope="module")
 def engine(model, tmp_path_factory):
     with Engine(model, runner="onnxruntime", batch_size=16, threads=2, core=64,
                 cache_dir=tmp_path_factory.mktemp("onnx")) as e:

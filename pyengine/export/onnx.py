@@ -28,8 +28,17 @@ import numpy as np
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, precision_graph
 
-__all__ = ["ONNX_PRECISIONS", "OPSET", "export_onnx", "finish_onnx", "onnx_metadata",
-           "onnx_scores", "set_metadata", "temporary_beside"]
+__all__ = [
+    "ONNX_PRECISIONS",
+    "OPSET",
+    "export_onnx",
+    "finish_onnx",
+    "onnx_metadata",
+    "onnx_scores",
+    "read_export",
+    "set_metadata",
+    "temporary_beside",
+]
 
 ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
@@ -77,6 +86,24 @@ def onnx_metadata(path) -> dict[str, str]:
     except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as exc:
         raise ModelFileError(f"{path}: not a readable ONNX file ({exc})") from None
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_export(path: Path, precision: str | None = None):
+    """(ModelSpec, stored precision) of a pyengine ONNX export; refuses other files and a
+    ``precision`` other than the one the graph was exported at."""
+    from pyengine.models.spec import ModelSpec
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such ONNX file")
+    meta = onnx_metadata(path)
+    if "pyengine" not in meta:
+        raise ModelFileError(f"{path}: not a pyengine ONNX export (no pyengine "
+                             "metadata); export models with pyengine export")
+    stored = meta.get("pyengine_precision", "fp32")
+    if precision is not None and precision != stored:
+        raise ConfigError(f"{path} is a {stored} graph; --precision {precision} needs "
+                          f"its own export (pyengine export MODEL --precision {precision})")
+    return ModelSpec.from_json(meta["pyengine"], where=str(path)), stored
 
 
 def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,

@@ -30,7 +30,8 @@ from pyengine.coords import fits_to_pixel
 from pyengine.errors import CatalogError
 from pyengine.io.fitsfile import parse_spec
 
-__all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "read_catalog"]
+__all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
+           "read_catalog"]
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits",
            ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}
@@ -106,11 +107,13 @@ def find_column(table: Table, candidates, *, given: str | None = None, where: st
     return None
 
 
-def _numeric(table: Table, name: str, where: str) -> np.ndarray:
+def numeric_column(table: Table, name: str, where: str,
+                   need: str = "numbers in degrees or pixels are needed (convert sexagesimal "
+                               "RA/Dec first)") -> np.ndarray:
+    """Column ``name`` as float64, masked entries NaN; refuses non-numeric columns."""
     col = table[name]
     if col.dtype.kind not in "fiu":
-        raise CatalogError(f"{where}: column {name!r} holds {col.dtype} values; numbers in "
-                           "degrees or pixels are needed (convert sexagesimal RA/Dec first)")
+        raise CatalogError(f"{where}: column {name!r} holds {col.dtype} values; {need}")
     data = np.asarray(col, dtype=np.float64)
     if hasattr(col, "mask") and np.any(col.mask):
         data = np.where(np.asarray(col.mask), np.nan, data)
@@ -152,7 +155,7 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
             f"{DEC_NAMES[0]}) or pixels (e.g. {X_NAMES[0]}, {Y_NAMES[0]}), or name them with "
             f"--ra-col/--dec-col or --x-col/--y-col; columns: {', '.join(table.colnames)}")
     if has_sky:
-        ra_v, dec_v = _numeric(table, ra, where), _numeric(table, dec, where)
+        ra_v, dec_v = numeric_column(table, ra, where), numeric_column(table, dec, where)
         bad = np.isfinite(ra_v) & ~((-360 <= ra_v) & (ra_v <= 360) & (np.abs(dec_v) <= 90))
         if np.any(bad):
             i = int(np.argmax(bad))
@@ -163,7 +166,7 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
             px, py = wcs.world_to_pixel_values(ra_v, dec_v)
         return CatalogPositions(np.asarray(px, np.float64), np.asarray(py, np.float64),
                                 (ra, dec), "sky")
-    px, py = _numeric(table, x, where), _numeric(table, y, where)
+    px, py = numeric_column(table, x, where), numeric_column(table, y, where)
     if x.lower() in ONE_BASED:
         px, py = fits_to_pixel(px, py)
     return CatalogPositions(px, py, (x, y), "pixel")

@@ -16,31 +16,17 @@ from __future__ import annotations
 
 from pyengine._lazy import lazy_exports
 
-__all__ = [
-    "BLANK",
-    "CATALOG_FORMATS",
-    "EDGE",
-    "FLAG_BITS",
-    "OFF_IMAGE",
-    "STANDARD_COLUMNS",
-    "Journal",
-    "check_meta",
-    "check_output",
-    "describe_flags",
-    "scoremap_wcs",
-    "write_catalog",
-    "write_regions",
-    "write_scoremap",
-]
-
 _LAZY = {
     **dict.fromkeys(("BLANK", "CATALOG_FORMATS", "EDGE", "FLAG_BITS", "OFF_IMAGE",
-                     "STANDARD_COLUMNS", "check_meta", "check_output", "describe_flags",
+                     "STANDARD_COLUMNS", "check_meta", "check_output", "check_writable",
+                     "describe_flags",
                      "write_catalog"), "pyengine.output.catalog"),
     "Journal": "pyengine.output.journal",
     "scoremap_wcs": "pyengine.output.scoremap",
     "write_scoremap": "pyengine.output.scoremap",
     "write_regions": "pyengine.output.regions",
 }
+
+__all__ = sorted(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -97,6 +97,7 @@ __all__ = [
     "STANDARD_COLUMNS",
     "check_meta",
     "check_output",
+    "check_writable",
     "describe_flags",
     "write_catalog",
 ]
@@ -185,19 +186,25 @@ def _tmp_name(path: Path) -> Path:
 def check_output(path) -> Path:
     """Refuse, before any work, a catalog path that cannot be written.
 
-    Checks the extension, that the folder exists and is writable (by creating
-    and removing a temporary file in it) and that the path is not a folder.
-    Returns the path.  Raises :class:`OutputError` with a one-line message.
+    Checks the extension, then :func:`check_writable`.  Returns the path.
+    Raises :class:`OutputError` with a one-line message.
     """
     path = Path(path)
     fmt = _format(path)
-    parent = path.parent
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; give a file name ending in "
-                          f"{', '.join(CATALOG_FORMATS)}")
     if fmt == "csv" and _sidecar(path).is_dir():
         raise OutputError(f"{_sidecar(path)}: is a directory; the CSV's metadata sidecar "
                           "needs this name")
+    return check_writable(path, f"a file name ending in {', '.join(CATALOG_FORMATS)}")
+
+
+def check_writable(path, name_hint: str = "a file name") -> Path:
+    """Refuse a path that is a folder, or whose folder is missing or not writable
+    (checked by creating and removing a temporary file in it).  ``name_hint``
+    says what a good name looks like, for the folder case."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give {name_hint}")
     if not parent.exists():
         raise OutputError(f"{path}: folder {parent} does not exist; create it first")
     if not parent.is_dir():

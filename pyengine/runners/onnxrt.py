@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError, ModelFileError
+from pyengine.errors import ConfigError
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
-from pyengine.models.spec import ModelSpec
 from pyengine.runners.base import Runner, RunnerUnavailable, unavailable
 
 __all__ = ["OnnxRuntimeRunner", "default_cache_dir"]
@@ -45,19 +44,9 @@ class OnnxRuntimeRunner(Runner):
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._session = None
         if model is not None and model.suffix.lower() == ".onnx":
-            from pyengine.export.onnx import onnx_metadata
+            from pyengine.export.onnx import read_export
 
-            if not model.exists():
-                raise ModelFileError(f"{model}: no such ONNX file")
-            meta = onnx_metadata(model)
-            if "pyengine" not in meta:
-                raise ModelFileError(f"{model}: not a pyengine ONNX export (no pyengine "
-                                     "metadata); export models with pyengine export")
-            spec = ModelSpec.from_json(meta["pyengine"], where=str(model))
-            stored = meta.get("pyengine_precision", "fp32")
-            if precision is not None and precision != stored:
-                raise ConfigError(f"{model} is a {stored} graph; --precision {precision} needs "
-                                  f"its own export (pyengine export MODEL --precision {precision})")
+            spec, stored = read_export(model, precision)
             self._onnx = model
             super().__init__(spec, stored, batch_size)
             return

@@ -245,21 +245,11 @@ class TensorRTRunner(Runner):
             self._engine = model
             super().__init__(meta["spec"], stored, batch_size)
         elif suffix == ".onnx":
-            from pyengine.export.onnx import onnx_metadata
+            from pyengine.export.onnx import read_export
 
-            if not model.exists():
-                raise ModelFileError(f"{model}: no such ONNX file")
-            meta = onnx_metadata(model)
-            if "pyengine" not in meta:
-                raise ModelFileError(f"{model}: not a pyengine ONNX export (no pyengine "
-                                     "metadata); export models with pyengine export")
-            stored = meta.get("pyengine_precision", "fp32")
-            if precision is not None and precision != stored:
-                raise ConfigError(f"{model} is a {stored} graph; --precision {precision} needs "
-                                  f"its own export (pyengine export MODEL --precision {precision})")
+            spec, stored = read_export(model, precision)
             self._onnx = model
-            super().__init__(ModelSpec.from_json(meta["pyengine"], where=str(model)), stored,
-                             batch_size)
+            super().__init__(spec, stored, batch_size)
         else:
             from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
 
