@@ -368,12 +368,10 @@ class _Pipeline:
         return tiles
 
     def _load(self, tile: Tile) -> _TileWork:
-        pixels = None
-        if self.source.needs_pixels or self.source.count(tile) != 0:
-            pixels = self.mosaic.read(*tile.window)
+        pixels = self.mosaic.read(*tile.window)  # tiles known to own no position are skipped
         pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
         nband = self.mosaic.nband
-        if self.dtype == np.float16 and pixels is not None:
+        if self.dtype == np.float16:
             offset, scale = tile_affine(pixels)
         else:
             offset, scale = np.zeros(nband, np.float32), np.ones(nband, np.float32)
