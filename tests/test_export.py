@@ -74,10 +74,16 @@ def test_fp16_onnx_keeps_preprocessing_fp32_and_agrees(tmp_path, model_file, fie
     assert onnx_metadata(path)["pyengine_precision"] == "fp16"
 
 
-def test_int8_is_qdq_on_convolutions_only(tmp_path, model_file, field_cutouts):
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_int8_is_qdq_on_the_resnet_only(tmp_path, model_file, field_cutouts, target):
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from pyengine.export.quantize import int8_target
+
     model = load_model(model_file)
     fp32 = export_onnx(model, tmp_path / "m.onnx")
-    int8 = quantize_int8(fp32, tmp_path / "m8.onnx", field_cutouts[:64])
+    int8 = quantize_int8(fp32, tmp_path / "m8.onnx", field_cutouts[:64], target=target)
     proto = onnx.load(str(int8))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") > 50
@@ -85,17 +91,47 @@ def test_int8_is_qdq_on_convolutions_only(tmp_path, model_file, field_cutouts):
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(convs) == 53  # ResNet-50's convolutions, BatchNorm folded in
     assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs)
-    # Preprocessing stays float: nothing quantised feeds the sort.
-    sorts = [n for n in proto.graph.node if n.op_type == "TopK"]
-    assert sorts
-    assert all(producers.get(s.input[0]) is None
-               or producers[s.input[0]].op_type != "DequantizeLinear" for s in sorts)
+    # Preprocessing stays float: no preprocessing node is quantised.
+    for node in proto.graph.node:
+        if node.name.startswith("/preprocess/"):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                       for i in node.input), node.name
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zero_points = [consts[n.input[2]] for n in proto.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points
+    adds = [n for n in proto.graph.node if n.op_type == "Add" and n.name.startswith("/backbone/")]
+    assert len(adds) == 16  # the residual additions
+    quantised = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    sums_quantised = [a.output[0] in quantised for a in adds]
+    if target == "tensorrt":  # symmetric int8: zero point 0, as TensorRT requires
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+        assert not any(sums_quantised)
+    else:  # uint8 activations; residual additions quantised too
+        assert all(z.dtype == np.uint8 for z in zero_points)
+        assert all(sums_quantised)
+        # ONNX Runtime fuses every convolution into QLinearConv (the speed of this recipe).
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+        fused = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+        assert fused.count("QLinearConv") == 53 and "Conv" not in fused
+    assert TensorProto.INT8 in {t.data_type for t in proto.graph.initializer}
     meta = onnx_metadata(int8)
     assert meta["pyengine_precision"] == "int8"
+    assert int8_target(meta) == target
     assert ModelSpec.from_json(meta["pyengine"]) == SPEC
     agree, diff = decision_agreement(fp32, int8, field_cutouts[64:], SPEC.threshold)
     assert 0.0 <= agree <= 1.0
     assert diff < 0.2  # untrained weights; the trained model's agreement is measured in benchmarks
+
+
+def test_int8_target_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="int8 target 'cpu' is not accepted; accepted: "
+                                          "onnxruntime, tensorrt"):
+        quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", np.zeros((1, 2, 32, 32)),
+                      target="cpu")
 
 
 def test_bad_export_options(tmp_path, model_file):
@@ -170,13 +206,25 @@ class _Recorder:
 GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.8")
 
 
+GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.8")
+
+
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory, model_file, field_cutouts):
     root = tmp_path_factory.mktemp("onnx")
     model = load_model(model_file)
     return {"fp32": export_onnx(model, root / "m.onnx"),
             "fp16": export_onnx(model, root / "m16.onnx", precision="fp16"),
-            "int8": quantize_int8(root / "m.onnx", root / "m8.onnx", field_cutouts[:32])}
+            "int8": quantize_int8(root / "m.onnx", root / "m8.onnx", field_cutouts[:32],
+                                  target="tensorrt"),
+            "int8_cpu": quantize_int8(root / "m.onnx", root / "m8c.onnx", field_cutouts[:32])}
+
+
+def test_tensorrt_refuses_the_onnxruntime_int8_recipe(tmp_path, onnx_files):
+    with pytest.raises(ModelFileError, match=r"quantised for ONNX Runtime \(uint8 activations\), "
+                                             "which TensorRT does not build"):
+        build_engine(onnx_files["int8_cpu"], tmp_path, trt=_Recorder("10.13.0").module(),
+                     identity=GPU)
 
 
 @pytest.mark.parametrize(("version", "precision", "flags", "set_flags"), [
@@ -248,8 +296,14 @@ def test_export_cli_onnx_int8_and_tensorrt_message(tmp_path, model_file):
     res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "64"])
     assert res.exit_code == 0, res.output
     assert "decision agreement at threshold 0.5" in res.output
+    assert "int8 QDQ for onnxruntime" in res.output
     assert (tmp_path / "model.int8.onnx").exists()
     assert not (tmp_path / "model.int8.fp32.onnx").exists()
+    res = runner.invoke(main, ["export", str(src), "--format", "tensorrt", "--precision", "int8",
+                               "--int8-target", "onnxruntime", "--cutouts", "16"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith(
+        "Error: --int8-target onnxruntime makes uint8 activations")
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -78,8 +78,12 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
               show_default=True, help="TensorRT engine cache.")
 @click.option("--batch", type=(int, int, int), default=(1, 256, 1024), show_default=True,
               help="TensorRT optimisation profile: min, opt, max batch.")
+@click.option("--int8-target", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="int8 recipe: uint8 activations for ONNX Runtime on CPUs, or symmetric int8 "
+              "for TensorRT [tensorrt with --format tensorrt, else onnxruntime].")
 @click.option("--seed", type=int, default=1, show_default=True)
-def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch, seed):
+def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch, int8_target,
+           seed):
     """Export MODEL (a pyengine model file) to ONNX or TensorRT, checked on real cutouts."""
     import numpy as np
     import torch
@@ -106,10 +110,16 @@ def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch,
         # Calibrate on half the cutouts, check on the other half: agreement on the
         # calibration set itself would flatter the int8 graph.
         calibration, held_out = cutouts[0::2], cutouts[1::2]
-        quantize_int8(fp32_path, onnx_path, calibration)
+        target = int8_target or ("tensorrt" if fmt == "tensorrt" else "onnxruntime")
+        if fmt == "tensorrt" and target != "tensorrt":
+            from pyengine.errors import ConfigError
+
+            raise ConfigError("--int8-target onnxruntime makes uint8 activations, which TensorRT "
+                              "does not build; use --int8-target tensorrt with --format tensorrt")
+        quantize_int8(fp32_path, onnx_path, calibration, target=target)
         agree, diff = decision_agreement(fp32_path, onnx_path, held_out, spec.threshold)
         fp32_path.unlink()
-        click.echo(f"wrote {onnx_path} (int8 QDQ, calibrated on half of {where})")
+        click.echo(f"wrote {onnx_path} (int8 QDQ for {target}, calibrated on half of {where})")
         click.echo(f"int8 vs fp32 on the other {len(held_out)} cutouts: decision agreement at "
                    f"threshold {spec.threshold:g}: {100 * agree:.2f} %; largest score difference "
                    f"{diff:.3g}")

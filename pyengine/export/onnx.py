@@ -10,8 +10,8 @@ precision flags) reads it.
 
 The model's spec, file hash and the export precision travel in the ONNX
 ``metadata_props`` (keys ``pyengine``, ``pyengine_model_sha256``,
-``pyengine_precision``), so a runner of the ONNX file alone knows its bands,
-cutout size and threshold.
+``pyengine_precision``, and for int8 ``pyengine_int8_target``), so a runner of the
+ONNX file alone knows its bands, cutout size and threshold.
 
 Thread safety: export functions write their own files; run one per output path.
 """
@@ -44,25 +44,27 @@ ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
 
 
-def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str) -> None:
+def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str,
+                 extra: dict[str, str] | None = None) -> None:
     """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values)."""
     props = {p.key: p.value for p in onnx_model.metadata_props}
     props.update(pyengine=model_spec_json, pyengine_model_sha256=sha256,
-                 pyengine_precision=precision)
+                 pyengine_precision=precision, **(extra or {}))
     del onnx_model.metadata_props[:]
     for key, value in sorted(props.items()):
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = key, value
 
 
-def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: str) -> Path:
+def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: str,
+                extra: dict[str, str] | None = None) -> Path:
     """Stamp pyengine's metadata on the graph written at ``tmp``, check it fully, and
     rename it to ``path`` (atomic); ``tmp`` is removed if anything fails."""
     import onnx
 
     try:
         proto = onnx.load(str(tmp))
-        set_metadata(proto, spec_json, sha256, precision)
+        set_metadata(proto, spec_json, sha256, precision, extra)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)

@@ -121,6 +121,13 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
         raise ModelFileError(f"{onnx_path}: not a pyengine ONNX export (no pyengine metadata)")
     spec = ModelSpec.from_json(meta["pyengine"], where=str(onnx_path))
     precision = meta.get("pyengine_precision", "fp32")
+    from pyengine.export.quantize import int8_target
+
+    if precision == "int8" and int8_target(meta) != "tensorrt":
+        raise ModelFileError(
+            f"{onnx_path}: this int8 graph was quantised for ONNX Runtime (uint8 activations), "
+            "which TensorRT does not build; make one for TensorRT with pyengine export MODEL "
+            "--format tensorrt --precision int8")
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old; pyengine needs 10 or 11")
