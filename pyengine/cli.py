@@ -63,6 +63,7 @@ def info(as_json):
 
 
 # Subcommands that live in their own modules register here.
+from pyengine.bench import bench  # noqa: E402
 from pyengine.demo import demo  # noqa: E402
 from pyengine.export.cli import export  # noqa: E402
 from pyengine.scan_cli import scan  # noqa: E402
@@ -74,6 +75,7 @@ main.add_command(demo)
 main.add_command(synth)
 main.add_command(train)
 main.add_command(export)
+main.add_command(bench)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,6 +63,10 @@ class OnnxRuntimeRunner(Runner):
         self._source = source
         super().__init__(spec, precision, batch_size)
 
+    def onnx_file(self) -> Path:
+        """The ONNX file this runner runs (a model file is exported on the first call)."""
+        return self._ensure_onnx()
+
     def _ensure_onnx(self) -> Path:
         if self._onnx.exists():
             return self._onnx
