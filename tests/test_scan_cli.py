@@ -171,3 +171,23 @@ def test_sigint_finishes_the_batch_prints_resume_and_exits_130(field, model, cac
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert out.exists()
+
+
+def test_onnxruntime_scan_of_an_exported_model_imports_no_torch(tmp_path, field, model, catalog):
+    """An ONNX-only install (no torch) scans exported models; torch also costs ~1 s to import."""
+    from pyengine.export.onnx import export_onnx
+    from pyengine.models.checkpoint import load_model
+
+    onnx_path = export_onnx(load_model(model), tmp_path / "m.onnx")
+    out = tmp_path / "cat.fits"
+    code = ("import sys; from pyengine.cli import main; "
+            f"args = ['scan', *{[str(p) for p in field['paths']]!r}, '--catalog', "
+            f"{str(catalog)!r}, '--model', {str(onnx_path)!r}, '--runner', 'onnxruntime', "
+            f"'-q', '-o', {str(out)!r}]\n"
+            "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+    assert len(Table.read(out)) > 0

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError, ModelFileError
-from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, precision_graph
+from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
     "ONNX_PRECISIONS",
@@ -118,6 +118,8 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
                           f"{', '.join(ONNX_PRECISIONS)} (int8: pyengine export --precision int8)")
     path = Path(path)
     spec = model.spec
+    from pyengine.models.classifier import precision_graph
+
     graph = precision_graph(model, precision)
     dummy = torch.zeros(batch, spec.nband, spec.cutout_size, spec.cutout_size)
     dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}

@@ -29,7 +29,7 @@ import numpy as np
 
 from pyengine.errors import ConfigError
 from pyengine.export.onnx import finish_onnx, onnx_metadata, onnx_scores, temporary_beside
-from pyengine.models.classifier import INPUT_NAME
+from pyengine.models.spec import INPUT_NAME
 
 __all__ = ["INT8_TARGETS", "decision_agreement", "int8_target", "quantize_int8"]
 

@@ -39,8 +39,7 @@ from pathlib import Path
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
 from pyengine.export.onnx import onnx_metadata
 from pyengine.models.checkpoint import file_sha256
-from pyengine.models.classifier import INPUT_NAME
-from pyengine.models.spec import ModelSpec
+from pyengine.models.spec import INPUT_NAME, ModelSpec
 
 __all__ = ["EngineKey", "build_engine", "engine_key", "engine_metadata", "import_tensorrt",
            "sidecar_path"]

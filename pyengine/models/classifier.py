@@ -22,13 +22,11 @@ from torch import nn
 
 from pyengine.models.preprocess import Preprocess
 from pyengine.models.resnet import resnet50
-from pyengine.models.spec import ModelSpec
+from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "PRECISION_DTYPES", "ClusterClassifier",
            "precision_graph"]
 
-INPUT_NAME = "cutouts"
-OUTPUT_NAMES = ("probabilities", "score")
 
 
 class ClusterClassifier(nn.Module):

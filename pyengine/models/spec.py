@@ -22,7 +22,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from pyengine.errors import ModelFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelSpec", "PreprocessSpec"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAMES", "ModelSpec", "PreprocessSpec"]
+
+# Names of the model graph's input and outputs (ONNX, TensorRT), here so that the
+# runners of exported files need no torch.
+INPUT_NAME = "cutouts"
+OUTPUT_NAMES = ("probabilities", "score")
 
 FORMAT = "pyengine-model"
 FORMAT_VERSION = 1

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
+from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 from pyengine.runners.base import Runner, RunnerUnavailable, unavailable
 
 __all__ = ["OnnxRuntimeRunner", "default_cache_dir"]

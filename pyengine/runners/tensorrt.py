@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
-from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES
-from pyengine.models.spec import ModelSpec
+from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 from pyengine.runners.base import (
     ENGINE_SUFFIXES,
     PRECISIONS,
