@@ -184,6 +184,7 @@ class Engine:
         self.nslots = max(2, int(slots))
         self.model = model
         self._lock = threading.Lock()
+        self._slots_key, self._slots = None, None
 
     @functools.cached_property
     def model_sha256(self) -> str:
@@ -226,6 +227,18 @@ class Engine:
                 "batch_size": self.batch_size, "threshold": self.threshold,
                 "transfer_dtype": str(self.transfer_dtype),
                 "chosen_because": getattr(self.runner, "chosen_because", "")}
+
+    def slots(self, batch: int, dtype) -> list[np.ndarray]:
+        """The runner's batch slots (pinned on a GPU) for a scan, allocated once per runner
+        activation and reused by later scans, so an engine that scans many mosaics does
+        not accumulate pinned memory.  Scans hold ``_lock``, so one scan uses them at a time."""
+        runner = self.runner
+        key = (id(runner), runner.activations, self.nslots, int(batch), np.dtype(dtype).str)
+        if key != self._slots_key:
+            self._slots_key, self._slots = None, None  # drop the old ones first
+            self._slots = runner.allocate_slots(self.nslots, int(batch), dtype)
+            self._slots_key = key
+        return self._slots
 
     # -- arrays the caller already has -------------------------------------------
     def classify(self, cutouts: np.ndarray) -> np.ndarray:
@@ -505,7 +518,7 @@ class _Pipeline:
 
     def run(self) -> Iterator[TileResult]:
         # The runner's own memory (pinned on a GPU), in the dtype this scan sends.
-        slots = self.engine.runner.allocate_slots(self.engine.nslots, self.batch, self.dtype)
+        slots = self.engine.slots(self.batch, self.dtype)
         self.ring = BatchRing(slots, threads=self.engine.gather_threads)
         stages = [self._stage(self.read), self._stage(self.gather), self._stage(self.infer)]
         for t in stages:

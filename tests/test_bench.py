@@ -26,7 +26,7 @@ def test_bench_quick_writes_json_and_plot(tmp_path):
     assert data["read"]["tiles"] >= 1 and data["read"]["compressed"] is False
     gather = data["gather"]
     assert gather["copy_gb_per_s"] > 0
-    assert [t["threads"] for t in gather["threads"]][0] == 1
+    assert gather["threads"][0]["threads"] == 1
     assert all(t["cutouts_per_s"] > 0 and t["ratio_to_copy"] > 0 for t in gather["threads"])
     assert {(m["runner"], m["precision"], m["batch"]) for m in data["model_only"]} == {
         ("onnxruntime", "fp32", 16), ("onnxruntime", "fp32", 32)}

@@ -183,3 +183,26 @@ def test_interrupted_scan_resumes_to_the_same_catalog(model, field, catalog, tmp
     a, b = Table.read(tmp_path / "full.fits"), Table.read(out)
     for name in a.colnames:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_scans_reuse_the_runners_slots_until_it_is_reactivated(model, field, catalog, tmp_path):
+    """Slots (pinned memory on a GPU) are allocated once per runner activation, not once
+    per scan: an engine embedded in a long reduction must not accumulate them."""
+    engine = Engine(model, runner="onnxruntime", batch_size=16, cache_dir=tmp_path)
+    calls = []
+    allocate = engine.runner.allocate_slots
+
+    def counting(count, batch, dtype=None):
+        calls.append((count, batch, np.dtype(dtype).name))
+        return allocate(count, batch, dtype)
+
+    engine.runner.allocate_slots = counting
+    first = engine.scan(field["paths"], CatalogSource(catalog))
+    second = engine.scan(field["paths"], CatalogSource(catalog))
+    assert len(calls) == 1 and calls[0][:2] == (engine.nslots, 16)
+    np.testing.assert_array_equal(first["score"], second["score"])
+    engine.close()
+    engine.open()
+    engine.scan(field["paths"], CatalogSource(catalog))
+    assert len(calls) == 2  # a reactivated runner (a new CUDA feed on a GPU) gets new slots
+    engine.close()

@@ -101,6 +101,7 @@ class Runner(ABC):
         self.spec = spec
         self.precision = precision
         self.active = False
+        self.activations = 0  # counts activate(); memory from allocate_slots lives one
         self.chosen_because = ""
         self._batch_size = int(batch_size) if batch_size is not None else None
 
@@ -129,6 +130,7 @@ class Runner(ABC):
         if not self.active:
             self._activate()
             self.active = True
+            self.activations += 1
         return self
 
     def deactivate(self) -> None:

@@ -1,0 +1,1024 @@
+"""pyengine on a CUDA GPU: the model alone, host-to-device copies, the scan engine, threads.
+
+One script, four sections, a table each, and one JSON file (``--json``):
+
+1. **model_only**: the torch runner (``make_runner("torch", ...)``; CUDA graphs off
+   through ``TorchRunner(cuda_graphs=False)``, the runner's own switch) at each
+   precision and batch size, with and without CUDA graphs, fed two ways:
+
+   * ``device_resident``: the input already on the GPU; the runner's own launch
+     (``runner._launch``, what ``submit`` enqueues: graph replay or eager model) on
+     its compute stream, back to back: the model alone;
+   * ``pinned_slots``: the input in the runner's pinned slots
+     (``runner.allocate_slots``); ``runner.submit`` with two batches in flight as
+     the scan engine keeps them: host-to-device copy, model, scores back.
+
+   Each: warm-up, a calibration pass sizing a repeat to ``--min-seconds``, then
+   ``--repeats`` timed repeats bracketed by ``torch.cuda.synchronize``; the median
+   rate (cutouts/s) is reported, with min and max.
+2. **h2d**: host-to-device copies of one batch (float16 and float32) from a pinned
+   slot of the runner and from pageable memory, timed with CUDA events on a
+   side stream (wall clock alongside); GB/s with GB = 1e9 bytes.
+3. **end_to_end**: ``Engine(model, runner="torch", precision, batch_size,
+   threads, device)`` scanning a grid (``GridSource(--stride)``) over a synthetic
+   field (``pyengine.synth.make_field``, ``--field`` px square) as
+   ``benchmarks/bench_scan.py`` drives it; cutouts/s and the ratio to the same
+   runner's model-only figure from pinned slots (goal >= 0.85), and to the
+   device-resident one.
+4. **gather_threads**: the same scan for ``threads`` = 1, 2, 4, ... up to the CPU
+   count (``Engine(threads=N)`` sets the gather pool to min(4, N), the read pool
+   to min(2, N) and torch's intra-op threads to N; the effective counts are
+   reported), and the C++ batcher alone (``pyengine.batching.BatchRing`` filling
+   batches from one tile in memory) per thread count, next to the model-only
+   rate, so the threads needed to feed the GPU can be read off.
+
+A published anchor is printed apart from the measurements, never in their
+tables: TensorRT INT8 ResNet-50 at 224x224 ~ 88,700 images/s on one H100 (MLPerf
+Inference v4.0, Offline), scaled by the convolutions' FLOPs to 64x64 cutouts.
+
+``--smoke``: device cpu, tiny sizes (batches 2,4, a 256^2 field, fp32 and bf16),
+for a CPU check of every path that needs no CUDA; the CUDA-only parts (CUDA
+graphs, the h2d section) are reported as skipped with the reason.  ``--smoke
+--device cuda`` runs the same tiny sizes on a GPU, every section included: a
+one-minute check of the script before the full run.  ``--device
+cuda`` without CUDA is refused with one line on stderr and exit status 1; a run in
+which a measurement failed (its entry says why) exits with status 3.
+
+The defaults fit one 10-minute device call on an H100: measurements stop being
+started once ``--budget`` seconds have passed (those left out are marked
+skipped), and the JSON is rewritten after every section.
+
+Usage (GPU):  python benchmarks/bench_gpu.py --json gpu.json [--workdir DIR]
+Usage (CPU):  python benchmarks/bench_gpu.py --smoke --json smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import environment, print_environment, write_json
+
+SCHEMA = "pyengine.bench_gpu/1"
+SECTIONS = ("model_only", "h2d", "end_to_end", "gather_threads")
+E2E_GOAL = 0.85
+SLOTS = 3  # pinned slots cycled by the model-only loop (two batches in flight)
+IN_FLIGHT = 2  # as the scan engine's infer stage keeps them
+
+# The published anchor: a figure from elsewhere, printed apart from the measurements.
+ANCHOR_IMAGES_PER_S = 88_700
+ANCHOR_SIZE, CUTOUT_SIZE = 224, 64
+FLOPS_RATIO = (ANCHOR_SIZE / CUTOUT_SIZE) ** 2  # 12.25: convolutions scale with H x W
+ANCHOR = {
+    "what": "TensorRT INT8 ResNet-50, 224x224 images, one H100, MLPerf Inference v4.0 "
+            "(datacenter, Offline scenario)",
+    "images_per_s": ANCHOR_IMAGES_PER_S,
+    "flops_ratio": FLOPS_RATIO,
+    "flops_ratio_how": "(224/64)^2 = 12.25: every convolution's FLOPs scale with its output "
+                       "H x W, which shrinks by (224/64)^2 at the same strides; the final "
+                       "fully connected layer does not scale, and 2 input bands instead of "
+                       "3 change only the first convolution (both negligible)",
+    "scaled_cutouts_per_s": ANCHOR_IMAGES_PER_S * FLOPS_RATIO,
+    "label": "anchor scaled by FLOPs, not a measurement",
+    "caveat": "an upper bound for INT8 TensorRT: small 64x64 inputs use the GPU less "
+              "efficiently than 224x224 ones, and pyengine's torch runner runs fp16/bf16",
+}
+
+FULL = {"batches": "256,512,1024,2048,4096", "precisions": "fp16,bf16", "repeats": 5,
+        "min_seconds": 0.25, "warmup": 3, "field": 8192, "stride": 8, "core": 2048,
+        "e2e_batch": 1024, "e2e_repeats": 3, "thread_repeats": 1, "h2d_mb": 1000.0,
+        "budget": 500.0, "seed": 5}
+SMOKE = {"batches": "2,4", "precisions": "fp32,bf16", "repeats": 2, "min_seconds": 0.02,
+         "warmup": 2, "field": 256, "stride": 32, "core": 128, "e2e_batch": 4,
+         "e2e_repeats": 1, "thread_repeats": 1, "h2d_mb": 8.0, "budget": 240.0, "seed": 5}
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return [v.strip() for v in str(text).split(",") if v.strip()]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _thread_counts(cpus: int, cap: int | None = None) -> list[int]:
+    """1, 2, 4, ... up to ``cpus`` (and ``cpus`` itself), at most ``cap``."""
+    top = cpus if cap is None else min(cpus, cap)
+    counts, t = [], 1
+    while t <= top:
+        counts.append(t)
+        t *= 2
+    if counts[-1] != top:
+        counts.append(top)
+    return counts
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _median_rate(work: float, seconds: list[float]) -> dict:
+    """Median, min and max of ``work / t`` over the repeats."""
+    rates = [work / t for t in seconds if t > 0]
+    if not rates:
+        return {"median": None, "min": None, "max": None}
+    return {"median": float(statistics.median(rates)), "min": float(min(rates)),
+            "max": float(max(rates))}
+
+
+def _fmt(v, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def print_table(title: str, columns: list[tuple[str, str, int]], rows: list[dict]) -> None:
+    """``columns``: (header, key, decimals); a row's ``status`` other than ok shows its reason."""
+    print(f"\n== {title} ==")
+    if not rows:
+        print("   (nothing measured)")
+        return
+    cells = [[_fmt(r.get(key), d) for _, key, d in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(columns)]
+    print("   " + "  ".join(h.rjust(w) for (h, _, _), w in zip(columns, widths, strict=True)))
+    for r, c in zip(rows, cells, strict=True):
+        line = "   " + "  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True))
+        if r.get("status") != "ok":
+            line += f"  [{r.get('status')}: {r.get('reason')}]"
+        print(line)
+
+
+def section(results: list[dict], reason: str | None = None, **extra) -> dict:
+    """A section: its status from its entries' (ok / partial / skipped / error)."""
+    if reason is not None:
+        return {"status": "skipped", "reason": reason, "results": results, **extra}
+    statuses = {r["status"] for r in results}
+    if not results:
+        status = "skipped"
+    elif statuses == {"ok"}:
+        status = "ok"
+    elif "ok" in statuses:
+        status = "partial"
+    elif statuses == {"skipped"}:
+        status = "skipped"
+    else:
+        status = "error"
+    reasons = list(dict.fromkeys(r["reason"] for r in results if r["status"] != "ok"))
+    return {"status": status, "reason": "; ".join(reasons) if reasons else None,
+            "results": results, **extra}
+
+
+class Budget:
+    """Measurements are started only while ``seconds`` since the start have not passed."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def refuses(self, estimate: float = 0.0) -> str | None:
+        """Why a measurement expected to take ``estimate`` s may not start (None: it may)."""
+        if self.elapsed() + estimate > self.seconds:
+            return (f"time budget exhausted ({self.elapsed():.0f} s used of --budget "
+                    f"{self.seconds:.0f} s)")
+        return None
+
+
+class Bench:
+    """What every section needs: torch, the device, the model, timing."""
+
+    def __init__(self, args, torch, budget: Budget):
+        self.args, self.torch, self.budget = args, torch, budget
+        self.device = args.device
+        self.cuda = self.device.startswith("cuda")
+        self.model = Path(args.model) if args.model else None
+        self.on_partial = None  # main's hook: (section name, its dict so far) -> saved
+        self._block = None
+
+    def partial(self, name: str, sec: dict) -> None:
+        """Hand a section's results so far to main (the JSON survives a kill)."""
+        if self.on_partial is not None:
+            self.on_partial(name, sec)
+
+    def log(self, text: str) -> None:
+        print(f"[{self.budget.elapsed():5.0f} s] {text}", flush=True)
+
+    def fill(self, arrays) -> None:
+        """Fill batch arrays with the same standard-normal pixels (drawn once)."""
+        rows = max(a.shape[0] for a in arrays)
+        item = arrays[0].shape[1:]
+        if self._block is None or self._block.shape[0] < rows or self._block.shape[1:] != item:
+            rng = np.random.default_rng(0)
+            self._block = rng.standard_normal((rows, *item), dtype=np.float32)
+        for a in arrays:
+            a[...] = self._block[: a.shape[0]]
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def cleanup(self) -> None:
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.empty_cache()
+
+    def timed(self, fn, iters: int, repeats: int) -> list[float]:
+        """Seconds of ``repeats`` calls ``fn(iters)``, each bracketed by a device sync."""
+        out = []
+        for _ in range(repeats):
+            self.sync()
+            t0 = time.perf_counter()
+            fn(iters)
+            self.sync()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def calibrate(self, fn) -> int:
+        """Warm up ``fn`` twice, then the iterations that make a repeat ``--min-seconds``."""
+        warm = max(1, self.args.warmup)
+        self.timed(fn, warm, 1)
+        (t,) = self.timed(fn, warm, 1)
+        per_iter = max(t / warm, 1e-6)
+        return int(min(100_000, max(2, math.ceil(self.args.min_seconds / per_iter))))
+
+
+# -- runners -----------------------------------------------------------------------------------
+def _close(close, bench: Bench) -> str | None:
+    """Call ``close`` (None: nothing to close) and free memory; why it failed, if it did."""
+    problem = None
+    try:
+        if close is not None:
+            close()
+        bench.cleanup()
+    except Exception as exc:
+        problem = f"closing failed: {_one_line(exc)}"
+    return problem
+
+
+def make_torch_runner(bench: Bench, precision: str, batch: int, graphs: bool, threads=None):
+    """The torch runner as the engine makes it (``make_runner``, CUDA graphs on); with
+    graphs off, ``TorchRunner(cuda_graphs=False)``: make_runner has no such switch."""
+    from pyengine.runners.base import make_runner
+    from pyengine.runners.torch import TorchRunner
+
+    if graphs:
+        return make_runner("torch", bench.model, precision=precision, batch_size=batch,
+                           device=bench.device, threads=threads)
+    return TorchRunner(bench.model, precision=precision, device=bench.device, threads=threads,
+                       batch_size=batch, cuda_graphs=False)
+
+
+def _slot_label(bench: Bench) -> str:
+    return "pinned_slots" if bench.cuda else "host_slots"
+
+
+def _model_entry(precision, graphs, batch, mode, **kw) -> dict:
+    entry = {"precision": precision, "cuda_graphs": graphs, "batch": batch, "input": mode,
+             "input_dtype": None, "bytes_per_cutout": None, "status": "ok", "reason": None,
+             "cutouts_per_s": None, "cutouts_per_s_min": None, "cutouts_per_s_max": None,
+             "repeats": 0, "cutouts_per_repeat": 0, "seconds": [], "setup_s": None,
+             "graph_captured": None, "peak_gpu_mib": None}
+    entry.update(kw)
+    return entry
+
+
+def measure_runner(bench: Bench, precision: str, graphs: bool, batch: int) -> list[dict]:
+    """Both input modes for one runner (precision, graphs, batch)."""
+    torch = bench.torch
+    modes = ("device_resident", _slot_label(bench))
+    if graphs and not bench.cuda:
+        return [_model_entry(precision, graphs, batch, m, status="skipped",
+                             reason="CUDA graphs need a CUDA device") for m in modes]
+    why = bench.budget.refuses()
+    if why:
+        return [_model_entry(precision, graphs, batch, m, status="skipped", reason=why)
+                for m in modes]
+    if bench.cuda:
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    t0 = time.perf_counter()
+    runner, entries = None, []
+    try:
+        runner = make_torch_runner(bench, precision, batch, graphs)
+        runner.activate()
+        slots = runner.allocate_slots(SLOTS, batch)  # pinned on CUDA; captures the graph
+        setup = time.perf_counter() - t0
+        bench.fill(slots)
+        dtype = slots[0].dtype
+        common = {"input_dtype": str(dtype), "setup_s": setup,
+                  "bytes_per_cutout": int(slots[0][0].nbytes),
+                  "graph_captured": bool(getattr(runner, "_graphs", {})) if bench.cuda else None}
+
+        # the model alone: the runner's own launch on its compute stream, input on the device
+        launch = getattr(runner, "_launch", None)
+        if launch is None:
+            entries.append(_model_entry(precision, graphs, batch, modes[0], **common,
+                                        status="skipped",
+                                        reason="TorchRunner has no _launch (private API changed)"))
+        else:
+            x = torch.from_numpy(slots[0])
+            compute = None
+            if bench.cuda:
+                x = x.to(bench.device)
+                compute = runner._feed.compute  # the stream submit() enqueues the model on
+            bench.sync()
+
+            def resident(iters, x=x, compute=compute):
+                on_stream = torch.cuda.stream(compute) if compute is not None else \
+                    contextlib.nullcontext()
+                with on_stream, torch.no_grad():
+                    for _ in range(iters):
+                        launch(x, batch)
+
+            entries.append(_time_model(bench, resident, precision, graphs, batch, modes[0],
+                                       common))
+
+        # from the runner's (pinned) slots: submit, two batches in flight, scores back
+        def from_slots(iters):
+            flight = deque()
+            for i in range(iters):
+                flight.append(runner.submit(slots[i % len(slots)]))
+                if len(flight) >= IN_FLIGHT:
+                    flight.popleft().result()
+            while flight:
+                flight.popleft().result()
+
+        entries.append(_time_model(bench, from_slots, precision, graphs, batch, modes[1], common))
+        scores = runner.infer(slots[0])
+        if scores.shape != (batch,) or not np.all(np.isfinite(scores)):
+            for e in entries:
+                e.update(status="error", reason=f"scores not finite or of shape {scores.shape}")
+    except Exception as exc:  # one configuration failing (e.g. out of memory) ends only itself
+        done = {e["input"] for e in entries}
+        entries += [_model_entry(precision, graphs, batch, m, status="error",
+                                 reason=_one_line(exc)) for m in modes if m not in done]
+    finally:
+        problem = _close(runner.deactivate if runner is not None else None, bench)
+        runner = None
+    if problem:
+        for e in entries:
+            e.update(status="error", reason=problem)
+    if bench.cuda:
+        peak = torch.cuda.max_memory_allocated(bench.device) / 2**20
+        for e in entries:
+            e["peak_gpu_mib"] = float(peak)
+    return entries
+
+
+def _time_model(bench: Bench, fn, precision, graphs, batch, mode, common) -> dict:
+    why = bench.budget.refuses()
+    if why:
+        return _model_entry(precision, graphs, batch, mode, **common, status="skipped",
+                            reason=why)
+    iters = bench.calibrate(fn)
+    seconds = bench.timed(fn, iters, bench.args.repeats)
+    rate = _median_rate(iters * batch, seconds)
+    return _model_entry(precision, graphs, batch, mode, **common, cutouts_per_s=rate["median"],
+                        cutouts_per_s_min=rate["min"], cutouts_per_s_max=rate["max"],
+                        repeats=len(seconds), cutouts_per_repeat=iters * batch,
+                        seconds=seconds)
+
+
+def run_model_only(bench: Bench, batches: list[int]) -> dict:
+    results = []
+    for precision in bench.args.precision_list:
+        for graphs in (True, False):
+            for batch in batches:
+                got = measure_runner(bench, precision, graphs, batch)
+                results += got
+                bench.log(f"model_only {precision} graphs {_fmt(graphs)} batch {batch}: " +
+                          ", ".join(f"{e['input']} {_brief(e)}" for e in got))
+                bench.partial("model_only", section(results))
+    return section(results)
+
+
+def _brief(entry: dict, key: str = "cutouts_per_s", unit: str = "/s") -> str:
+    if entry["status"] == "ok":
+        return f"{entry[key]:,.{2 if 'gb' in key else 0}f}{unit}"
+    return f"{entry['status']} ({entry['reason']})"
+
+
+def model_rate(model_only: dict | None, bench: Bench, precision: str, batch: int,
+               mode: str) -> float | None:
+    """The model-only rate of the runner the engine uses (CUDA graphs on a GPU)."""
+    if not model_only:
+        return None
+    graphs = bench.cuda  # make_runner's default; on the CPU graphs do not exist
+    for e in model_only["results"]:
+        if (e["precision"], e["cuda_graphs"], e["batch"], e["input"]) == \
+                (precision, graphs, batch, mode) and e["status"] == "ok":
+            return e["cutouts_per_s"]
+    return None
+
+
+# -- host-to-device copies ---------------------------------------------------------------------
+def _h2d_entry(memory, dtype, batch, nbytes, **kw) -> dict:
+    entry = {"memory": memory, "dtype": dtype, "batch": batch, "bytes": nbytes, "pinned": None,
+             "status": "ok", "reason": None, "gb_per_s": None, "gb_per_s_min": None,
+             "gb_per_s_max": None, "wall_gb_per_s": None, "repeats": 0,
+             "copies_per_repeat": 0, "seconds": []}
+    entry.update(kw)
+    return entry
+
+
+def run_h2d(bench: Bench, batches: list[int]) -> dict:
+    """Copies of one batch from the runner's pinned slots and from pageable memory."""
+    if not bench.cuda:
+        return section([], reason="needs CUDA: host-to-device copies (device is cpu)")
+    from pyengine.runners.base import aligned_empty
+    from pyengine.runners.torch import TorchRunner
+
+    torch, args, device = bench.torch, bench.args, bench.device
+    results = []
+
+    def copy_pass(src, dst, iters) -> tuple[float, float]:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.cuda.stream(stream):
+            start.record(stream)
+            for _ in range(iters):
+                dst.copy_(src, non_blocking=True)
+            end.record(stream)
+        end.synchronize()
+        wall = time.perf_counter() - t0
+        return start.elapsed_time(end) / 1e3, wall
+
+    runner = None
+    try:
+        # the runner only provides its pinned slots here (no graphs: nothing captured)
+        runner = TorchRunner(bench.model, precision="fp16", device=device,
+                             batch_size=max(batches), cuda_graphs=False).activate()
+        stream = torch.cuda.Stream(device=device)
+        for batch in batches:
+            for dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+                pinned = runner.allocate_slots(1, batch, dtype)[0]
+                pageable = aligned_empty(pinned.shape, dtype)
+                pinned.fill(1.0)  # contents do not matter to a copy; pages get touched
+                pageable.fill(1.0)
+                dst = torch.empty(pinned.shape, dtype=getattr(torch, dtype.name), device=device)
+                for memory, host in (("pinned_slots", pinned), ("pageable", pageable)):
+                    src = torch.from_numpy(host)
+                    kw = {"pinned": bool(src.is_pinned())}
+                    why = bench.budget.refuses()
+                    if why:
+                        results.append(_h2d_entry(memory, dtype.name, batch, host.nbytes, **kw,
+                                                  status="skipped", reason=why))
+                        continue
+                    try:
+                        iters = max(3, math.ceil(args.h2d_mb * 1e6 / host.nbytes))
+                        copy_pass(src, dst, 2)  # warm-up
+                        passes = [copy_pass(src, dst, iters) for _ in range(args.repeats)]
+                        gpu = [p[0] for p in passes]
+                        rate = _median_rate(iters * host.nbytes / 1e9, gpu)
+                        wall = _median_rate(iters * host.nbytes / 1e9, [p[1] for p in passes])
+                        results.append(_h2d_entry(
+                            memory, dtype.name, batch, host.nbytes, **kw,
+                            gb_per_s=rate["median"], gb_per_s_min=rate["min"],
+                            gb_per_s_max=rate["max"], wall_gb_per_s=wall["median"],
+                            repeats=len(gpu), copies_per_repeat=iters, seconds=gpu))
+                    except Exception as exc:
+                        results.append(_h2d_entry(memory, dtype.name, batch, host.nbytes, **kw,
+                                                  status="error", reason=_one_line(exc)))
+                del dst
+                bench.log(f"h2d batch {batch} {dtype.name}: " + ", ".join(
+                    f"{r['memory']} {_brief(r, 'gb_per_s', ' GB/s')}" for r in results[-2:]))
+                bench.partial("h2d", section(results))
+    except Exception as exc:
+        results.append(_h2d_entry(None, None, None, None, status="error",
+                                  reason=_one_line(exc)))
+    problem = _close(runner.deactivate if runner is not None else None, bench)
+    if problem:
+        results.append(_h2d_entry(None, None, None, None, status="error", reason=problem))
+    return section(results)
+
+
+# -- the scan engine -------------------------------------------------------------------------
+def ensure_field(bench: Bench, workdir: Path) -> dict:
+    """The synthetic g, i field (reused from ``workdir`` when already there)."""
+    from pyengine.synth.config import SynthConfig
+    from pyengine.synth.field import make_field
+
+    args = bench.args
+    where = workdir / f"field_{args.field}_seed{args.seed}"
+    reused = (where / "truth.fits").exists()  # written last: the field is complete
+    t0 = time.perf_counter()
+    if not reused:
+        make_field(where, SynthConfig(width=args.field, height=args.field, seed=args.seed))
+    return {"dir": str(where), "size": args.field, "seed": args.seed, "reused": reused,
+            "seconds": time.perf_counter() - t0,
+            "bands": [str(where / "g.fits"), str(where / "i.fits")]}
+
+
+def _e2e_entry(precision, batch, threads, **kw) -> dict:
+    entry = {"precision": precision, "batch": batch, "threads": threads, "gather_threads": None,
+             "read_workers": None, "torch_threads": None, "cuda_graphs": None,
+             "transfer_dtype": None, "positions": None, "tiles": None, "status": "ok",
+             "reason": None, "cutouts_per_s": None, "cutouts_per_s_min": None,
+             "cutouts_per_s_max": None, "repeats": 0, "seconds": [], "setup_s": None,
+             "model_only_from_slots": None, "model_only_device_resident": None,
+             "ratio_to_model_only": None, "ratio_to_device_resident": None, "goal": E2E_GOAL,
+             "meets_goal": None}
+    entry.update(kw)
+    return entry
+
+
+def scan_rate(bench: Bench, field: dict, precision: str, batch: int, threads, repeats: int,
+              model_only: dict | None, estimate: float | None) -> dict:
+    """Engine over the grid: warm-up on a coarser grid, then ``repeats`` timed scans."""
+    from pyengine import Engine
+    from pyengine.io.mosaic import Mosaic
+    from pyengine.sources import GridSource
+
+    args, torch = bench.args, bench.torch
+    slots_rate = model_rate(model_only, bench, precision, batch, _slot_label(bench))
+    resident_rate = model_rate(model_only, bench, precision, batch, "device_resident")
+    refs = {"model_only_from_slots": slots_rate, "model_only_device_resident": resident_rate}
+    why = bench.budget.refuses(estimate or 0.0)
+    if why:
+        return _e2e_entry(precision, batch, threads, **refs, status="skipped", reason=why)
+    t0 = time.perf_counter()
+    engine = None
+    try:
+        engine = Engine(bench.model, runner="torch", precision=precision, batch_size=batch,
+                        threads=threads, device=bench.device, core=args.core)
+        engine.open()
+        setup = time.perf_counter() - t0
+        info = {"gather_threads": engine.gather_threads,
+                # the read pool's size as engine.py's _Pipeline.read sets it
+                "read_workers": max(1, min(2, engine.threads or 2)),
+                "torch_threads": torch.get_num_threads(),
+                "cuda_graphs": getattr(engine.runner, "_cuda_graphs", None) if bench.cuda
+                else None,
+                "transfer_dtype": str(engine.transfer_dtype), "setup_s": setup}
+        with Mosaic.open(field["bands"]) as mosaic:
+            mosaic_, source, plan = engine.prepare(mosaic, GridSource(args.stride))
+            n = sum(source.count(tile) for tile in plan)
+            coarse = min(args.stride * 4, max(1, min(mosaic_.shape) // 2))
+            warm = engine.prepare(mosaic_, GridSource(coarse))
+            sum(len(r) for r in engine.iter_results(*warm))  # warm-up: a 16th of the positions
+            seconds = []
+            for _ in range(repeats):
+                bench.sync()
+                t1 = time.perf_counter()
+                count = sum(len(r) for r in engine.iter_results(mosaic_, source, plan))
+                bench.sync()
+                seconds.append(time.perf_counter() - t1)
+                if count != n:
+                    raise RuntimeError(f"the scan returned {count} results for {n} positions")
+        rate = _median_rate(n, seconds)
+        ratio = rate["median"] / slots_rate if slots_rate else None
+        entry = _e2e_entry(
+            precision, batch, threads, **refs, **info, positions=n, tiles=len(plan),
+            cutouts_per_s=rate["median"], cutouts_per_s_min=rate["min"],
+            cutouts_per_s_max=rate["max"], repeats=len(seconds), seconds=seconds,
+            ratio_to_model_only=ratio,
+            ratio_to_device_resident=rate["median"] / resident_rate if resident_rate else None,
+            meets_goal=None if ratio is None else bool(ratio >= E2E_GOAL))
+    except Exception as exc:
+        entry = _e2e_entry(precision, batch, threads, **refs, status="error",
+                           reason=_one_line(exc))
+    problem = _close(engine.close if engine is not None else None, bench)
+    if problem:
+        entry.update(status="error", reason=problem)
+    return entry
+
+
+def _estimate(results: list[dict], repeats: int) -> float | None:
+    """Seconds one more ``scan_rate`` of ``repeats`` passes is likely to take, from the
+    last one measured (setup, a sixteenth of a pass to warm up, the passes)."""
+    done = [r for r in results if r["status"] == "ok" and r["seconds"]]
+    if not done:
+        return None
+    last = done[-1]
+    return (last["setup_s"] or 0.0) + max(last["seconds"]) * (repeats + 0.1)
+
+
+def run_end_to_end(bench: Bench, field: dict, model_only: dict | None) -> dict:
+    args = bench.args
+    results = []
+    for precision in args.e2e_precision_list:
+        results.append(scan_rate(bench, field, precision, args.e2e_batch, args.e2e_threads,
+                                 args.e2e_repeats, model_only,
+                                 _estimate(results, args.e2e_repeats)))
+        bench.log(f"end_to_end {precision} batch {args.e2e_batch}: {_brief(results[-1])}")
+        bench.partial("end_to_end", section(results))
+    return section(results)
+
+
+# -- threads: the engine and the batcher alone -------------------------------------------------
+def _batcher_entry(threads, dtype, batch, **kw) -> dict:
+    entry = {"threads": threads, "dtype": dtype, "batch": batch, "status": "ok",
+             "reason": None, "cutouts_per_s": None, "cutouts_per_s_min": None,
+             "cutouts_per_s_max": None, "gb_per_s": None, "repeats": 0,
+             "cutouts_per_repeat": 0, "seconds": []}
+    entry.update(kw)
+    return entry
+
+
+def batcher_rates(bench: Bench, field: dict, batch: int, counts: list[int]) -> list[dict]:
+    """BatchRing alone: all grid positions of the fullest tile, read once into memory,
+    gathered into batches (slots cycled, all in flight) per worker-thread count."""
+    from pyengine.batching import BatchRing, make_slots
+    from pyengine.coords import centre_pixel
+    from pyengine.engine import tile_affine
+    from pyengine.io.mosaic import Mosaic
+    from pyengine.io.tiles import TilePlan
+    from pyengine.models.checkpoint import DEMO_MODEL, read_spec
+    from pyengine.sources import GridSource
+
+    args = bench.args
+    spec, _ = read_spec(bench.model or DEMO_MODEL)
+    with Mosaic.open(field["bands"]) as mosaic:
+        plan = TilePlan.for_cutout(mosaic.shape, cutout=spec.cutout_size, core=args.core)
+        source = GridSource(args.stride)
+        source.bind(mosaic, plan)
+        tile = max(plan, key=source.count)
+        pixels = mosaic.read(*tile.window)
+        pos = source.positions(tile)
+    wy0, _, wx0, _ = tile.window
+    cx, cy = centre_pixel(pos.x) - wx0, centre_pixel(pos.y) - wy0
+    n = int(cx.size)
+    results = []
+    for dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+        # the engine maps sky to 0 and noise to 1 for float16 transfers
+        offset, scale = tile_affine(pixels) if dtype == np.float16 else (None, None)
+        row_bytes = spec.nband * spec.cutout_size**2 * dtype.itemsize
+        for threads in counts:
+            why = bench.budget.refuses()
+            if why:
+                results.append(_batcher_entry(threads, dtype.name, batch, status="skipped",
+                                              reason=why))
+                continue
+            slots = make_slots(4, batch, spec.nband, spec.cutout_size, dtype)
+            try:
+                with BatchRing(slots, threads=threads) as ring:
+                    def passes(k, ring=ring, offset=offset, scale=scale):
+                        flight = deque()
+                        for _ in range(k):
+                            for s in range(0, n, batch):
+                                if len(flight) == ring.nslots:
+                                    done = flight.popleft()
+                                    ring.wait(done)
+                                    ring.release(done)
+                                slot = ring.acquire()
+                                ring.fill(slot, 0, pixels, cx[s : s + batch], cy[s : s + batch],
+                                          offset=offset, scale=scale)
+                                flight.append(slot)
+                        while flight:
+                            done = flight.popleft()
+                            ring.wait(done)
+                            ring.release(done)
+
+                    k = bench.calibrate(passes)
+                    seconds = bench.timed(passes, k, args.repeats)
+                rate = _median_rate(k * n, seconds)
+                bench.log(f"gather_threads batcher {dtype.name} threads {threads}: "
+                          f"{rate['median']:,.0f}/s")
+                results.append(_batcher_entry(
+                    threads, dtype.name, batch, cutouts_per_s=rate["median"],
+                    cutouts_per_s_min=rate["min"], cutouts_per_s_max=rate["max"],
+                    gb_per_s=rate["median"] * row_bytes / 1e9, repeats=len(seconds),
+                    cutouts_per_repeat=k * n, seconds=seconds))
+            except Exception as exc:
+                results.append(_batcher_entry(threads, dtype.name, batch, status="error",
+                                              reason=_one_line(exc)))
+    return results
+
+
+def run_gather_threads(bench: Bench, field: dict, model_only: dict | None) -> dict:
+    args = bench.args
+    precision, batch = args.e2e_precision_list[0], args.e2e_batch
+    engine_rows = []
+    for threads in args.thread_list:
+        engine_rows.append(scan_rate(bench, field, precision, batch, threads,
+                                     args.thread_repeats, model_only,
+                                     _estimate(engine_rows, args.thread_repeats)))
+        bench.log(f"gather_threads engine threads {threads}: {_brief(engine_rows[-1])}")
+        bench.partial("gather_threads", section(engine_rows))
+    batcher = batcher_rates(bench, field, batch, args.thread_list)
+    reference = {"precision": precision, "batch": batch,
+                 "from_slots": model_rate(model_only, bench, precision, batch,
+                                          _slot_label(bench)),
+                 "device_resident": model_rate(model_only, bench, precision, batch,
+                                               "device_resident")}
+    out = section(engine_rows + batcher)
+    out["results"] = engine_rows
+    out.update(batcher=batcher, model_only_reference=reference)
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+def torch_info(torch, device: str) -> dict:
+    info = {"version": torch.__version__, "cuda_build": torch.version.cuda,
+            "cudnn": None, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "device": device, "gpu": None}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["gpu"] = {"name": torch.cuda.get_device_name(device),
+                       "capability": f"{props.major}.{props.minor}",
+                       "memory_gib": props.total_memory / 2**30,
+                       "multiprocessors": props.multi_processor_count}
+    return info
+
+
+def print_header(payload: dict) -> None:
+    t, m = payload["torch"], payload["model"]
+    print(f"# torch {t['version']} (CUDA build {t['cuda_build']}, cuDNN {t['cudnn']}, "
+          f"cudnn.benchmark {t['cudnn_benchmark']}); device {t['device']}")
+    if t["gpu"]:
+        g = t["gpu"]
+        print(f"# GPU: {g['name']}, compute capability {g['capability']}, "
+              f"{g['memory_gib']:.1f} GiB, {g['multiprocessors']} SMs")
+    print(f"# model: {m['path']} (sha256 {m['sha256'][:12]}), {m['arch']}, bands "
+          f"{','.join(m['bands'])}, cutout {m['cutout_size']} px")
+    a = payload["args"]
+    print(f"# {'SMOKE run (tiny sizes) ' if a['smoke'] else ''}batches {a['batches']}; "
+          f"precisions {a['precisions']}; repeats {a['repeats']} (median reported); field "
+          f"{a['field']}^2 px, grid stride {a['stride']}, tile core {a['core']}; end-to-end "
+          f"batch {a['e2e_batch']}; threads {a['threads']}; budget {a['budget']:.0f} s",
+          flush=True)
+
+
+MODEL_COLUMNS = [("precision", "precision", 0), ("graphs", "cuda_graphs", 0),
+                 ("batch", "batch", 0), ("input", "input", 0), ("dtype", "input_dtype", 0),
+                 ("cutouts/s", "cutouts_per_s", 0), ("min", "cutouts_per_s_min", 0),
+                 ("max", "cutouts_per_s_max", 0), ("setup s", "setup_s", 1),
+                 ("peak MiB", "peak_gpu_mib", 0)]
+H2D_COLUMNS = [("memory", "memory", 0), ("dtype", "dtype", 0), ("batch", "batch", 0),
+               ("MB", "mb", 1), ("GB/s (events)", "gb_per_s", 2), ("min", "gb_per_s_min", 2),
+               ("max", "gb_per_s_max", 2), ("GB/s (wall)", "wall_gb_per_s", 2)]
+E2E_COLUMNS = [("precision", "precision", 0), ("batch", "batch", 0), ("threads", "threads", 0),
+               ("gather", "gather_threads", 0), ("read", "read_workers", 0),
+               ("dtype", "transfer_dtype", 0), ("positions", "positions", 0),
+               ("cutouts/s", "cutouts_per_s", 0), ("model-only", "model_only_from_slots", 0),
+               ("ratio", "ratio_to_model_only", 3), ("goal", "goal", 2),
+               ("device-res.", "model_only_device_resident", 0),
+               ("ratio", "ratio_to_device_resident", 3)]
+BATCHER_COLUMNS = [("threads", "threads", 0), ("dtype", "dtype", 0), ("batch", "batch", 0),
+                   ("cutouts/s", "cutouts_per_s", 0), ("min", "cutouts_per_s_min", 0),
+                   ("max", "cutouts_per_s_max", 0), ("GB/s out", "gb_per_s", 2)]
+
+
+def print_section(name: str, sec: dict) -> None:
+    if sec["status"] == "skipped" and not sec["results"]:
+        print(f"\n== {name}: skipped ({sec['reason']}) ==", flush=True)
+        return
+    if name == "model_only":
+        print_table("model_only: torch runner alone, cutouts/s (median of repeats); "
+                    "device_resident = model alone, slots = with the copy to the device",
+                    MODEL_COLUMNS, sec["results"])
+    elif name == "h2d":
+        rows = [{**r, "mb": r["bytes"] / 1e6 if r["bytes"] else None} for r in sec["results"]]
+        print_table("h2d: one batch host -> device, GB/s (1e9 B/s), CUDA events on a side "
+                    "stream", H2D_COLUMNS, rows)
+    elif name == "end_to_end":
+        print_table("end_to_end: Engine scanning the grid, cutouts/s; ratio = engine / "
+                    "model-only from slots (goal >= 0.85)", E2E_COLUMNS, sec["results"])
+    else:
+        print_table("gather_threads: Engine(threads=N) end to end (gather pool = min(4, N), "
+                    "read pool = min(2, N))", E2E_COLUMNS, sec["results"])
+        ref = sec["model_only_reference"]
+        print_table(f"gather_threads: C++ BatchRing alone from one tile in memory, cutouts/s; "
+                    f"model-only {ref['precision']} batch {ref['batch']}: from slots "
+                    f"{_fmt(ref['from_slots'])}, device-resident {_fmt(ref['device_resident'])}",
+                    BATCHER_COLUMNS, sec["batcher"])
+    if sec["status"] != "ok":
+        print(f"   section {sec['status']}: {sec['reason']}", flush=True)
+
+
+def anchor_block(model_only: dict | None, cuda: bool) -> dict:
+    anchor = dict(ANCHOR)
+    best = None
+    if model_only:
+        ok = [e for e in model_only["results"] if e["status"] == "ok"]
+        best = max(ok, key=lambda e: e["cutouts_per_s"], default=None)
+    anchor["best_measured"] = None if best is None else {
+        k: best[k] for k in ("precision", "cuda_graphs", "batch", "input", "cutouts_per_s")}
+    anchor["best_measured_over_scaled_anchor"] = (
+        best["cutouts_per_s"] / anchor["scaled_cutouts_per_s"] if best and cuda else None)
+    return anchor
+
+
+def print_anchor(anchor: dict) -> None:
+    print("\n== published anchor (NOT a measurement of this machine) ==")
+    print(f"   {anchor['what']}: ~{anchor['images_per_s']:,} images/s")
+    print(f"   FLOPs ratio 224x224 -> 64x64 (convolutional part): (224/64)^2 = "
+          f"{anchor['flops_ratio']:.2f}")
+    print(f"   {anchor['label']}: ~{anchor['scaled_cutouts_per_s'] / 1e6:.2f} M cutouts/s "
+          f"({anchor['images_per_s']:,} x {anchor['flops_ratio']:.2f} = "
+          f"{anchor['scaled_cutouts_per_s']:,.0f}); {anchor['caveat']}")
+    best = anchor["best_measured"]
+    if best:
+        line = (f"   measured here, best model-only (for comparison, not mixed in): "
+                f"{best['cutouts_per_s']:,.0f} cutouts/s ({best['precision']}, graphs "
+                f"{_fmt(best['cuda_graphs'])}, batch {best['batch']}, {best['input']})")
+        if anchor["best_measured_over_scaled_anchor"] is not None:
+            line += f" = {anchor['best_measured_over_scaled_anchor']:.3f} of the scaled anchor"
+        print(line, flush=True)
+
+
+# -- main --------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU check: device cpu, tiny sizes, CUDA-only parts skipped")
+    ap.add_argument("--device", default=None,
+                    help="cuda, cuda:N or cpu (default: cuda; cpu with --smoke)")
+    ap.add_argument("--model", default=None, help="model file (default: the shipped demo model)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--batches", default=None, help="model-only batch sizes, comma-separated")
+    ap.add_argument("--precisions", default=None, help="torch precisions, comma-separated")
+    ap.add_argument("--e2e-precisions", default=None,
+                    help="end-to-end precisions (default: --precisions; the first is used for "
+                         "the thread sweep)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--min-seconds", type=float, default=None,
+                    help="length of one timed repeat (model only, batcher)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up iterations (twice)")
+    ap.add_argument("--field", type=int, default=None, help="synthetic field side, px")
+    ap.add_argument("--stride", type=int, default=None, help="grid stride, px")
+    ap.add_argument("--core", type=int, default=None, help="engine tile core, px")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--e2e-batch", type=int, default=None)
+    ap.add_argument("--e2e-threads", type=int, default=None,
+                    help="Engine threads for end_to_end (default: the engine's choice)")
+    ap.add_argument("--e2e-repeats", type=int, default=None)
+    ap.add_argument("--threads", default=None,
+                    help="thread counts for gather_threads (default 1,2,4,... up to the CPUs)")
+    ap.add_argument("--thread-repeats", type=int, default=None)
+    ap.add_argument("--h2d-mb", type=float, default=None, help="MB copied per h2d repeat")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds after which no new measurement starts")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="set torch.backends.cudnn.benchmark (pyengine leaves it off)")
+    ap.add_argument("--workdir", default=None,
+                    help="where the synthetic field is written and reused (default: a "
+                         "temporary directory, removed afterwards)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    profile = SMOKE if args.smoke else FULL
+    for key, value in profile.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.device is None:
+        args.device = "cpu" if args.smoke else "cuda"
+    if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and
+                                                   args.device[5:].isdigit()):
+        ap.error(f"--device {args.device!r} is not accepted; accepted: cpu, cuda, cuda:N")
+    args.section_list = _words(args.sections)
+    unknown = sorted(set(args.section_list) - set(SECTIONS))
+    if unknown:
+        ap.error(f"--sections: unknown {', '.join(unknown)}; accepted: {', '.join(SECTIONS)}")
+    try:
+        args.batch_list = _ints(args.batches)
+        args.thread_list = _ints(args.threads) if args.threads else None
+    except ValueError:
+        ap.error("--batches and --threads take comma-separated integers, e.g. 256,512")
+    args.precision_list = _words(args.precisions)
+    args.e2e_precision_list = _words(args.e2e_precisions or args.precisions)
+    from pyengine.runners.base import PRECISIONS
+
+    for p in {*args.precision_list, *args.e2e_precision_list}:
+        if p not in PRECISIONS["torch"]:
+            ap.error(f"precision {p!r} is not accepted; accepted: "
+                     f"{', '.join(PRECISIONS['torch'])}")
+    cpus = _usable_cpus()
+    args.thread_list = args.thread_list or _thread_counts(cpus, 2 if args.smoke else None)
+    args.threads = ",".join(map(str, args.thread_list))
+    if not args.batch_list or min(args.batch_list) < 1 or not args.thread_list or \
+            min(args.thread_list) < 1 or args.repeats < 1 or args.e2e_batch < 1:
+        ap.error("batch sizes, thread counts, --repeats and --e2e-batch must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget)
+    from pyengine.runners.base import torch_cuda_problem
+
+    if args.device.startswith("cuda"):
+        problem = torch_cuda_problem()
+        if problem is not None:
+            print(f"bench_gpu: --device {args.device} needs a CUDA GPU: {problem}; "
+                  "run with --smoke to check the script on the CPU", file=sys.stderr)
+            return 1
+    sys.stdout.reconfigure(line_buffering=True)
+    import torch
+
+    from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
+
+    if args.device.startswith("cuda"):
+        index = int(args.device[5:]) if args.device.startswith("cuda:") else 0
+        if index >= torch.cuda.device_count():
+            print(f"bench_gpu: --device {args.device}: only {torch.cuda.device_count()} CUDA "
+                  "device(s) visible", file=sys.stderr)
+            return 1
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+    bench = Bench(args, torch, budget)
+    model_path = bench.model or DEMO_MODEL
+    spec, _ = read_spec(model_path)
+    env = environment()
+    print_environment(env)
+    payload = {
+        "schema": SCHEMA, "smoke": bool(args.smoke), "device": args.device, "env": env,
+        "torch": torch_info(torch, args.device),
+        "model": {"path": str(model_path), "sha256": file_sha256(model_path),
+                  "arch": spec.architecture, "bands": list(spec.bands), "nband": spec.nband,
+                  "cutout_size": spec.cutout_size},
+        "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+        "field": None, "anchor": anchor_block(None, bench.cuda),
+        "sections": {name: section([], reason="not selected (--sections)") for name in SECTIONS},
+        "elapsed_s": None,
+    }
+    print_header(payload)
+
+    def save():
+        payload["elapsed_s"] = budget.elapsed()
+        if args.json:
+            write_json(args.json, payload)
+
+    def partial(name, sec):
+        payload["sections"][name] = sec
+        save()
+
+    bench.on_partial = partial
+
+    model_batches = sorted(set(args.batch_list) | {args.e2e_batch})
+    sections = payload["sections"]
+    if "model_only" in args.section_list:
+        sections["model_only"] = run_model_only(bench, model_batches)
+        print_section("model_only", sections["model_only"])
+        save()
+    model_only = sections["model_only"] if "model_only" in args.section_list else None
+    if "h2d" in args.section_list:
+        sections["h2d"] = run_h2d(bench, args.batch_list)
+        print_section("h2d", sections["h2d"])
+        save()
+    scans = [s for s in ("end_to_end", "gather_threads") if s in args.section_list]
+    if scans:
+        with contextlib.ExitStack() as stack:
+            if args.workdir:
+                workdir = Path(args.workdir)
+                workdir.mkdir(parents=True, exist_ok=True)
+            else:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="bench_gpu_")))
+            field = ensure_field(bench, workdir)
+            payload["field"] = field
+            print(f"\n# field {field['size']}^2 px (seed {field['seed']}) in {field['dir']}: "
+                  f"{'reused' if field['reused'] else 'synthesised'} in "
+                  f"{field['seconds']:.1f} s", flush=True)
+            if "end_to_end" in scans:
+                sections["end_to_end"] = run_end_to_end(bench, field, model_only)
+                print_section("end_to_end", sections["end_to_end"])
+                save()
+            if "gather_threads" in scans:
+                sections["gather_threads"] = run_gather_threads(bench, field, model_only)
+                print_section("gather_threads", sections["gather_threads"])
+                save()
+    payload["anchor"] = anchor_block(model_only, bench.cuda)
+    print_anchor(payload["anchor"])
+    save()
+    failed = [f"{name}: {e['reason']}" for name, sec in sections.items()
+              for e in [*sec["results"], *sec.get("batcher", [])] if e["status"] == "error"]
+    print(f"\n# done in {budget.elapsed():.1f} s" +
+          (f"; results in {args.json}" if args.json else ""))
+    if failed:
+        print(f"# {len(failed)} measurement(s) failed, first: {failed[0]}", flush=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
