@@ -30,7 +30,7 @@ test: install lint
 	$(PY) -m pytest
 
 bench: install
-	$(PY) benchmarks/bench_read.py
+	$(VENV)/bin/pyengine bench
 
 clean:
 	rm -rf build $(VENV) $(DEMO) .pytest_cache .ruff_cache

@@ -184,15 +184,23 @@ def _thread_counts(limit: int) -> list[int]:
 
 
 def bench_gather(tile: np.ndarray, size: int, batch: int, threads: list[int], min_time: float,
-                 dtype=np.float32, seed: int = 0) -> dict:
-    """BatchRing on one tile in memory vs ``np.copyto`` of the same bytes."""
+                 dtype=np.float32, seed: int = 0, order: str = "scan") -> dict:
+    """BatchRing on one tile in memory vs ``np.copyto`` of the same bytes.
+
+    ``order``: ``scan`` takes uniformly random positions in row order, as a detection or
+    grid scan presents them (neighbouring windows share cache lines); ``random`` leaves
+    them unordered (an unsorted input catalog: each window's rows come from memory)."""
     from pyengine.batching import BatchRing, make_slots
 
     nband, h, w = tile.shape
     rng = np.random.default_rng(seed)
     nbatch = 64
-    cx = rng.integers(size // 2, w - size // 2, size=(nbatch, batch))
-    cy = rng.integers(size // 2, h - size // 2, size=(nbatch, batch))
+    cx = rng.integers(size // 2, w - size // 2, size=nbatch * batch)
+    cy = rng.integers(size // 2, h - size // 2, size=nbatch * batch)
+    if order == "scan":
+        keep = np.lexsort((cx, cy))
+        cx, cy = cx[keep], cy[keep]
+    cx, cy = cx.reshape(nbatch, batch), cy.reshape(nbatch, batch)
     nbytes = batch * nband * size * size * np.dtype(dtype).itemsize
     flat = tile.reshape(-1).view(np.uint8)
     slots = make_slots(4, batch, nband, size, dtype)
@@ -207,6 +215,7 @@ def bench_gather(tile: np.ndarray, size: int, batch: int, threads: list[int], mi
     copy_batches()
     copy_rate = _median_rate(nbytes * nbatch / 1e9, copy_batches, min_time / 2)
     out = {"batch": batch, "cutout": size, "bands": nband, "dtype": np.dtype(dtype).name,
+           "order": order, "tile": [h, w],
            "bytes_per_batch": nbytes, "copy_gb_per_s": copy_rate, "threads": []}
     for t in threads:
         with BatchRing(slots, threads=t) as ring:
@@ -402,9 +411,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             np.nan_to_num(tile, copy=False)
             cpus = machine["threads"]
             log("gather ...")
-            results["gather"] = bench_gather(
-                tile, size, cfg.gather_batch,
-                _thread_counts(cpus if not cfg.quick else min(cpus, 2)), min_time)
+            counts = _thread_counts(cpus if not cfg.quick else min(cpus, 2))
+            results["gather"] = bench_gather(tile, size, cfg.gather_batch, counts, min_time)
+            if not cfg.quick:
+                results["gather_unordered"] = bench_gather(tile, size, cfg.gather_batch, counts,
+                                                           min_time, order="random")
 
             # Real cutouts for the model: a grid over the whole mosaic.
             target = cfg.positions or (1024 if cfg.quick else 6144 if not on_gpu else 262144)
@@ -490,13 +501,18 @@ def format_report(r: dict) -> str:
     lines += ["read (Mosaic.read of every tile)",
               f"  {rd['mpix_per_s']:10.0f} MPix/s   plain copy of the raw bytes {copy} MPix/s   "
               f"ratio {ratio}   ({rd['tiles']} tiles)", ""]
-    g = r["gather"]
-    lines += [f"gather (C++ batcher, batch {g['batch']} x {g['bands']} x {g['cutout']}^2 "
-              f"{g['dtype']}; np.copyto of the same bytes: {g['copy_gb_per_s']:.2f} GB/s)",
-              f"  {'threads':>7} {'cutouts/s':>12} {'GB/s':>8} {'ratio':>7}"]
-    lines += [f"  {t['threads']:>7} {t['cutouts_per_s']:>12.0f} {t['gb_per_s']:>8.2f} "
-              f"{t['ratio_to_copy']:>7.2f}" for t in g["threads"]]
-    lines += ["", "model only (prepared batches)",
+    for key in ("gather", "gather_unordered"):
+        if key not in r:
+            continue
+        g = r[key]
+        lines += [f"gather (C++ batcher, {g['order']} order, batch {g['batch']} x {g['bands']} x "
+                  f"{g['cutout']}^2 {g['dtype']} from a {g['tile'][0]}x{g['tile'][1]} tile; "
+                  f"np.copyto of the same bytes: {g['copy_gb_per_s']:.2f} GB/s)",
+                  f"  {'threads':>7} {'cutouts/s':>12} {'GB/s':>8} {'ratio':>7}"]
+        lines += [f"  {t['threads']:>7} {t['cutouts_per_s']:>12.0f} {t['gb_per_s']:>8.2f} "
+                  f"{t['ratio_to_copy']:>7.2f}" for t in g["threads"]]
+        lines.append("")
+    lines += ["model only (prepared batches)",
               f"  {'runner':<12} {'precision':<9} {'device':<6} {'batch':>6} {'cutouts/s':>12}"]
     lines += [f"  {e['runner']:<12} {e['precision']:<9} {e['device']:<6} {e['batch']:>6} "
               f"{e['cutouts_per_s']:>12.1f}" for e in r["model_only"]]
