@@ -22,7 +22,7 @@ import numpy as np
 
 from pyengine.errors import ConfigError
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
-from pyengine.runners.base import Runner, RunnerUnavailable, unavailable
+from pyengine.runners.base import Runner, RunnerUnavailable, model_file_export, unavailable
 
 __all__ = ["OnnxRuntimeRunner", "default_cache_dir"]
 
@@ -50,17 +50,8 @@ class OnnxRuntimeRunner(Runner):
             self._onnx = model
             super().__init__(spec, stored, batch_size)
             return
-        from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
-
-        source = model if model is not None else DEMO_MODEL
-        spec, _ = read_spec(source)
-        precision = precision or "fp32"
-        if precision != "fp32":
-            raise RunnerUnavailable(
-                f"{source}: an {precision} graph is calibrated on real cutouts; make it with "
-                f"pyengine export {source} --precision {precision} --images ... and give the .onnx")
-        self._onnx = self._cache_dir / f"{file_sha256(source)[:32]}-fp32.onnx"
-        self._source = source
+        self._source, spec, precision, self._onnx = model_file_export(
+            model, precision, self._cache_dir, ("fp32",))
         super().__init__(spec, precision, batch_size)
 
     def onnx_file(self) -> Path:

@@ -52,6 +52,7 @@ from pyengine.runners.base import (
     Pending,
     Runner,
     RunnerUnavailable,
+    model_file_export,
     tensorrt_problem,
     unavailable,
 )
@@ -250,17 +251,8 @@ class TensorRTRunner(Runner):
             self._onnx = model
             super().__init__(spec, stored, batch_size)
         else:
-            from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
-
-            source = model if model is not None else DEMO_MODEL
-            spec, _ = read_spec(source)
-            precision = precision or "fp32"
-            if precision == "int8":
-                raise RunnerUnavailable(
-                    f"{source}: an int8 graph is calibrated on real cutouts; make it with "
-                    f"pyengine export {source} --precision int8 --images ... and give the .onnx")
-            self._onnx = self._cache_dir / f"{file_sha256(source)[:32]}-{precision}.onnx"
-            self._source = source
+            self._source, spec, precision, self._onnx = model_file_export(
+                model, precision, self._cache_dir, ("fp32", "fp16"))
             super().__init__(spec, precision, batch_size)
         b = self._batch_size
         self._build = (1, b, b) if b is not None else DEFAULT_PROFILE
