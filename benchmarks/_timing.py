@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pyengine.info import machine_info
+from pyengine.info.report import machine_info
 
 __all__ = ["environment", "print_environment", "repeat", "write_json"]
 

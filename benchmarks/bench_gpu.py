@@ -28,7 +28,7 @@ One script, four sections, a table each, and one JSON file (``--json``):
 4. **gather_threads**: the same scan for ``threads`` = 1, 2, 4, ... up to the CPU
    count (``Engine(threads=N)`` sets the gather pool to min(4, N), the read pool
    to min(2, N) and torch's intra-op threads to N; the effective counts are
-   reported), and the C++ batcher alone (``pyengine.batching.BatchRing`` filling
+   reported), and the C++ batcher alone (``pyengine.scan.batching.BatchRing`` filling
    batches from one tile in memory) per thread count, next to the model-only
    rate, so the threads needed to feed the GPU can be read off.
 
@@ -286,7 +286,7 @@ def _close(close, bench: Bench) -> str | None:
 def make_torch_runner(bench: Bench, precision: str, batch: int, graphs: bool, threads=None):
     """The torch runner as the engine makes it (``make_runner``, CUDA graphs on); with
     graphs off, ``TorchRunner(cuda_graphs=False)``: make_runner has no such switch."""
-    from pyengine.runners.base import make_runner
+    from pyengine.runners.select import make_runner
     from pyengine.runners.torch import TorchRunner
 
     if graphs:
@@ -452,7 +452,7 @@ def run_h2d(bench: Bench, batches: list[int]) -> dict:
     """Copies of one batch from the runner's pinned slots and from pageable memory."""
     if not bench.cuda:
         return section([], reason="needs CUDA: host-to-device copies (device is cpu)")
-    from pyengine.runners.base import aligned_empty
+    from pyengine.memory import aligned_empty
     from pyengine.runners.torch import TorchRunner
 
     torch, args, device = bench.torch, bench.args, bench.device
@@ -647,12 +647,12 @@ def _batcher_entry(threads, dtype, batch, **kw) -> dict:
 def batcher_rates(bench: Bench, field: dict, batch: int, counts: list[int]) -> list[dict]:
     """BatchRing alone: all grid positions of the fullest tile, read once into memory,
     gathered into batches (slots cycled, all in flight) per worker-thread count."""
-    from pyengine.batching import BatchRing, make_slots
     from pyengine.coords import centre_pixel
-    from pyengine.engine import tile_affine
     from pyengine.io.mosaic import Mosaic
     from pyengine.io.tiles import TilePlan
     from pyengine.models.checkpoint import DEMO_MODEL, read_spec
+    from pyengine.scan.batching import BatchRing, make_slots
+    from pyengine.scan.engine import tile_affine
     from pyengine.sources import GridSource
 
     args = bench.args
@@ -925,7 +925,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     budget = Budget(args.budget)
-    from pyengine.runners.base import torch_cuda_problem
+    from pyengine.runners.probe import torch_cuda_problem
 
     if args.device.startswith("cuda"):
         problem = torch_cuda_problem()

@@ -45,9 +45,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from pyengine.cutouts import iter_tile_cutouts
-    from pyengine.engine import Engine
     from pyengine.io.mosaic import Mosaic
+    from pyengine.scan.cutouts import iter_tile_cutouts
+    from pyengine.scan.engine import Engine
     from pyengine.sources import GridSource
     from pyengine.synth.config import SynthConfig
     from pyengine.synth.field import make_field

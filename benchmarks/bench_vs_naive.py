@@ -21,7 +21,7 @@ each run), reported as medians and per-run speed ratios; then the agreement of t
 scores (naive vs fp32, int8 vs fp32: max |score difference| and the share of equal
 decisions at the model's threshold) and PASS/MISS against the targets (fp32 >= 2x
 naive; int8 >= 1.5x fp32 with >= 99.5 % equal decisions).  Before timing, the naive
-windows are checked to be pixel for pixel those of ``pyengine.cutouts``, and each way
+windows are checked to be pixel for pixel those of ``pyengine.scan.cutouts``, and each way
 runs once untimed on a few positions (warm page cache, fp32 ONNX cache made).
 
 Usage: python benchmarks/bench_vs_naive.py [--size 2048] [--seed 11] [--mag-limit 21]
@@ -62,7 +62,7 @@ def naive_cutouts(data, x, y, size):
     starts at ceil(v - S/2), i.e. c - S/2 + 1 whenever v's fractional part lies in
     (0, 0.5): a one-pixel shift for about half of all float positions.  Passing the
     centre pixel c itself (an integer) makes Cutout2D start at c - S/2, the same
-    window; main() checks this against pyengine.cutouts.extract_cutouts.
+    window; main() checks this against pyengine.scan.cutouts.extract_cutouts.
     """
     from astropy.nddata import Cutout2D, NoOverlapError
 
@@ -242,15 +242,15 @@ def _positions(truth: Path, out: Path, mag_limit, max_sources, seed: int) -> tup
 
 
 def _check_windows(bands, positions: Path, size: int, nsample: int = 200) -> dict:
-    """naive_cutouts vs pyengine.cutouts.extract_cutouts on real and shifted positions."""
+    """naive_cutouts vs pyengine.scan.cutouts.extract_cutouts on real and shifted positions."""
     from astropy.coordinates import SkyCoord
     from astropy.io import fits
     from astropy.nddata import Cutout2D, NoOverlapError
     from astropy.table import Table
     from astropy.wcs import WCS
 
-    from pyengine.cutouts import extract_cutouts
     from pyengine.io.mosaic import Mosaic
+    from pyengine.scan.cutouts import extract_cutouts
 
     t = Table.read(positions)[:nsample]
     hduls = [fits.open(p, memmap=True) for p, _ in bands]
@@ -347,7 +347,7 @@ def main() -> None:
           f"(truth sources, {cut}{subset})")
 
     check = _check_windows(bands, positions, spec.cutout_size)
-    print(f"# naive Cutout2D windows vs pyengine.cutouts: {check['mismatched']} of "
+    print(f"# naive Cutout2D windows vs pyengine.scan.cutouts: {check['mismatched']} of "
           f"{check['positions']} differ (at the float position, unadjusted: "
           f"{check['mismatched_if_float_position']})")
     if check["mismatched"]:

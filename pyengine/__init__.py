@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 __all__ = ["Engine", "Mosaic", "PyEngineError", "TilePlan", "__version__", "load_model"]
 
 _LAZY = {
-    "Engine": "pyengine.engine",
+    "Engine": "pyengine.scan.engine",
     "Mosaic": "pyengine.io.mosaic",
     "TilePlan": "pyengine.io.tiles",
     "load_model": "pyengine.models.checkpoint",

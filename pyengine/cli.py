@@ -8,7 +8,6 @@ line and exit 1; usage errors exit 2 (click's convention).
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -36,46 +35,18 @@ def main():
     """Scan FITS mosaics for star-cluster candidates with a ResNet-50."""
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def info(as_json):
-    """Versions, CPU, GPU and which runners are usable here (and why not)."""
-    from pyengine.info import machine_info
-
-    report = machine_info()
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(f"pyengine {__version__} on Python {report['python']} ({report['platform']})")
-    click.echo(f"CPU: {report['cpu']}, {report['threads']} threads")
-    if report["gpus"]:
-        for g in report["gpus"]:
-            click.echo(f"GPU: {g['name']} ({g['memory']}, compute {g['compute_capability']}, "
-                       f"driver {g['driver']})")
-    else:
-        click.echo("GPU: none found")
-    click.echo("Packages:")
-    for name, version in report["packages"].items():
-        click.echo(f"  {name:<12} {version or '-'}")
-    click.echo("Runners:")
-    for r in report["runners"]:
-        click.echo(f"  {r['name']:<12} {'usable' if r['usable'] else 'unusable'}: {r['detail']}")
-
-
-# Subcommands that live in their own modules register here.
-from pyengine.bench import bench  # noqa: E402
-from pyengine.demo import demo  # noqa: E402
+# Every subcommand is the click command of the same name in its job's package:
+# pyengine/<job>/cli.py (the package does the work; cli.py only parses options).
+from pyengine.bench.cli import bench  # noqa: E402
+from pyengine.demo.cli import demo  # noqa: E402
 from pyengine.export.cli import export  # noqa: E402
-from pyengine.scan_cli import scan  # noqa: E402
+from pyengine.info.cli import info  # noqa: E402
+from pyengine.scan.cli import scan  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
-from pyengine.train_cli import train  # noqa: E402
+from pyengine.training.cli import train  # noqa: E402
 
-main.add_command(scan)
-main.add_command(demo)
-main.add_command(synth)
-main.add_command(train)
-main.add_command(export)
-main.add_command(bench)
+for _command in (info, scan, demo, synth, train, export, bench):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ __all__ = [
     "OutputError",
     "PyEngineError",
     "ResumeError",
+    "RunnerUnavailable",
     "WCSError",
 ]
 
@@ -61,3 +62,7 @@ class OutputError(PyEngineError):
 
 class ResumeError(PyEngineError):
     """A resume journal is missing, damaged, or belongs to different inputs or options."""
+
+
+class RunnerUnavailable(ConfigError):
+    """The runner asked for cannot work here (library, device or file missing)."""

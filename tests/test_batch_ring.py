@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pyengine import _core
-from pyengine.batching import BatchRing, aligned_empty, gather_reference, make_slots
+from pyengine.scan.batching import BatchRing, aligned_empty, gather_reference, make_slots
 
 pytestmark = pytest.mark.timeout(60)  # a deadlock fails the test instead of hanging the run
 

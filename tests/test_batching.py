@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pyengine import _core
-from pyengine.batching import gather, gather_reference
+from pyengine.scan.batching import gather, gather_reference
 
 
 def test_extension_imports():

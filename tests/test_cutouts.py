@@ -6,7 +6,7 @@ import numpy as np
 from astropy.io import fits
 
 from pyengine import Mosaic
-from pyengine.cutouts import extract_cutouts
+from pyengine.scan.cutouts import extract_cutouts
 from tests.makedata import make_wcs
 
 

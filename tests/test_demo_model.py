@@ -10,10 +10,11 @@ from astropy.table import Table
 
 import pyengine
 from pyengine import Mosaic
-from pyengine.cutouts import extract_cutouts
-from pyengine.export.onnx import export_onnx, onnx_scores
-from pyengine.export.quantize import decision_agreement, quantize_int8
+from pyengine.export.onnx import export_onnx
+from pyengine.export.quantize import quantize_int8
 from pyengine.models.checkpoint import DEMO_MODEL
+from pyengine.runners.onnxrt import decision_agreement, onnx_scores
+from pyengine.scan.cutouts import extract_cutouts
 from pyengine.synth import SynthConfig, make_field
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from pyengine.cutouts import extract_cutouts
-from pyengine.engine import Engine
 from pyengine.errors import ConfigError, MosaicMismatchError, ResumeError
+from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.io.mosaic import Mosaic
-from pyengine.output.catalog import BLANK, EDGE, OFF_IMAGE
-from pyengine.scan import ScanInterrupted, run_scan
+from pyengine.scan.cutouts import extract_cutouts
+from pyengine.scan.engine import Engine
+from pyengine.scan.results import ScanInterrupted
+from pyengine.scan.run import run_scan
 from pyengine.sources import CatalogSource, DetectSource, GridSource
 from tests import scanfield
 

@@ -11,14 +11,15 @@ import torch
 from astropy.table import Table
 
 from pyengine import Mosaic
-from pyengine.cutouts import extract_cutouts
 from pyengine.errors import ConfigError, ModelFileError
-from pyengine.export.onnx import export_onnx, onnx_metadata, onnx_scores
-from pyengine.export.quantize import decision_agreement, quantize_int8
+from pyengine.export.onnx import export_onnx, onnx_metadata
+from pyengine.export.quantize import quantize_int8
 from pyengine.export.tensorrt import TensorRTUnavailable, build_engine
 from pyengine.models.checkpoint import load_model, save_model
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, ClusterClassifier
 from pyengine.models.spec import ModelSpec
+from pyengine.runners.onnxrt import decision_agreement, onnx_scores
+from pyengine.scan.cutouts import extract_cutouts
 from pyengine.synth import SynthConfig, make_field
 
 SPEC = ModelSpec(cutout_size=32, threshold=0.5)

@@ -16,17 +16,9 @@ from astropy.table import MaskedColumn, Table
 from astropy.wcs import WCS
 
 from pyengine.errors import ConfigError, OutputError
+from pyengine.flags import BLANK, EDGE, FLAG_BITS, OFF_IMAGE, describe_flags
 from pyengine.output import catalog as catalog_module
-from pyengine.output.catalog import (
-    BLANK,
-    CATALOG_FORMATS,
-    EDGE,
-    FLAG_BITS,
-    OFF_IMAGE,
-    check_output,
-    describe_flags,
-    write_catalog,
-)
+from pyengine.output.catalog import CATALOG_FORMATS, check_output, write_catalog
 from pyengine.output.regions import write_regions
 from pyengine.output.scoremap import scoremap_wcs, write_scoremap
 

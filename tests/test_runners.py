@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyengine.errors import ConfigError, ModelFileError
+from pyengine.errors import ConfigError, ModelFileError, RunnerUnavailable
 from pyengine.export.onnx import export_onnx
 from pyengine.models.checkpoint import load_model, save_model
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.spec import ModelSpec
 from pyengine.runners import make_runner
-from pyengine.runners.base import RunnerUnavailable
 
 SPEC = ModelSpec(cutout_size=32)
 

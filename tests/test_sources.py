@@ -24,9 +24,9 @@ from pyengine.sources import (
     DetectSource,
     GridSource,
     TilePositions,
-    _peak_positions,
     make_source,
 )
+from pyengine.sources.detect import _peak_positions
 from tests.makedata import make_wcs
 
 SHAPE = (300, 410)          # (ny, nx): 5 x 7 tiles of core 64

@@ -22,14 +22,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from pyengine.errors import ConfigError, ModelFileError
+from pyengine.errors import ConfigError, ModelFileError, RunnerUnavailable
 from pyengine.export.onnx import set_metadata
 from pyengine.export.tensorrt import build_engine, engine_metadata
 from pyengine.models.checkpoint import save_model
 from pyengine.models.classifier import INPUT_NAME, ClusterClassifier
 from pyengine.models.spec import ModelSpec
 from pyengine.runners import make_runner
-from pyengine.runners.base import RunnerUnavailable, available_runners
+from pyengine.runners.probe import available_runners
 from pyengine.runners.tensorrt import (
     DEFAULT_PROFILE,
     TensorInfo,

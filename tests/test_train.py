@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from pyengine import Mosaic
 from pyengine.cli import main
-from pyengine.cutouts import extract_cutouts
 from pyengine.errors import CatalogError, ConfigError, PyEngineError
 from pyengine.metrics import roc_auc
 from pyengine.models.checkpoint import load_model
 from pyengine.models.resnet import resnet50
+from pyengine.scan.cutouts import extract_cutouts
 from pyengine.synth import DEFAULT_BANDS, SynthConfig, make_field
 from pyengine.train import TrainConfig, train
 from pyengine.training.augment import _dihedral, augment_batch, epoch_batches

@@ -36,10 +36,10 @@ import numpy as np
 from astropy.table import Table
 
 from pyengine import Mosaic
-from pyengine.cutouts import extract_cutouts
 from pyengine.metrics import f1_optimal_threshold, operating_point, purity_threshold
 from pyengine.models.checkpoint import DEMO_MODEL, load_model, save_model
 from pyengine.runners.torch import TorchRunner
+from pyengine.scan.cutouts import extract_cutouts
 from pyengine.synth import SynthConfig, make_field
 from pyengine.train import TrainConfig, train
 

@@ -22,8 +22,8 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
     import numpy as np
 
     from pyengine import Mosaic
-    from pyengine.cutouts import extract_cutouts
     from pyengine.errors import ConfigError
+    from pyengine.scan.cutouts import extract_cutouts
 
     columns = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,9 +88,10 @@ def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch,
     import numpy as np
     import torch
 
-    from pyengine.export.onnx import export_onnx, onnx_scores
-    from pyengine.export.quantize import decision_agreement, quantize_int8
+    from pyengine.export.onnx import export_onnx
+    from pyengine.export.quantize import quantize_int8
     from pyengine.models.checkpoint import load_model
+    from pyengine.runners.onnxrt import decision_agreement, onnx_scores
 
     net = load_model(model)
     spec = net.spec

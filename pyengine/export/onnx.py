@@ -23,8 +23,6 @@ import secrets
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
@@ -34,7 +32,6 @@ __all__ = [
     "export_onnx",
     "finish_onnx",
     "onnx_metadata",
-    "onnx_scores",
     "read_export",
     "set_metadata",
     "temporary_beside",
@@ -141,12 +138,3 @@ def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
         raise
     return finish_onnx(tmp, path, spec.to_json(), getattr(model, "sha256", ""), precision)
 
-
-def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """Scores of ``cutouts`` from a pyengine ONNX file under ONNX Runtime (CPU)."""
-    from pyengine.runners.onnxrt import OnnxRuntimeRunner
-
-    cutouts = np.asarray(cutouts, dtype=np.float32)
-    with OnnxRuntimeRunner(Path(path)) as runner:
-        out = [runner.infer(cutouts[i : i + batch]) for i in range(0, len(cutouts), batch)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)

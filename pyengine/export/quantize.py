@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.export.onnx import finish_onnx, onnx_metadata, onnx_scores, temporary_beside
+from pyengine.export.onnx import finish_onnx, onnx_metadata, temporary_beside
 from pyengine.models.spec import INPUT_NAME
 
-__all__ = ["INT8_TARGETS", "decision_agreement", "int8_target", "quantize_int8"]
+__all__ = ["INT8_TARGETS", "int8_target", "quantize_int8"]
 
 INT8_TARGETS = ("onnxruntime", "tensorrt")
 # ONNX op types quantised by each recipe (backbone nodes only).
@@ -107,11 +107,3 @@ def int8_target(meta: dict[str, str]) -> str | None:
         return None
     return meta.get("pyengine_int8_target", "tensorrt")
 
-
-def decision_agreement(reference_path, int8_path, cutouts: np.ndarray, threshold: float
-                       ) -> tuple[float, float]:
-    """(share of cutouts on the same side of ``threshold``, largest |score difference|)."""
-    ref = onnx_scores(reference_path, cutouts)
-    got = onnx_scores(int8_path, cutouts)
-    agree = float(np.mean((ref >= threshold) == (got >= threshold))) if len(ref) else 1.0
-    return agree, float(np.max(np.abs(ref - got))) if len(ref) else 0.0

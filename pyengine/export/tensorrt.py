@@ -89,7 +89,7 @@ def _gpu_identity(device: int) -> tuple[str, str, str]:
     if torch is not None and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
         return props.name, f"{props.major}.{props.minor}", str(torch.version.cuda)
-    from pyengine.info import gpus
+    from pyengine.devices import gpus
 
     found = gpus()
     if not found or device >= len(found):

@@ -30,7 +30,7 @@ mosaic's own pixel grid and cannot be carried over: they are refused
 :func:`pyengine.io.fitswrite.write_image` (float32 primary image, NaN where
 no score) with the adjusted WCS, ``STRIDE``, ``GRIDOFF``, ``BUNIT =
 'probability'`` and the caller's metadata keywords (the catalog's rules,
-:func:`pyengine.output.catalog.check_meta`).  The file passes ``fitsverify``.
+:func:`pyengine.output.fits_table.check_meta`).  The file passes ``fitsverify``.
 
 Thread safety: functions copy the WCS they are given and share no state; they
 may run concurrently.
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError, OutputError
-from pyengine.output.catalog import _card, _meta_cards, check_meta
+from pyengine.output.fits_table import check_meta, header_card, meta_cards
 
 __all__ = ["scoremap_wcs", "write_scoremap"]
 
@@ -127,13 +127,13 @@ def write_scoremap(path, scores, wcs, stride: int, offset: int, *, meta: dict) -
     header = Header()
     for card in map_wcs.to_header(relax=True).cards:
         header.append(card)
-    header.append(_card("BUNIT", "probability", "cluster probability (score)"))
-    header.append(_card("STRIDE", stride, "grid step in mosaic pixels"))
-    header.append(_card("GRIDOFF", offset, "0-based mosaic pixel of map pixel 0"))
-    for key, value, comment in _meta_cards(extra):
-        header.append(_card(key, value, comment))
+    header.append(header_card("BUNIT", "probability", "cluster probability (score)"))
+    header.append(header_card("STRIDE", stride, "grid step in mosaic pixels"))
+    header.append(header_card("GRIDOFF", offset, "0-based mosaic pixel of map pixel 0"))
+    for key, value, comment in meta_cards(extra):
+        header.append(header_card(key, value, comment))
     if "CONTINUE" in header.tostring():
-        header.append(_card("LONGSTRN", "OGIP 1.0", "long strings use CONTINUE"))
+        header.append(header_card("LONGSTRN", "OGIP 1.0", "long strings use CONTINUE"))
     try:
         return write_image(path, scores.astype(np.float32, copy=False), header)
     except OSError as exc:

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError
+from pyengine.errors import ConfigError, RunnerUnavailable
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
-from pyengine.runners.base import Runner, RunnerUnavailable, model_file_export, unavailable
+from pyengine.runners.base import Runner
+from pyengine.runners.loaders import model_file_export
+from pyengine.runners.probe import unavailable
 
-__all__ = ["OnnxRuntimeRunner", "default_cache_dir"]
+__all__ = ["OnnxRuntimeRunner", "decision_agreement", "default_cache_dir", "onnx_scores"]
 
 
 def default_cache_dir() -> Path:
@@ -93,3 +95,21 @@ class OnnxRuntimeRunner(Runner):
 
     def _deactivate(self) -> None:
         self._session = None
+
+
+def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    """Scores of ``cutouts`` from a pyengine ONNX file under ONNX Runtime (CPU)."""
+    cutouts = np.asarray(cutouts, dtype=np.float32)
+    with OnnxRuntimeRunner(Path(path)) as runner:
+        out = [runner.infer(cutouts[i : i + batch]) for i in range(0, len(cutouts), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def decision_agreement(reference_path, other_path, cutouts: np.ndarray, threshold: float
+                       ) -> tuple[float, float]:
+    """(share of cutouts on the same side of ``threshold``, largest |score difference|)
+    between two ONNX files (an fp32 reference and its int8 or fp16 export)."""
+    ref = onnx_scores(reference_path, cutouts)
+    got = onnx_scores(other_path, cutouts)
+    agree = float(np.mean((ref >= threshold) == (got >= threshold))) if len(ref) else 1.0
+    return agree, float(np.max(np.abs(ref - got))) if len(ref) else 0.0

@@ -44,18 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError, ModelFileError, PyEngineError
+from pyengine.errors import ConfigError, ModelFileError, PyEngineError, RunnerUnavailable
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
-from pyengine.runners.base import (
-    ENGINE_SUFFIXES,
-    PRECISIONS,
-    Pending,
-    Runner,
-    RunnerUnavailable,
-    model_file_export,
-    tensorrt_problem,
-    unavailable,
-)
+from pyengine.runners.base import ENGINE_SUFFIXES, PRECISIONS, Pending, Runner
+from pyengine.runners.loaders import model_file_export
+from pyengine.runners.probe import tensorrt_problem, unavailable
 from pyengine.runners.torch import CudaFeed, parse_device
 
 __all__ = ["DEFAULT_PROFILE", "EnginePlan", "TensorInfo", "TensorRTRunner", "check_engine_io",

@@ -47,16 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError
-from pyengine.runners.base import (
-    CPU_BATCH,
-    GPU_BATCH,
-    PRECISIONS,
-    Pending,
-    Runner,
-    RunnerUnavailable,
-    unavailable,
-)
+from pyengine.errors import ConfigError, RunnerUnavailable
+from pyengine.runners.base import CPU_BATCH, GPU_BATCH, PRECISIONS, Pending, Runner
+from pyengine.runners.probe import unavailable
 
 __all__ = ["CudaFeed", "CudaPending", "TorchRunner", "parse_device"]
 

@@ -8,7 +8,7 @@ lists the values to train on (rows with other values are left out and counted).
 ``cluster``, ``1``, ``True`` (case-insensitive) present among the values.
 ``--binary`` merges the classes into ``non-cluster`` / ``cluster``.
 
-Cutouts are extracted once at size S + 2 through :func:`pyengine.cutouts.extract_cutouts`
+Cutouts are extracted once at size S + 2 through :func:`pyengine.scan.cutouts.extract_cutouts`
 (the scan's own TilePlan/gather path) so augmentation can jitter by +-1 px with real
 pixels; the central S x S crop is exactly the cutout a scan sees.  Rows whose centre
 is off the image or whose central crop is more than ``max_nan`` blank are dropped and
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pyengine.coords import centre_pixel
-from pyengine.cutouts import extract_cutouts
 from pyengine.errors import CatalogError, ConfigError
 from pyengine.io.catalog import catalog_positions, find_column, read_catalog
-from pyengine.train import SPLITS
+from pyengine.scan.cutouts import extract_cutouts
+from pyengine.training.config import SPLITS
 
 __all__ = ["ClassPlan", "TrainingSet", "block_index", "label_strings", "load_training_set",
            "plan_classes", "robust_sigma", "split_indices"]

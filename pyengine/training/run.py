@@ -12,9 +12,11 @@ Thread safety: one run per process (see :mod:`pyengine.train`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from pyengine.models.checkpoint import file_sha256, load_model, read_spec, save_
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.resnet import load_torchvision_weights
 from pyengine.models.spec import ModelSpec, PreprocessSpec
-from pyengine.train import TrainResult, config_hash, describe_changes
+from pyengine.training.config import TrainConfig, TrainResult, config_hash, describe_changes
 from pyengine.training.data import load_training_set, split_indices
 from pyengine.training.loop import (
     build_optimizer,
@@ -43,7 +45,9 @@ from pyengine.training.loop import (
 )
 from pyengine.training.report import plot_pr_curve, validation_metrics
 
-__all__ = ["run"]
+__all__ = ["run", "train"]
+
+_log = logging.getLogger("pyengine.train")
 
 
 def _date() -> str:
@@ -208,3 +212,31 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     rate = float(np.mean(rates)) if rates else math.nan
     return TrainResult(Path(cfg.output), plot, model.spec, history, rate)
 
+
+def train(config: TrainConfig, *, log: Callable[[str], None] | None = None, progress=None,
+          command_line: str | None = None,
+          on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
+    """Run ``config``; write the model file and its PR-curve PNG (see :mod:`pyengine.train`).
+
+    ``log`` receives one-line notes (default: the ``pyengine.train`` logger);
+    ``progress`` is a :class:`pyengine.training.report.Progress` (default: one log
+    line per epoch); ``on_epoch_end(epoch)`` runs after each epoch's checkpoint.
+    """
+    import torch
+
+    log = log or _log.info
+    out = Path(config.output)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--output {config.output!r}: directory {str(out.parent)!r} does not "
+                          "exist or is not writable")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        torch.use_deterministic_algorithms(True)
+        with torch.random.fork_rng(devices=[]):
+            return run(config, log=log, progress=progress, command_line=command_line,
+                       on_epoch_end=on_epoch_end)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)

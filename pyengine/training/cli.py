@@ -15,7 +15,7 @@ from dataclasses import fields
 
 import click
 
-from pyengine.train import BALANCES, SPLITS, TrainConfig
+from pyengine.training.config import BALANCES, SPLITS, TrainConfig
 
 __all__ = ["train"]
 
@@ -115,8 +115,8 @@ def train(ctx, images, catalog, output, bands, label_col, positive, classes, bin
     validation metrics (ROC AUC, PR curve, confusion matrix, F1-optimal and
     target-purity thresholds) and a PNG of the precision-recall curve.
     """
-    from pyengine.train import train as run_training
     from pyengine.training.report import Progress
+    from pyengine.training.run import train as run_training
 
     config = TrainConfig(
         images=images, catalog=catalog, output=output, bands=_list(bands),

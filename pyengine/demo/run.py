@@ -1,14 +1,5 @@
-"""``pyengine demo``: the whole job on a small synthetic field, checked against its truth.
-
-Makes a PAndAS-like g, i field (:mod:`pyengine.synth`), scans it in detection
-mode with the shipped demo model, writes the catalog, DS9 regions and a PNG
-overview with the candidates marked, and prints completeness and purity of
-the candidates against the field's truth table (a candidate is a true cluster
-when a truth cluster lies within ``match_radius`` pixels).
-
-Thread safety: one demo per process (it installs no signal handlers; the scan
-runs the engine's own threads).
-"""
+"""The demo's work: field, scan, evaluation against the truth, overview PNG
+(see :mod:`pyengine.demo`)."""
 
 from __future__ import annotations
 
@@ -16,10 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
-__all__ = ["DemoResult", "demo", "evaluate", "run_demo"]
+__all__ = ["DemoResult", "evaluate", "overview_png", "run_demo"]
 
 
 @dataclass
@@ -112,10 +102,10 @@ def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
     """Synthesise, scan, write and evaluate; returns the evaluation."""
     from astropy.table import Table
 
-    from pyengine.engine import Engine
     from pyengine.io.mosaic import Mosaic
-    from pyengine.scan import run_scan
-    from pyengine.sources import DetectSource
+    from pyengine.scan.engine import Engine
+    from pyengine.scan.run import run_scan
+    from pyengine.sources.detect import DetectSource
     from pyengine.synth.config import SynthConfig
     from pyengine.synth.field import make_field
 
@@ -148,19 +138,3 @@ def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
          f"purity {100 * result.purity:.1f}% ({result.true_candidates}/{result.candidates})")
     echo(f"total {time.perf_counter() - t0:.1f} s")
     return result
-
-
-@click.command()
-@click.option("--out", "out_dir", default="demo-out", show_default=True,
-              type=click.Path(file_okay=False), help="Directory for the field and the results.")
-@click.option("--size", type=int, default=1536, show_default=True, help="Field size, pixels.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Field random seed.")
-@click.option("--runner", default="auto", show_default=True, help="Runner to scan with.")
-@click.option("--threads", type=int, default=None, help="CPU threads [all].")
-def demo(out_dir, size, seed, runner, threads):
-    """Make a small synthetic field, scan it with the demo model, and score the result."""
-    from pyengine.errors import ConfigError
-
-    if not 256 <= size <= 8192:
-        raise ConfigError(f"--size {size} is out of range; accepted: 256..8192 pixels")
-    run_demo(out_dir, size=size, seed=seed, runner=runner, threads=threads, echo=click.echo)

@@ -150,12 +150,15 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if grid is not None and mag_limit is not None:
         raise ConfigError("--mag-limit does not apply to --grid (grid points have no "
                           "magnitudes)")
-    from pyengine.scan import output_paths
+    from pyengine.scan.run import output_paths
 
     output_paths(out, regions, scoremap)  # fail before loading anything heavy
-    from pyengine.engine import Engine
-    from pyengine.scan import ScanInterrupted, run_scan
-    from pyengine.sources import CatalogSource, DetectSource, GridSource
+    from pyengine.scan.engine import Engine
+    from pyengine.scan.results import ScanInterrupted
+    from pyengine.scan.run import run_scan
+    from pyengine.sources.catalog import CatalogSource
+    from pyengine.sources.detect import DetectSource
+    from pyengine.sources.grid import GridSource
 
     names = [b.strip() for b in band_names.split(",")] if band_names else None
     mosaic = Mosaic.open(list(bands), bands=names)

@@ -29,6 +29,7 @@ import threading
 import numpy as np
 
 from pyengine import _core
+from pyengine.memory import aligned_empty
 
 __all__ = [
     "BatchRing",
@@ -106,19 +107,6 @@ def gather_reference(tile, cx, cy, size, *, offset=None, scale=None, out=None,
         return res
     out[...] = res
     return out
-
-
-def aligned_empty(shape, dtype, align=4096):
-    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary."""
-    align = operator.index(align)
-    if align < 1 or align & (align - 1):
-        raise ValueError(f"align must be a power of two, got {align}")
-    dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def make_slots(count, batch, nband, size, dtype=np.float32):

@@ -7,14 +7,14 @@ here, on request, never at ``import pyengine``.
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 
-__all__ = ["RunnerStatus", "cpu_model", "gpus", "machine_info", "package_versions", "runners"]
+from pyengine.devices import cpu_model, gpus, usable_threads
+from pyengine.runners.probe import available_runners
+
+__all__ = ["RunnerStatus", "machine_info", "package_versions", "runners"]
 
 _PACKAGES = (
     "pyengine", "numpy", "numba", "llvmlite", "astropy", "fitsio", "click",
@@ -42,46 +42,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo where available."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
-
-def usable_threads() -> int:
-    """CPU threads this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def gpus() -> list[dict[str, str]]:
-    """NVIDIA GPUs reported by nvidia-smi (empty when there is none)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        res = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,driver_version,compute_cap",
-             "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    found = []
-    for line in res.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 4:
-            found.append(dict(zip(("name", "memory", "driver", "compute_capability"), parts,
-                                  strict=True)))
-    return found
 
 
 def _probe_onnxruntime() -> RunnerStatus:
@@ -122,10 +83,8 @@ def _probe_tensorrt() -> RunnerStatus:
 
 def runners() -> list[RunnerStatus]:
     """Every runner pyengine knows, probed in isolation: one broken backend fails alone.
-    Usability is :func:`pyengine.runners.base.available_runners`' verdict (what
+    Usability is :func:`pyengine.runners.probe.available_runners`' verdict (what
     ``make_runner`` acts on); the probes add versions and devices."""
-    from pyengine.runners.base import available_runners
-
     problems = available_runners()
     out = []
     for status in (_probe_onnxruntime(), _probe_torch(), _probe_tensorrt()):

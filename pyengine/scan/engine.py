@@ -10,7 +10,7 @@ waiting for pixels (DESIGN.md §2):
    (SEP detection runs here), and, for a float16 transfer, the tile's per-band
    offset and scale;
 2. **gather** (one thread driving the C++ worker pool of
-   :class:`pyengine.batching.BatchRing`): fills fixed-size batch slots with the
+   :class:`pyengine.scan.batching.BatchRing`): fills fixed-size batch slots with the
    windows of consecutive positions, spanning tile boundaries, so every batch
    but the last is full;
 3. **infer** (one thread): ``runner.submit`` with up to two batches in flight
@@ -40,18 +40,20 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from pyengine.batching import BatchRing, gather
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError, MosaicMismatchError
+from pyengine.flags import BLANK, EDGE
 from pyengine.io.tiles import Tile, TilePlan
-from pyengine.output.catalog import BLANK, EDGE
-from pyengine.runners.base import Runner, make_runner
+from pyengine.runners.base import Runner
+from pyengine.runners.select import make_runner
+from pyengine.scan.batching import BatchRing, gather
+from pyengine.scan.results import TileResult
 
-__all__ = ["Engine", "ScanStopped", "TileResult"]
+__all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
 
 DEFAULT_CORE = 2048
 DEFAULT_MAX_NAN = 0.5
@@ -60,36 +62,6 @@ _POLL = 0.1  # seconds between checks of the abort flag while a stage waits
 
 class ScanStopped(Exception):
     """Raised inside the pipeline threads when the scan is being torn down."""
-
-
-@dataclass
-class TileResult:
-    """Everything a scan learned about one tile's positions (all arrays length n)."""
-
-    tile: int
-    x: np.ndarray  # float64, 0-based mosaic pixels
-    y: np.ndarray
-    row: np.ndarray  # int64 input catalog row, -1 otherwise
-    score: np.ndarray  # float32 (NaN: not scored)
-    nan_fraction: np.ndarray  # float32 share of NaN cutout pixels
-    flags: np.ndarray  # int32 bitmask (pyengine.output.catalog)
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.x.size)
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Flat dict for the resume journal (numeric arrays only)."""
-        out = {"x": self.x, "y": self.y, "row": self.row, "score": self.score,
-               "nan_fraction": self.nan_fraction, "flags": self.flags}
-        out.update({f"col_{k}": v for k, v in self.columns.items()})
-        return out
-
-    @classmethod
-    def from_arrays(cls, tile: int, arrays: dict[str, np.ndarray]) -> TileResult:
-        columns = {k[4:]: v for k, v in arrays.items() if k.startswith("col_")}
-        return cls(tile, arrays["x"], arrays["y"], arrays["row"], arrays["score"],
-                   arrays["nan_fraction"], arrays["flags"], columns)
 
 
 @dataclass
@@ -262,7 +234,7 @@ class Engine:
     def prepare(self, mosaic, sources=None):
         """(mosaic, source, plan) ready to scan: bands matched to the model, source bound."""
         from pyengine.io.mosaic import Mosaic
-        from pyengine.sources import DetectSource
+        from pyengine.sources.detect import DetectSource
 
         if not isinstance(mosaic, Mosaic):
             mosaic = Mosaic.open(mosaic)
@@ -274,7 +246,7 @@ class Engine:
 
     def scan(self, mosaic, sources=None):
         """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``."""
-        from pyengine.scan import assemble_catalog
+        from pyengine.scan.assembly import assemble_catalog
 
         mosaic, source, plan = self.prepare(mosaic, sources)
         results = list(self.iter_results(mosaic, source, plan))
@@ -282,7 +254,7 @@ class Engine:
 
     def iter_scan(self, mosaic, sources=None):
         """Per-tile catalogs (astropy Tables), in tile order, as tiles complete."""
-        from pyengine.scan import tile_table
+        from pyengine.scan.assembly import tile_table
 
         mosaic, source, plan = self.prepare(mosaic, sources)
         for result in self.iter_results(mosaic, source, plan):

@@ -2,7 +2,7 @@
 
 Positions are grouped by the tile that owns them (TilePlan), each tile's
 window (core + halo) is read once (Mosaic.read), and the windows are gathered
-by the C++ core (pyengine.batching.gather).  Training, calibration and export
+by the C++ core (pyengine.scan.batching.gather).  Training, calibration and export
 checks use this module, so they see exactly the pixels a scan sees; the scan
 engine runs the same steps concurrently.
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pyengine.batching import gather
 from pyengine.coords import centre_pixel
 from pyengine.io.tiles import Tile, TilePlan
+from pyengine.scan.batching import gather
 
 __all__ = ["Cutouts", "extract_cutouts", "iter_tile_cutouts"]
 

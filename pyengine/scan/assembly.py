@@ -1,0 +1,149 @@
+"""Catalog assembly: per-tile results -> the catalog of DESIGN.md §4.
+
+:func:`assemble_catalog` turns per-tile results into one row per position
+(off-image positions flagged, not dropped), ``id, ra, dec, x, y, score,
+is_candidate, flags, tile``, the source's own columns and the input catalog's
+columns (renamed ``in_<name>`` where they collide), with metadata in
+``table.meta``; :func:`tile_table` is one tile's rows, for ``Engine.iter_scan``.
+
+Thread safety: pure functions of their arguments; called from one thread per scan.
+"""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+
+import numpy as np
+
+from pyengine import __version__
+from pyengine.flags import BLANK, NOT_CANDIDATE, OFF_IMAGE, describe_flags
+from pyengine.scan.results import TileResult
+
+__all__ = ["STANDARD", "assemble_catalog", "candidates", "catalog_meta", "tile_table"]
+
+STANDARD = ("id", "ra", "dec", "x", "y", "score", "is_candidate", "flags", "tile")
+
+
+# -- per-tile and whole catalogs --------------------------------------------------------
+def _sky(mosaic, x, y):
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore")
+        ra, dec = mosaic.wcs.pixel_to_world_values(x, y)
+    return np.asarray(ra, np.float64) % 360.0, np.asarray(dec, np.float64)
+
+
+def candidates(engine, score, flags):
+    with np.errstate(invalid="ignore"):
+        return (score >= engine.threshold) & ((flags & NOT_CANDIDATE) == 0)
+
+
+def tile_table(engine, mosaic, result: TileResult):
+    """One tile's rows as an astropy Table (no ids: those number the whole catalog)."""
+    from astropy.table import Table
+
+    ra, dec = _sky(mosaic, result.x, result.y)
+    table = Table()
+    table["ra"], table["dec"] = ra, dec
+    table["x"], table["y"] = result.x, result.y
+    table["score"] = result.score
+    table["is_candidate"] = candidates(engine, result.score, result.flags)
+    table["flags"] = result.flags
+    table["tile"] = np.full(len(result), result.tile, np.int64)
+    for name, values in result.columns.items():
+        table[name] = values
+    if np.any(result.row >= 0):
+        table["row"] = result.row
+    return table
+
+
+def _off_image_result(source) -> TileResult | None:
+    off = source.off_image()
+    n = len(off.x)
+    if n == 0:
+        return None
+    return TileResult(-1, np.asarray(off.x, np.float64), np.asarray(off.y, np.float64),
+                      np.asarray(off.row, np.int64), np.full(n, np.nan, np.float32),
+                      np.ones(n, np.float32), np.full(n, OFF_IMAGE | BLANK, np.int32),
+                      {k: np.asarray(v) for k, v in off.columns.items()})
+
+
+def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
+                     meta: dict | None = None):
+    """The catalog of a scan from its tile results (any order given; tile order kept)."""
+    from astropy.table import Table
+
+    results = sorted(results, key=lambda r: r.tile)
+    off = _off_image_result(source)
+    if off is not None:
+        results.append(off)
+    names = sorted({k for r in results for k in r.columns})
+
+    def cat(get, dtype):
+        parts = [np.asarray(get(r)) for r in results]
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+    x, y = cat(lambda r: r.x, np.float64), cat(lambda r: r.y, np.float64)
+    row = cat(lambda r: r.row, np.int64)
+    score, flags = cat(lambda r: r.score, np.float32), cat(lambda r: r.flags, np.int32)
+    tile = cat(lambda r: np.full(len(r), r.tile, np.int64), np.int64)
+    extra = {}
+    for name in names:
+        dtypes = [r.columns[name].dtype for r in results if name in r.columns]
+        dtype = np.result_type(*dtypes)
+        fill = np.nan if dtype.kind == "f" else 0
+        extra[name] = cat(lambda r, n=name, d=dtype, f=fill:
+                          r.columns.get(n, np.full(len(r), f, d)), dtype)
+    passthrough = source.passthrough()
+    # Catalog mode: input order.  Otherwise tile order, then each tile's own order.
+    order = np.argsort(row, kind="stable") if passthrough is not None else np.arange(x.size)
+    x, y, row, score, flags, tile = (a[order] for a in (x, y, row, score, flags, tile))
+    extra = {k: v[order] for k, v in extra.items()}
+    ra, dec = _sky(mosaic, x, y)
+    table = Table()
+    table["id"] = np.arange(1, x.size + 1, dtype=np.int64)
+    table["ra"], table["dec"], table["x"], table["y"] = ra, dec, x, y
+    table["score"] = score
+    table["is_candidate"] = candidates(engine, score, flags)
+    table["flags"], table["tile"] = flags, tile
+    for name, values in extra.items():
+        table[name if name not in STANDARD else f"det_{name}"] = values
+    if passthrough is not None:
+        taken = set(table.colnames)
+        rows = passthrough[row] if row.size else passthrough[:0]
+        for name in passthrough.colnames:
+            out = name if name.lower() not in {t.lower() for t in taken} else f"in_{name}"
+            table[out] = rows[name]
+            taken.add(out)
+    table.meta.update(catalog_meta(engine, mosaic, source, table))
+    if meta:
+        table.meta.update(meta)
+    return table
+
+
+def catalog_meta(engine, mosaic, source, table) -> dict:
+    """Header metadata of a catalog (FITS-safe keys)."""
+    from pyengine.models.checkpoint import DEMO_MODEL
+
+    meta = {
+        "PYENGVER": __version__,
+        "DATE": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "MODEL": str(engine.model if engine.model is not None else DEMO_MODEL.name),
+        "MODELSHA": engine.model_sha256,
+        "THRESH": engine.threshold,
+        "RUNNER": engine.runner.name,
+        "PRECISN": engine.runner.precision,
+        "BANDS": ",".join(engine.spec.bands),
+        "CUTOUT": engine.spec.cutout_size,
+        "SOURCE": source.describe(),
+        "MAXNAN": engine.max_nan_fraction,
+        "NPOS": len(table),
+        "NCAND": int(np.count_nonzero(table["is_candidate"])),
+        "FLAGS": describe_flags(),
+        "RADESYS": "ICRS",
+    }
+    for i, path in enumerate(mosaic.paths, 1):
+        meta[f"BANDFIL{i}"] = str(path)
+    return meta
