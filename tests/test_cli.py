@@ -25,6 +25,16 @@ def test_help_imports_no_heavy_modules():
     assert res.stdout.strip() == ""
 
 
+def test_help_imports_no_numpy():
+    """Every subcommand module defers its work's imports: ``pyengine --help`` loads no NumPy
+    (each command's package ``__init__`` imports lazily)."""
+    code = ("import sys; from click.testing import CliRunner; from pyengine.cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+            "print('numpy' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
 def test_help_lists_commands():
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0
