@@ -107,3 +107,52 @@ def test_bad_plans_are_refused():
         TilePlan((0, 10))
     with pytest.raises(ConfigError, match="1 x values but 2 y"):
         TilePlan((10, 10)).assign([1.0], [1.0, 2.0])
+
+
+def test_tile_owns_agrees_with_assign_on_half_pixel_borders():
+    """One rule, two implementations: Tile.owns (one tile, NumPy) and TilePlan.assign
+    (the plan, Numba) give every position the same owner; a .5 rounds up (floor(v + 0.5))."""
+    plan = TilePlan((130, 200), core=64, halo=8)
+    edges = np.array([-0.5000001, -0.5, 0.0, 63.4999999, 63.5, 64.0, 127.5, 128.0, 191.5,
+                      199.4999999, 199.5, 129.5, np.nan, np.inf, -np.inf, 1e300])
+    x, y = (a.ravel() for a in np.meshgrid(edges, edges))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([x, rng.uniform(-2, 202, 2000)])
+    y = np.concatenate([y, rng.uniform(-2, 132, 2000)])
+    owner = plan.assign(x, y)
+    owns = np.array([plan[t].owns(x, y) for t in range(len(plan))])
+    assert np.all(owns.sum(axis=0) == (owner >= 0))  # at most one owner, none off the image
+    for t in range(len(plan)):
+        np.testing.assert_array_equal(owns[t], owner == t)
+    first, right = plan[0], plan[1]
+    assert first.owns(63.4999999, 0.0) and not first.owns(63.5, 0.0) and right.owns(63.5, 0.0)
+    assert first.owns(-0.5, -0.5) and not first.owns(-0.5000001, 0.0)
+    assert not any(plan[t].owns(np.nan, 1.0) for t in range(len(plan)))
+
+
+def test_assign_from_many_threads_equals_serial():
+    """The parallel kernel runs under the process-wide pool lock; callers that find it
+    busy run the serial kernel; either way the owners are the same."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyengine.kernels.pool import POOL
+    from pyengine.kernels.tiling import _PARALLEL_MIN
+
+    plan = TilePlan((3000, 2000), core=256, halo=16)
+    rng = np.random.default_rng(1)
+    n = 2 * _PARALLEL_MIN  # large enough for the parallel kernel
+    x, y = rng.uniform(-10, 2010, n), rng.uniform(-10, 3010, n)
+    with POOL:  # pool busy: the serial kernel
+        serial = plan.assign(x, y)
+    barrier = threading.Barrier(6)
+
+    def work(_):
+        barrier.wait()
+        return [plan.assign(x, y) for _ in range(4)]
+
+    with ThreadPoolExecutor(6) as pool:
+        for results in pool.map(work, range(6)):
+            for got in results:
+                np.testing.assert_array_equal(got, serial)
+    assert not POOL.locked()
