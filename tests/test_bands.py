@@ -157,3 +157,26 @@ def test_megacam_pair_scans_like_plain_names(model, field, tmp_path):
     assert len(plain) == len(megacam) > 0
     np.testing.assert_array_equal(plain["score"], megacam["score"])
     np.testing.assert_array_equal(plain["ra"], megacam["ra"])
+
+
+def test_fine_tuning_refuses_the_same_bands_in_another_order(tmp_path):
+    """Initial weights of a model of bands (i, g) on images (g, i) would swap conv1's
+    channels silently; by the one rule, MegaCam names are the same bands."""
+    import torch
+
+    from pyengine.errors import ModelFileError
+    from pyengine.models.checkpoint import save_model
+    from pyengine.models.classifier import ClusterClassifier
+    from pyengine.models.spec import ModelSpec
+    from pyengine.training.run import apply_init
+
+    torch.manual_seed(0)
+    swapped = save_model(ClusterClassifier(ModelSpec(bands=("i", "g"), cutout_size=32)),
+                         tmp_path / "ig.safetensors")
+    same = save_model(ClusterClassifier(ModelSpec(bands=("g", "i"), cutout_size=32)),
+                      tmp_path / "gi.safetensors")
+    model = ClusterClassifier(ModelSpec(bands=("g.MP9401", "i.MP9702"), cutout_size=32))
+    with pytest.raises(ModelFileError, match=r"a model of bands \['i', 'g'\]; these images "
+                                             r"are \['g\.MP9401', 'i\.MP9702'\]: give the images"):
+        apply_init(model, str(swapped), "pyengine", lambda message: None)
+    assert apply_init(model, str(same), "pyengine", lambda message: None) == []

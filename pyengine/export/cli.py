@@ -40,7 +40,7 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
         if images:
             paths, where = list(images), f"{len(images)} band image(s)"
         else:
-            if tuple(spec.bands) != ("g", "i"):
+            if match_order(("g", "i"), spec.bands) is None:
                 raise ConfigError(f"the model's bands are {list(spec.bands)}; give --images for "
                                   "them (a synthetic field has g and i only)")
             from pyengine.synth import SynthConfig, make_field
@@ -49,7 +49,7 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
             paths = [result.images["g"][0], result.images["i"][0]]
             where, catalog = f"a synthetic 1024 px field (seed {seed})", result.truth
             columns = {"x_col": "x", "y_col": "y"}  # its truth table has RA/Dec too
-        with Mosaic.open(paths, bands=bands if images else list(spec.bands)) as mosaic:
+        with Mosaic.open(paths, bands=bands) as mosaic:  # a synthetic field: FILTER g, i
             order = match_order(mosaic.bands, spec.bands)
             if order is None:
                 raise ConfigError(f"the images' bands {list(mosaic.bands)} differ from the "

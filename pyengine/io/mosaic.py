@@ -24,8 +24,9 @@ Two paths, one decode (pyengine.kernels.decode):
 Thread safety: ``read`` may be called from any number of threads at once.
 Memory-mapped bands share one read-only map; compressed bands open one fitsio
 handle per thread.  One call at a time decodes on Numba's thread pool
-(rows in parallel); calls that find the pool busy decode on their own
-thread.  Decoding and cfitsio reads run without the GIL.  ``close`` must not
+(rows in parallel, holding the process-wide lock of pyengine.kernels.pool,
+which the tiling kernel shares); calls that find the pool busy decode on
+their own thread.  Decoding and cfitsio reads run without the GIL.  ``close`` must not
 race with ``read``.
 """
 
