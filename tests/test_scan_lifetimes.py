@@ -104,8 +104,8 @@ def test_prepare_closes_what_it_opened_when_binding_fails(engine, field, catalog
 def test_two_engines_scanning_in_two_threads_equal_serial(model, field, catalog, tmp_path):
     """Concurrent scans share Numba's pool (decode and tiling kernels take turns on it)
     and SEP; each gives the catalog a serial scan gives."""
-    def make():
-        return Engine(model, runner="onnxruntime", batch_size=16, threads=1, core=64,
+    def make():  # 256 px cores: tile windows large enough for the parallel decode kernel
+        return Engine(model, runner="onnxruntime", batch_size=16, threads=1, core=256,
                       cache_dir=tmp_path / "onnx")
 
     jobs = [lambda e: e.scan(field["paths"], CatalogSource(catalog)),

@@ -130,29 +130,47 @@ def test_tile_owns_agrees_with_assign_on_half_pixel_borders():
     assert not any(plan[t].owns(np.nan, 1.0) for t in range(len(plan)))
 
 
+_CONCURRENT_ASSIGN = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+from pyengine import TilePlan
+from pyengine.kernels.pool import POOL
+from pyengine.kernels.tiling import _PARALLEL_MIN
+
+plan = TilePlan((3000, 2000), core=256, halo=16)
+rng = np.random.default_rng(1)
+x, y = rng.uniform(-10, 2010, 4 * _PARALLEL_MIN), rng.uniform(-10, 3010, 4 * _PARALLEL_MIN)
+with POOL:  # the pool busy: the serial kernel
+    serial = plan.assign(x, y)
+barrier = threading.Barrier(6)
+
+def work(_):
+    barrier.wait()
+    return all(np.array_equal(plan.assign(x, y), serial) for _ in range(20))
+
+with ThreadPoolExecutor(6) as pool:
+    same = all(pool.map(work, range(6)))
+print(numba.threading_layer(), same, POOL.locked())
+"""
+
+
 def test_assign_from_many_threads_equals_serial():
-    """The parallel kernel runs under the process-wide pool lock; callers that find it
-    busy run the serial kernel; either way the owners are the same."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+    """The parallel kernel runs under the process-wide pool lock and callers finding it
+    busy run the serial kernel: under Numba's workqueue layer, which terminates the
+    process on concurrent parallel regions, six threads assigning at once agree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from pyengine.kernels.pool import POOL
-    from pyengine.kernels.tiling import _PARALLEL_MIN
-
-    plan = TilePlan((3000, 2000), core=256, halo=16)
-    rng = np.random.default_rng(1)
-    n = 2 * _PARALLEL_MIN  # large enough for the parallel kernel
-    x, y = rng.uniform(-10, 2010, n), rng.uniform(-10, 3010, n)
-    with POOL:  # pool busy: the serial kernel
-        serial = plan.assign(x, y)
-    barrier = threading.Barrier(6)
-
-    def work(_):
-        barrier.wait()
-        return [plan.assign(x, y) for _ in range(4)]
-
-    with ThreadPoolExecutor(6) as pool:
-        for results in pool.map(work, range(6)):
-            for got in results:
-                np.testing.assert_array_equal(got, serial)
-    assert not POOL.locked()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _CONCURRENT_ASSIGN], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", "True", "False"], done.stdout
