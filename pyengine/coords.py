@@ -8,8 +8,9 @@ x_fits = x + 1.
 
 The centre pixel of a position is floor(v + 0.5), so a half-integer rounds up
 (10.5 -> 11) consistently; ``numpy.round`` would round half to even and split
-the boundary between tiles unevenly.  Tile ownership (kernels.tiling) uses the
-same rule.
+the boundary between tiles unevenly.  Tile ownership uses the same rule, in
+one place: ``Tile.owns`` and ``TilePlan.assign`` (pyengine.io.tiles, the
+latter through the Numba kernel of pyengine.kernels.tiling).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from astropy.io import fits
 from astropy.table import Table
 
 from pyengine import Mosaic
@@ -315,3 +316,40 @@ def test_export_cli_onnx_int8_and_tensorrt_message(tmp_path, model_file):
     res = runner.invoke(main, ["export", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 1
     assert "no such model file" in res.output
+
+
+def test_export_bands_name_images_whose_files_are_not_band_names(tmp_path, model_file, field):
+    """--bands (scan's syntax and help) names g_f32.fits / i_f32.fits, in any order."""
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+    from pyengine.export.cli import _check_cutouts
+
+    images = {}
+    for src in field["paths"]:  # the scan field, without FILTER keys
+        with fits.open(src) as hdul:
+            header, data = hdul[0].header.copy(), hdul[0].data.copy()
+        del header["FILTER"]
+        images[src.stem] = tmp_path / f"{src.stem}_f32.fits"
+        fits.PrimaryHDU(data, header).writeto(images[src.stem])
+    spec = load_model(model_file).spec
+    g_i, i_g = [images["g"], images["i"]], [images["i"], images["g"]]
+    with pytest.raises(ConfigError, match=r"the images' bands \['g_f32', 'i_f32'\] differ from "
+                                          r"the model's \['g', 'i'\]; .* --bands"):
+        _check_cutouts(spec, g_i, None, 32, 1)
+    a, _ = _check_cutouts(spec, g_i, None, 32, 1, ["g", "i"])
+    b, where = _check_cutouts(spec, i_g, None, 32, 1, ["i", "g"])
+    assert a.shape[1:] == (2, 32, 32) and len(a) > 16 and "2 band image(s)" in where
+    np.testing.assert_array_equal(a, b)  # put in the model's band order
+    runner = CliRunner()
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(model_file.read_bytes())
+    args = ["export", str(src), "--images", str(i_g[0]), "--images", str(i_g[1]),
+            "--cutouts", "16"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 1 and "name them with --bands" in res.output
+    res = runner.invoke(main, [*args, "--bands", "i,g"])
+    assert res.exit_code == 0, res.output
+    assert "cutouts from 2 band image(s)" in res.output and (tmp_path / "model.onnx").exists()
+    res = runner.invoke(main, ["export", str(src), "--bands", "g,i", "--cutouts", "16"])
+    assert res.exit_code == 1 and "names the --images, and none were given" in res.output

@@ -193,6 +193,31 @@ def test_band_names_from_filter_band_and_stem(tmp_path):
         assert m.bands == ("g",)
 
 
+def test_mosaic_names_two_extensions_of_one_file(tmp_path):
+    header = make_wcs((37, 53)).to_header()
+    data = np.zeros((37, 53), np.float32)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, header),
+                  fits.ImageHDU(data + 1, header)]).writeto(tmp_path / "f.fits")
+    with Mosaic.open([f"{tmp_path}/f.fits[1]", f"{tmp_path}/f.fits[2]"]) as m:
+        assert m.bands == ("f[1]", "f[2]")
+        assert m.read(0, 1, 0, 1)[:, 0, 0].tolist() == [0.0, 1.0]
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, header, name="G"),
+                  fits.ImageHDU(data + 1, header, name="I")]).writeto(tmp_path / "e.fits")
+    with Mosaic.open([f"{tmp_path}/e.fits[1]", f"{tmp_path}/e.fits[I]"]) as m:
+        assert m.bands == ("G", "I")
+    with pytest.raises(ConfigError, match="not unique"):  # one HDU twice
+        Mosaic.open([f"{tmp_path}/f.fits[1]", f"{tmp_path}/f.fits[1]"])
+
+
+def test_mosaic_refuses_bands_equal_by_key(tmp_path):
+    write_image(tmp_path / "a.fits", "f32", header_extra={"FILTER": "i.MP9702"})
+    write_image(tmp_path / "b.fits", "f32", header_extra={"FILTER": "i.MP9703"})
+    with pytest.raises(ConfigError, match=r"not unique when compared .*: i\.MP9702, i\.MP9703"):
+        Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"])
+    with Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"], bands=["i1", "i2"]) as m:
+        assert m.bands == ("i1", "i2")  # --bands overrides
+
+
 def test_out_buffer_is_filled_in_place(tmp_path):
     write_image(tmp_path / "a.fits", "f32")
     with Mosaic.open([tmp_path / "a.fits", tmp_path / "a.fits"], bands=["x", "y"]) as m:

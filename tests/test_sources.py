@@ -515,6 +515,24 @@ def test_detection_band_and_halo_checked_at_bind(field):
         DetectSource().bind(field, TilePlan(SHAPE, core=128, halo=4))
 
 
+def test_detection_bands_compare_by_the_one_band_rule(field):
+    """band= and mag_band= find bands as Mosaic matching does (pyengine.bands): MegaCam
+    filter names match their band letter, any case; names are shown as the mosaic's."""
+    plan = TilePlan(SHAPE, core=128, halo=16)
+    with Mosaic.open(field.paths, bands=["g.MP9401", "i.MP9702"]) as megacam:
+        source = DetectSource(band="G", mag_band="i", zero_point=30.0)
+        source.bind(megacam, plan)
+        fp = source.fingerprint()
+        assert (fp["band"], fp["mag_band"]) == ("g.MP9401", "i.MP9702")
+        assert "band g.MP9401" in source.describe()
+        with pytest.raises(ConfigError, match="magnitude band 'r' is not a band of the mosaic; "
+                                              r"accepted: g\.MP9401, i\.MP9702"):
+            DetectSource(mag_band="r", zero_point=30.0).bind(megacam, plan)
+    source = DetectSource(band="i.MP9702")  # the plain-named mosaic: i
+    source.bind(field, plan)
+    assert source.fingerprint()["band"] == "i"
+
+
 def test_detection_fingerprint_and_pickle(field):
     plan = TilePlan(SHAPE, core=128, halo=16)
     a, b = DetectSource(), DetectSource(threshold=4)

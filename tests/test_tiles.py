@@ -107,3 +107,70 @@ def test_bad_plans_are_refused():
         TilePlan((0, 10))
     with pytest.raises(ConfigError, match="1 x values but 2 y"):
         TilePlan((10, 10)).assign([1.0], [1.0, 2.0])
+
+
+def test_tile_owns_agrees_with_assign_on_half_pixel_borders():
+    """One rule, two implementations: Tile.owns (one tile, NumPy) and TilePlan.assign
+    (the plan, Numba) give every position the same owner; a .5 rounds up (floor(v + 0.5))."""
+    plan = TilePlan((130, 200), core=64, halo=8)
+    edges = np.array([-0.5000001, -0.5, 0.0, 63.4999999, 63.5, 64.0, 127.5, 128.0, 191.5,
+                      199.4999999, 199.5, 129.5, np.nan, np.inf, -np.inf, 1e300])
+    x, y = (a.ravel() for a in np.meshgrid(edges, edges))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([x, rng.uniform(-2, 202, 2000)])
+    y = np.concatenate([y, rng.uniform(-2, 132, 2000)])
+    owner = plan.assign(x, y)
+    owns = np.array([plan[t].owns(x, y) for t in range(len(plan))])
+    assert np.all(owns.sum(axis=0) == (owner >= 0))  # at most one owner, none off the image
+    for t in range(len(plan)):
+        np.testing.assert_array_equal(owns[t], owner == t)
+    first, right = plan[0], plan[1]
+    assert first.owns(63.4999999, 0.0) and not first.owns(63.5, 0.0) and right.owns(63.5, 0.0)
+    assert first.owns(-0.5, -0.5) and not first.owns(-0.5000001, 0.0)
+    assert not any(plan[t].owns(np.nan, 1.0) for t in range(len(plan)))
+
+
+_CONCURRENT_ASSIGN = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+from pyengine import TilePlan
+from pyengine.kernels.pool import POOL
+from pyengine.kernels.tiling import _PARALLEL_MIN
+
+plan = TilePlan((3000, 2000), core=256, halo=16)
+rng = np.random.default_rng(1)
+x, y = rng.uniform(-10, 2010, 4 * _PARALLEL_MIN), rng.uniform(-10, 3010, 4 * _PARALLEL_MIN)
+with POOL:  # the pool busy: the serial kernel
+    serial = plan.assign(x, y)
+barrier = threading.Barrier(6)
+
+def work(_):
+    barrier.wait()
+    return all(np.array_equal(plan.assign(x, y), serial) for _ in range(20))
+
+with ThreadPoolExecutor(6) as pool:
+    same = all(pool.map(work, range(6)))
+print(numba.threading_layer(), same, POOL.locked())
+"""
+
+
+def test_assign_from_many_threads_equals_serial():
+    """The parallel kernel runs under the process-wide pool lock and callers finding it
+    busy run the serial kernel: under Numba's workqueue layer, which terminates the
+    process on concurrent parallel regions, six threads assigning at once agree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _CONCURRENT_ASSIGN], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", "True", "False"], done.stdout

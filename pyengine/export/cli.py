@@ -1,7 +1,8 @@
 """``pyengine export``: a model file to ONNX (fp32, fp16, int8) or a TensorRT engine.
 
-Every export is checked on real cutouts: from ``--images`` (positions from
-``--catalog``, else a grid over the image) or, with no images, from a small
+Every export is checked on real cutouts: from ``--images`` (named by
+``--bands``, else by FILTER keys or file names, and matched to the model's
+bands; positions from ``--catalog``, else a grid over the image) or, with no images, from a small
 synthetic field made on the spot (for g,i models).  It prints the largest
 score difference from torch, and for int8 the decision agreement at the
 model's threshold.
@@ -14,11 +15,17 @@ from pathlib import Path
 
 import click
 
+from pyengine.bands import BANDS_HELP, match_order, parse_band_list
+
 __all__ = ["export"]
 
 
-def _check_cutouts(spec, images, catalog, count: int, seed: int):
-    """(cutouts, description) to check and calibrate on."""
+def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
+    """(cutouts, description) to check and calibrate on.
+
+    ``bands`` names the ``images`` (default: FILTER keys or file names); they are
+    matched to the model's bands by the rule of :mod:`pyengine.bands`, in any order.
+    """
     import numpy as np
 
     from pyengine import Mosaic
@@ -26,11 +33,14 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
     from pyengine.scan.cutouts import extract_cutouts
 
     columns = {}
+    if bands is not None and not images:
+        raise ConfigError(f"--bands {','.join(bands)} names the --images, and none were given; "
+                          "give --images too, or leave --bands out")
     with tempfile.TemporaryDirectory() as tmp:
         if images:
             paths, where = list(images), f"{len(images)} band image(s)"
         else:
-            if tuple(spec.bands) != ("g", "i"):
+            if match_order(("g", "i"), spec.bands) is None:
                 raise ConfigError(f"the model's bands are {list(spec.bands)}; give --images for "
                                   "them (a synthetic field has g and i only)")
             from pyengine.synth import SynthConfig, make_field
@@ -39,10 +49,12 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
             paths = [result.images["g"][0], result.images["i"][0]]
             where, catalog = f"a synthetic 1024 px field (seed {seed})", result.truth
             columns = {"x_col": "x", "y_col": "y"}  # its truth table has RA/Dec too
-        with Mosaic.open(paths, bands=list(spec.bands) if not images else None) as mosaic:
-            if tuple(mosaic.bands) != tuple(spec.bands):
+        with Mosaic.open(paths, bands=bands) as mosaic:  # a synthetic field: FILTER g, i
+            order = match_order(mosaic.bands, spec.bands)
+            if order is None:
                 raise ConfigError(f"the images' bands {list(mosaic.bands)} differ from the "
-                                  f"model's {list(spec.bands)}; give them in the model's order")
+                                  f"model's {list(spec.bands)}; give one image per model band, "
+                                  "or name them with --bands (in image order)")
             if catalog is not None:
                 from pyengine.io.catalog import catalog_positions, read_catalog
 
@@ -58,7 +70,8 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
             pick = rng.permutation(len(x))[:count]
             cut = extract_cutouts(mosaic, x[pick], y[pick], spec.cutout_size)
     keep = cut.on_image & (cut.nan_fraction < 0.5)
-    return cut.pixels[keep], f"{int(keep.sum())} cutouts from {where}"
+    pixels = cut.pixels[keep][:, order]  # the model's band order
+    return np.ascontiguousarray(pixels), f"{int(keep.sum())} cutouts from {where}"
 
 
 @click.command()
@@ -70,7 +83,8 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file [default: MODEL "
               "with .onnx, or the engine cache for tensorrt].")
 @click.option("--images", multiple=True, type=click.Path(dir_okay=False),
-              help="Band images for the checks and int8 calibration (repeat, model band order).")
+              help="Band images for the checks and int8 calibration (repeat, one per model band).")
+@click.option("--bands", "band_names", default=None, help=BANDS_HELP)
 @click.option("--catalog", type=click.Path(dir_okay=False), help="Positions for those cutouts.")
 @click.option("--cutouts", "count", type=click.IntRange(16, 100000), default=512,
               show_default=True, help="Cutouts for the checks (and calibration).")
@@ -82,8 +96,8 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int):
               help="int8 recipe: uint8 activations for ONNX Runtime on CPUs, or symmetric int8 "
               "for TensorRT [tensorrt with --format tensorrt, else onnxruntime].")
 @click.option("--seed", type=int, default=1, show_default=True)
-def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch, int8_target,
-           seed):
+def export(model, fmt, precision, out, images, band_names, catalog, count, cache_dir, batch,
+           int8_target, seed):
     """Export MODEL (a pyengine model file) to ONNX or TensorRT, checked on real cutouts."""
     import numpy as np
     import torch
@@ -93,9 +107,10 @@ def export(model, fmt, precision, out, images, catalog, count, cache_dir, batch,
     from pyengine.models.checkpoint import load_model
     from pyengine.runners.onnxrt import decision_agreement, onnx_scores
 
+    bands = parse_band_list(band_names)
     net = load_model(model)
     spec = net.spec
-    cutouts, where = _check_cutouts(spec, images, catalog, count, seed)
+    cutouts, where = _check_cutouts(spec, images, catalog, count, seed, bands)
     if fmt == "tensorrt":
         out_dir = Path(cache_dir).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 ``read_catalog`` reads FITS (a table HDU, ``path[ext]`` allowed), ECSV, CSV
 or Parquet by extension.  ``catalog_positions`` finds the position columns
 case-insensitively (or takes the names given) and returns 0-based pixel
-positions on a mosaic's grid: RA/Dec in degrees through the mosaic's WCS, or
+positions on a mosaic's grid: RA/Dec in degrees (ICRS) through the mosaic's
+WCS, converted to its frame when that is not ICRS (pyengine.io.skyframe), or
 x/y pixels.  Pixel columns follow the 0-based astropy convention, except
 SExtractor's ``X_IMAGE``-style columns, which are FITS 1-based and are shifted
 (pyengine.coords).  Giving both forms, or neither, is refused: the catalog
@@ -29,6 +30,7 @@ from astropy.units import UnitsWarning
 from pyengine.coords import fits_to_pixel
 from pyengine.errors import CatalogError
 from pyengine.io.fitsfile import parse_spec
+from pyengine.io.skyframe import icrs_to_pixel
 
 __all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
            "read_catalog"]
@@ -161,11 +163,8 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
             i = int(np.argmax(bad))
             raise CatalogError(f"{where}: row {i} has RA, Dec = {ra_v[i]}, {dec_v[i]}; degrees "
                                "with |Dec| <= 90 are needed")
-        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-            warnings.simplefilter("ignore")
-            px, py = wcs.world_to_pixel_values(ra_v, dec_v)
-        return CatalogPositions(np.asarray(px, np.float64), np.asarray(py, np.float64),
-                                (ra, dec), "sky")
+        px, py = icrs_to_pixel(wcs, ra_v, dec_v)  # through the WCS's frame (FK5, FK4, ...)
+        return CatalogPositions(px, py, (ra, dec), "sky")
     px, py = numeric_column(table, x, where), numeric_column(table, y, where)
     if x.lower() in ONE_BASED:
         px, py = fits_to_pixel(px, py)

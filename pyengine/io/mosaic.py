@@ -24,8 +24,9 @@ Two paths, one decode (pyengine.kernels.decode):
 Thread safety: ``read`` may be called from any number of threads at once.
 Memory-mapped bands share one read-only map; compressed bands open one fitsio
 handle per thread.  One call at a time decodes on Numba's thread pool
-(rows in parallel); calls that find the pool busy decode on their own
-thread.  Decoding and cfitsio reads run without the GIL.  ``close`` must not
+(rows in parallel, holding the process-wide lock of pyengine.kernels.pool,
+which the tiling kernel shares); calls that find the pool busy decode on
+their own thread.  Decoding and cfitsio reads run without the GIL.  ``close`` must not
 race with ``read``.
 """
 
@@ -43,6 +44,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from pyengine.bands import BandImage, check_band_names, default_band_names
 from pyengine.errors import (
     ConfigError,
     FitsFormatError,
@@ -59,18 +61,17 @@ from pyengine.kernels.decode import (
     decode_serial,
     native_view_dtype,
 )
+from pyengine.kernels.pool import POOL as _POOL  # held while a kernel runs on Numba's pool
 
 __all__ = ["Mosaic"]
 
 # Windows smaller than this many pixels decode on the calling thread: the
 # thread pool's start-up costs more than it saves.
 _PARALLEL_MIN_PIXELS = 1 << 16
-_POOL = threading.Lock()  # held while a decode runs on Numba's thread pool
 _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much around a page fault
 # Mapped file pages allowed per mosaic (split between its bands) before a full release.
 MAPPED_BUDGET = 320 << 20
-_STEMS = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fts", ".fz")
 
 
 @dataclass(frozen=True)
@@ -225,18 +226,6 @@ class _CompressedBand:
         self._local = threading.local()
 
 
-def _band_name(path: Path, header: fits.Header) -> str:
-    for key in ("FILTER", "BAND"):
-        value = header.get(key)
-        if value is not None and str(value).strip():
-            return str(value).strip()
-    name = path.name
-    for suffix in _STEMS:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -304,8 +293,9 @@ class Mosaic:
         """Open one image per band: each a path or ``path[ext]`` (number or EXTNAME).
 
         ``bands`` names the bands (default: FILTER or BAND header keys, else file
-        stems).  Bands must share one pixel grid: same shape and celestial WCS
-        agreeing within ``wcs_tolerance`` pixels over the image.
+        stems, or EXTNAMEs for several extensions of one file: the rule of
+        :mod:`pyengine.bands`).  Bands must share one pixel grid: same shape and
+        celestial WCS agreeing within ``wcs_tolerance`` pixels over the image.
         """
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
@@ -319,7 +309,7 @@ class Mosaic:
                     f"Mosaic.open: {len(bands)} band names {bands} for {len(specs)} images; "
                     "give one name per image"
                 )
-        readers, headers, names, wcses = [], [], [], []
+        readers, headers, images, wcses = [], [], [], []
         try:
             for spec in specs:
                 path, ext = parse_spec(spec)
@@ -331,17 +321,17 @@ class Mosaic:
                 kind = _CompressedBand if info.kind == "compressed" else _MemmapBand
                 readers.append(kind(path, info, shape, scaling))
                 headers.append(header)
-                names.append(_band_name(path, header))
+                images.append(BandImage(path, info.index, info.extname, header))
                 wcses.append(_celestial_wcs(where, header, shape))
             cls._check_grid(specs, readers, wcses, wcs_tolerance)
             for reader in readers:
                 reader.mapped_budget = MAPPED_BUDGET // len(readers)
-            names = bands if bands is not None else names
-            if len(set(names)) != len(names):
-                raise ConfigError(
-                    f"band names {names} (from FILTER/BAND keys or file names) are not unique; "
-                    "name the bands explicitly (bands=[...] or --bands)"
-                )
+            if bands is not None:
+                names = bands
+                check_band_names(names, "given")
+            else:
+                names = default_band_names(images)
+                check_band_names(names, "from FILTER/BAND keys or file names")
         except BaseException:
             for reader in readers:
                 reader.close()

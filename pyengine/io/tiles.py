@@ -1,6 +1,10 @@
 """TilePlan: the mosaic cut into tiles, the unit of work of a scan.
 
-A tile owns the positions whose centre pixel lies in its *core*; the cores
+A tile owns the positions whose centre pixel (floor(v + 0.5),
+:func:`pyengine.coords.centre_pixel`) lies in its *core*: :meth:`Tile.owns`
+for one tile, :meth:`TilePlan.assign` (the same rule in a Numba kernel,
+:mod:`pyengine.kernels.tiling`) for a whole plan; every other module asks
+these two, never compares with a core itself.  The cores
 partition the image into ``core`` x ``core`` squares (smaller at the right and
 bottom edges).  Reading a tile reads its core plus a *halo* of half a cutout
 on every side, so the cutout of every owned position is whole (pixels beyond
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError
 from pyengine.kernels.tiling import assign_tiles, group_by_tile
 
@@ -47,6 +52,20 @@ class Tile:
     def shape(self) -> tuple[int, int]:
         """(rows, columns) of the core."""
         return self.y1 - self.y0, self.x1 - self.x0
+
+    def owns(self, x, y) -> np.ndarray:
+        """True where position (x, y) (0-based; scalars or arrays) is this tile's: its
+        centre pixel lies in the core.  Not-finite positions belong to no tile.
+
+        Agrees with :meth:`TilePlan.assign` position by position (tested on .5 borders).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            # Not finite or beyond any image: no tile's, and keeps the int64 cast defined.
+            ok = (np.abs(x) < 2.0**62) & (np.abs(y) < 2.0**62)
+        cx, cy = centre_pixel(np.where(ok, x, 0.0)), centre_pixel(np.where(ok, y, 0.0))
+        return ok & (self.x0 <= cx) & (cx < self.x1) & (self.y0 <= cy) & (cy < self.y1)
 
 
 class TilePlan:

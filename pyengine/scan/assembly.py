@@ -12,12 +12,12 @@ Thread safety: pure functions of their arguments; called from one thread per sca
 from __future__ import annotations
 
 import datetime
-import warnings
 
 import numpy as np
 
 from pyengine import __version__
 from pyengine.flags import BLANK, NOT_CANDIDATE, OFF_IMAGE, describe_flags
+from pyengine.io.skyframe import pixel_to_icrs
 from pyengine.scan.results import TileResult
 
 __all__ = ["STANDARD", "assemble_catalog", "candidates", "catalog_meta", "tile_table"]
@@ -27,12 +27,8 @@ STANDARD = ("id", "ra", "dec", "x", "y", "score", "is_candidate", "flags", "tile
 
 # -- per-tile and whole catalogs --------------------------------------------------------
 def _sky(mosaic, x, y):
-    if x.size == 0:
-        return np.zeros(0), np.zeros(0)
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore")
-        ra, dec = mosaic.wcs.pixel_to_world_values(x, y)
-    return np.asarray(ra, np.float64) % 360.0, np.asarray(dec, np.float64)
+    """ICRS RA/Dec, whatever the frame of the mosaic's WCS (the catalog says RADESYS ICRS)."""
+    return pixel_to_icrs(mosaic.wcs, x, y)
 
 
 def candidates(engine, score, flags):

@@ -19,6 +19,8 @@ import time
 
 import click
 
+from pyengine.bands import BANDS_HELP, parse_band_list
+
 __all__ = ["scan"]
 
 EXIT_INTERRUPTED = 130
@@ -97,8 +99,7 @@ def _resume_command() -> str:
 @click.option("--resume", is_flag=True, help="Finish an interrupted scan of the same inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--log-json", is_flag=True, help="JSON lines on stdout: per tile and a summary.")
-@click.option("--bands", "band_names", default=None,
-              help="Comma-separated band names for the images [FILTER keys or file names].")
+@click.option("--bands", "band_names", default=None, help=BANDS_HELP)
 @click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
 @click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")
 @click.option("--x-col", default=None, help="Catalog x column (0-based pixels).")
@@ -160,8 +161,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     from pyengine.sources.detect import DetectSource
     from pyengine.sources.grid import GridSource
 
-    names = [b.strip() for b in band_names.split(",")] if band_names else None
-    mosaic = Mosaic.open(list(bands), bands=names)
+    mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
     elif grid is not None:

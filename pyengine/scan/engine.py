@@ -33,6 +33,7 @@ concurrent scans.  ``iter_scan`` must be consumed from one thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyengine.bands import match_order
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.flags import BLANK, EDGE
@@ -232,33 +234,64 @@ class Engine:
 
     # -- scanning ------------------------------------------------------------------
     def prepare(self, mosaic, sources=None):
-        """(mosaic, source, plan) ready to scan: bands matched to the model, source bound."""
+        """(mosaic, source, plan) ready to scan: bands matched to the model, source bound.
+
+        ``mosaic`` is a :class:`Mosaic` or the band image paths.  The mosaic returned
+        is the one given when its bands are already in the model's order; otherwise
+        (paths given, or bands to reorder) it is one this call opened, and the caller
+        closes it (``returned is not given``); :meth:`prepared` does that.  Nothing
+        opened here stays open when this raises.  A Mosaic the caller passed is
+        never closed here.
+        """
         from pyengine.io.mosaic import Mosaic
         from pyengine.sources.detect import DetectSource
 
-        if not isinstance(mosaic, Mosaic):
-            mosaic = Mosaic.open(mosaic)
-        mosaic = match_bands(mosaic, self.spec.bands)
-        source = sources if sources is not None else DetectSource()
-        plan = TilePlan.for_cutout(mosaic.shape, cutout=self.spec.cutout_size, core=self.core)
-        source.bind(mosaic, plan)
+        given = mosaic
+        opened = mosaic = mosaic if isinstance(mosaic, Mosaic) else Mosaic.open(mosaic)
+        try:
+            mosaic = match_bands(opened, self.spec.bands)
+            if opened is not given and mosaic is not opened:
+                opened.close()  # reopened in the model's order: the first one is not used
+            source = sources if sources is not None else DetectSource()
+            plan = TilePlan.for_cutout(mosaic.shape, cutout=self.spec.cutout_size,
+                                       core=self.core)
+            source.bind(mosaic, plan)
+        except BaseException:
+            for m in (opened, mosaic):  # close() twice is harmless
+                if m is not given:
+                    m.close()
+            raise
         return mosaic, source, plan
+
+    @contextlib.contextmanager
+    def prepared(self, mosaic, sources=None):
+        """:meth:`prepare` as a context manager: closes on exit (error or not) the
+        mosaic it opened, never the one given."""
+        ready = self.prepare(mosaic, sources)
+        try:
+            yield ready
+        finally:
+            if ready[0] is not mosaic:
+                ready[0].close()
 
     def scan(self, mosaic, sources=None):
         """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``."""
         from pyengine.scan.assembly import assemble_catalog
 
-        mosaic, source, plan = self.prepare(mosaic, sources)
-        results = list(self.iter_results(mosaic, source, plan))
-        return assemble_catalog(self, mosaic, source, results)
+        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+            results = list(self.iter_results(mosaic, source, plan))
+            return assemble_catalog(self, mosaic, source, results)
 
     def iter_scan(self, mosaic, sources=None):
-        """Per-tile catalogs (astropy Tables), in tile order, as tiles complete."""
+        """Per-tile catalogs (astropy Tables), in tile order, as tiles complete.
+
+        A mosaic opened for the scan is closed when the iterator ends or is closed.
+        """
         from pyengine.scan.assembly import tile_table
 
-        mosaic, source, plan = self.prepare(mosaic, sources)
-        for result in self.iter_results(mosaic, source, plan):
-            yield tile_table(self, mosaic, result)
+        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+            for result in self.iter_results(mosaic, source, plan):
+                yield tile_table(self, mosaic, result)
 
     def iter_results(self, mosaic, source, plan: TilePlan, *, skip=frozenset(),
                      stop: threading.Event | None = None,
@@ -276,20 +309,26 @@ class Engine:
 
 
 def match_bands(mosaic, bands):
-    """The mosaic with its bands in the model's order; refuses other band sets."""
+    """The mosaic with its bands in the model's order; refuses other band sets.
+
+    Names compare by :func:`pyengine.bands.band_index` (case and MegaCam ``.MP``
+    numbers ignored: FILTER ``g.MP9401`` is a model's band ``g``).  Bands already
+    in order: the same mosaic.  Otherwise a new Mosaic of the same files in the
+    model's order, keeping the mosaic's own band names; the caller closes it.
+    """
     have = tuple(mosaic.bands)
     bands = tuple(bands)
-    if have == bands:
-        return mosaic
-    if sorted(have) != sorted(bands):
+    order = match_order(have, bands)
+    if order is None:
         raise MosaicMismatchError(
             f"the model needs bands {', '.join(bands)} but the mosaic has "
             f"{', '.join(have)} ({', '.join(mosaic.paths)}); give one image per model band, "
             "or name them with --bands")
+    if order == list(range(len(have))):
+        return mosaic
     from pyengine.io.mosaic import Mosaic
 
-    order = [have.index(b) for b in bands]
-    return Mosaic.open([mosaic.paths[i] for i in order], bands=list(bands))
+    return Mosaic.open([mosaic.paths[i] for i in order], bands=[have[i] for i in order])
 
 
 class _Pipeline:

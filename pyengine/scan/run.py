@@ -111,21 +111,35 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     ``progress(event)`` receives a dict after every batch and tile.  When
     ``stop`` is set the batch in flight finishes, its complete tiles are
     journalled and :class:`ScanInterrupted` is raised.
+
+    On every way out (done, interrupted, an error) the journal's lock is released
+    and a mosaic opened for the scan (paths given, or bands put in the model's
+    order) is closed; a Mosaic the caller passed stays open.
     """
     from pyengine.output.journal import Journal
 
     t0 = time.perf_counter()
-    grid = source.kind == "grid"
-    if grid and scoremap is None:
+    if source.kind == "grid" and scoremap is None:
         scoremap = default_scoremap_path(Path(out))
     paths = output_paths(out, regions, scoremap)
-    mosaic, source, plan = engine.prepare(mosaic, source)
+    with engine.prepared(mosaic, source) as (mosaic, source, plan):
+        journal = Journal(paths["catalog"])
+        try:
+            return _journalled_scan(engine, mosaic, source, plan, paths, journal, t0=t0,
+                                    resume=resume, stop=stop, progress=progress)
+        finally:
+            journal.close()  # after finish() (success) a no-op; else keeps the journal
+
+
+def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume, stop,
+                     progress) -> ScanSummary:
+    """The body of :func:`run_scan`, with the mosaic prepared and the journal made."""
+    grid = source.kind == "grid"
     if grid:  # a WCS the score map cannot carry is refused now, not after the scan
         from pyengine.output.scoremap import scoremap_wcs
 
         scoremap_wcs(mosaic.wcs, source.stride, source.offset)
     fingerprint = scan_fingerprint(engine, mosaic, source, plan)
-    journal = Journal(paths["catalog"])
     done = set(journal.start(fingerprint, resume=resume))
     wanted = [t.index for t in plan if t.index not in done and source.count(t) != 0]
     total_pos = None

@@ -79,7 +79,7 @@ import threading
 
 import numpy as np
 
-from pyengine.coords import centre_pixel
+from pyengine.bands import band_index
 from pyengine.errors import ConfigError, PyEngineError
 from pyengine.sources.base import Source, TilePositions, _finite_option, _int_option
 
@@ -294,33 +294,28 @@ class DetectSource(Source):
 
         self._check_shapes(mosaic, plan)
         bands = list(mosaic.bands)
-        if self.band == "sum":
-            band_index = None
-        elif self.band in bands:
-            band_index = bands.index(self.band)
-        else:
-            folded = [i for i, b in enumerate(bands) if b.lower() == self.band.lower()]
-            if len(folded) != 1:
-                raise ConfigError(f"detection: band {self.band!r} is not a band of the mosaic; "
-                                  f"accepted: sum, {', '.join(bands)}")
-            band_index = folded[0]
+        # Band names compare by pyengine.bands' rule (case, MegaCam .MP numbers ignored).
+        detect_index = None if self.band == "sum" else band_index(self.band, bands)
+        if self.band != "sum" and detect_index is None:
+            raise ConfigError(f"detection: band {self.band!r} is not a band of the mosaic; "
+                              f"accepted: sum, {', '.join(bands)}")
         if plan.halo < MIN_DETECT_HALO:
             raise ConfigError(
                 f"detection: the tile halo is {plan.halo} px; detection needs at least "
                 f"{MIN_DETECT_HALO} px to see objects across tile borders (use a cutout of at "
                 f"least {2 * MIN_DETECT_HALO} px)")
-        mag_index = self._resolve_mag_band(bands, band_index)
+        mag_index = self._resolve_mag_band(bands, detect_index)
         zero_point, zp_from = self._resolve_zero_point(mosaic, mag_index)
         _ensure_sep_limits(_PIXSTACK_START, _SUBOBJECT_START)
-        if band_index is None:
+        if detect_index is None:
             noise = _band_noise(mosaic)
             weights = [1.0 / n if n > 0 else 1.0 for n in noise]
             self._weights = np.array([w if math.isfinite(w) else 1.0 for w in weights],
                                      np.float32)
         else:
             self._weights = None
-        self._band_index = band_index
-        self._band_name = "sum" if band_index is None else bands[band_index]
+        self._band_index = detect_index
+        self._band_name = "sum" if detect_index is None else bands[detect_index]
         self._mag_index, self._mag_band_name = mag_index, bands[mag_index]
         self._zero_point, self._zero_point_from = zero_point, zp_from
         # Clamped to the halo: an owned position lies at least a halo from its
@@ -330,17 +325,15 @@ class DetectSource(Source):
         self._sep_version = str(getattr(sep, "__version__", "unknown"))
         self._plan = plan
 
-    def _resolve_mag_band(self, bands, band_index) -> int:
+    def _resolve_mag_band(self, bands, detect_index) -> int:
         """Index of the magnitude band: mag_band, else the detection band, else the last."""
         if self.mag_band is None:
-            return len(bands) - 1 if band_index is None else band_index
-        if self.mag_band in bands:
-            return bands.index(self.mag_band)
-        folded = [i for i, b in enumerate(bands) if b.lower() == self.mag_band.lower()]
-        if len(folded) != 1:
+            return len(bands) - 1 if detect_index is None else detect_index
+        index = band_index(self.mag_band, bands)
+        if index is None:
             raise ConfigError(f"detection: magnitude band {self.mag_band!r} is not a band of "
                               f"the mosaic; accepted: {', '.join(bands)}")
-        return folded[0]
+        return index
 
     def _resolve_zero_point(self, mosaic, mag_index):
         """(zero point, where it came from) for the magnitude band; (None, None) if none.
@@ -523,9 +516,7 @@ class DetectSource(Source):
         # Objects climbing to one peak are one position: keep the brightest (SEP flux).
         first = np.lexsort((-objs["flux"], key))
         first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
-        cx, cy = centre_pixel(x[first]), centre_pixel(y[first])
-        own = (tile.x0 <= cx) & (cx < tile.x1) & (tile.y0 <= cy) & (cy < tile.y1)
-        idx = first[own]
+        idx = first[tile.owns(x[first], y[first])]
         idx = idx[np.lexsort((x[idx], y[idx]))]
         objs = objs[idx]
         columns = {name: np.asarray(objs["flag" if name == "det_flag" else name], dtype=dtype)

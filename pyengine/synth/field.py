@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError
 from pyengine.synth import render
 from pyengine.synth.catalog import CELL, Objects, draw_cell
@@ -124,7 +125,7 @@ class FieldRenderer:
         n_e = len(objs.e_x)
         kern = np.array([[psf.kernel_radius(f, self.threshold[b]) for f in objs.e_flux[b]]
                          for b, psf in enumerate(self.psfs)], dtype=np.int64).reshape(2, n_e)
-        ey = np.floor(objs.e_y + 0.5).astype(np.int64)
+        ey = centre_pixel(objs.e_y)
         e_lo = ey - objs.e_half - kern
         e_hi = ey + objs.e_half + kern
         trails = self._trails(objs, room)
@@ -156,8 +157,7 @@ class FieldRenderer:
                 npix = excess / full
                 width = 1 if npix < 200 else 3
                 half = min(math.ceil(npix / width / 2.0), math.floor(room[j]))
-                xc = math.floor(objs.p_x[j] + 0.5)
-                yc = math.floor(objs.p_y[j] + 0.5)
+                xc, yc = int(centre_pixel(objs.p_x[j])), int(centre_pixel(objs.p_y[j]))
                 out.append((b, xc - width // 2, xc + width // 2, yc - half, yc + half))
         return np.array(out, dtype=np.int64).reshape(-1, 5)
 
@@ -198,8 +198,7 @@ class FieldRenderer:
         stamps = self._stamps.get(key)
         if stamps is None:
             o = row.objects
-            cx = math.floor(o.e_x[k] + 0.5)
-            cy = math.floor(o.e_y[k] + 0.5)
+            cx, cy = int(centre_pixel(o.e_x[k])), int(centre_pixel(o.e_y[k]))
             intrinsic = intrinsic_stamp(int(o.e_kind[k]), o.e_scale[k], o.e_shape[k], o.e_q[k],
                                         o.e_pa[k], o.e_x[k] - cx, o.e_y[k] - cy,
                                         int(o.e_half[k]))
@@ -222,7 +221,7 @@ class FieldRenderer:
                 stamps = self._stamps_of(key, row, k)
                 for b, stamp in enumerate(stamps):
                     lo, hi = int(row.e_lo[b, k]), int(row.e_hi[b, k])
-                    x0 = math.floor(o.e_x[k] + 0.5) - stamp.shape[1] // 2
+                    x0 = int(centre_pixel(o.e_x[k])) - stamp.shape[1] // 2
                     ra, rb = max(lo, y0), min(hi, y1 - 1) + 1
                     xa, xb = max(x0, 0), min(x0 + stamp.shape[1], nx)
                     if ra < rb and xa < xb:

@@ -15,6 +15,7 @@ from dataclasses import fields
 
 import click
 
+from pyengine.bands import parse_band_list
 from pyengine.training.config import BALANCES, SPLITS, TrainConfig
 
 __all__ = ["train"]
@@ -24,6 +25,11 @@ _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
 
 def _list(value):
     return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _bands(value):
+    names = parse_band_list(value)  # the one --bands syntax (pyengine.bands)
+    return None if names is None else tuple(names)
 
 
 def _command_line(ctx) -> str:
@@ -119,7 +125,7 @@ def train(ctx, images, catalog, output, bands, label_col, positive, classes, bin
     from pyengine.training.run import train as run_training
 
     config = TrainConfig(
-        images=images, catalog=catalog, output=output, bands=_list(bands),
+        images=images, catalog=catalog, output=output, bands=_bands(bands),
         label_col=label_col, positive=_list(positive), classes=_list(classes), binary=binary,
         ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col, mag_col=mag_col,
         mag_limit=mag_limit, cutout_size=cutout_size, max_nan=max_nan, split=split,

@@ -25,6 +25,7 @@ import torch
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from pyengine import __version__
+from pyengine.bands import match_order
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.io.mosaic import Mosaic
 from pyengine.metrics import roc_auc
@@ -79,6 +80,12 @@ def apply_init(model, path: str, kind: str, log) -> list[str]:
     if src.spec.nband != model.spec.nband:
         raise ModelFileError(f"{path}: a model of {src.spec.nband} bands {list(src.spec.bands)};"
                              f" these images have {model.spec.nband} ({list(model.spec.bands)})")
+    order = match_order(model.spec.bands, src.spec.bands)
+    if order is not None and order != list(range(len(order))):
+        # Same bands in another order: conv1's channels would be swapped silently.
+        raise ModelFileError(f"{path}: a model of bands {list(src.spec.bands)}; these images "
+                             f"are {list(model.spec.bands)}: give the images in the model's "
+                             "band order")
     state = src.backbone.state_dict()
     fresh = []
     if src.spec.class_names != model.spec.class_names:
