@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pyengine.atomic import atomic_write_bytes, atomic_write_text
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
 from pyengine.export.onnx import onnx_metadata
 from pyengine.models.checkpoint import file_sha256
@@ -161,12 +160,9 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PyEngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        tmp.write_bytes(bytes(serialized))
-        os.replace(tmp, engine_path)
+        atomic_write_bytes(engine_path, bytes(serialized))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PyEngineError(f"{engine_path}: cannot write the engine ({exc.strerror})") from None
     _write_sidecar(engine_path, sidecar)
     return engine_path
@@ -185,12 +181,9 @@ def _write_sidecar(engine_path: Path, text: str, *, only_if_missing: bool = Fals
                 return
         except (OSError, ValueError):
             pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PyEngineError(f"{path}: cannot write the engine's sidecar ({exc.strerror})"
                             ) from None
 

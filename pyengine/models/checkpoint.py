@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import struct
 from pathlib import Path
 
+from pyengine.atomic import atomic_path
 from pyengine.errors import ModelFileError
 from pyengine.models.spec import ModelSpec
 
@@ -130,12 +129,10 @@ def save_model(model, path, *, weights: str = "float32") -> Path:
         else:
             tensors[name] = tensor
     meta = {"pyengine": model.spec.to_json()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
     except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelFileError(f"{path}: cannot write the model ({exc})") from None
     return path
 

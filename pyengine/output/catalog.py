@@ -63,7 +63,8 @@ Formats, chosen by extension (:data:`CATALOG_FORMATS`):
 
 Atomicity: every file is written to a hidden temporary file in the
 destination's folder (``.NAME.PID.RANDOM.part``), flushed and fsynced, then
-renamed over the destination, and the folder is fsynced.  An error removes the
+renamed over the destination, and the folder is fsynced
+(:mod:`pyengine.atomic`).  An error removes the
 temporary file; nothing incomplete is ever visible under the final name.
 
 Call :func:`check_output` before a long scan so that a bad output path fails
@@ -78,11 +79,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from pyengine.atomic import publish, temporary_beside
 from pyengine.errors import OutputError
 from pyengine.flags import describe_flags
 from pyengine.output.fits_table import (
@@ -128,10 +129,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-
-
 def check_output(path) -> Path:
     """Refuse, before any work, a catalog path that cannot be written.
 
@@ -160,7 +157,7 @@ def check_writable(path, name_hint: str = "a file name") -> Path:
         raise OutputError(f"{path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: folder {parent} is not writable")
-    probe = _tmp_name(path)
+    probe = temporary_beside(path)
     try:
         with open(probe, "xb"):
             pass
@@ -168,29 +165,6 @@ def check_writable(path, name_hint: str = "a file name") -> Path:
         raise OutputError(f"{path}: cannot create files in {parent} ({exc.strerror})") from None
     probe.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp_to_final: list[tuple[Path, Path]]) -> None:
-    """fsync each finished temporary file, rename it into place, fsync the folder."""
-    for tmp, _ in tmp_to_final:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    for tmp, final in tmp_to_final:
-        os.replace(tmp, final)
-    _fsync_dir(tmp_to_final[0][1].parent)
 
 
 def _prepare(table, meta: dict):
@@ -351,17 +325,17 @@ def write_catalog(table, path, *, overwrite: bool = True) -> Path:
         raise OutputError(f"{path}: exists; remove it or allow overwriting")
     meta = check_meta(table.meta)
     prepared, meta = _prepare(table, meta)
-    tmp = _tmp_name(path)
+    tmp = temporary_beside(path)
     made = [tmp]
     try:
         if fmt == "parquet":
             _write_parquet(prepared, meta, tmp)
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
         if fmt == "fits":
             with open(tmp, "xb") as fh:
                 _write_fits(prepared, meta, fh)
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
         with open(tmp, "x", encoding="utf-8", newline="") as fh:
             if fmt == "ecsv":
@@ -369,13 +343,13 @@ def write_catalog(table, path, *, overwrite: bool = True) -> Path:
             else:
                 _write_csv(_csv_table(prepared), fh)
         if fmt == "ecsv":
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
-        side = _tmp_name(_sidecar(path))
+        side = temporary_beside(_sidecar(path))
         made.append(side)
         with open(side, "x", encoding="utf-8") as fh:
             fh.write(_sidecar_text(_csv_table(prepared), meta))
-        _publish([(side, _sidecar(path)), (tmp, path)])
+        publish([(side, _sidecar(path)), (tmp, path)])
         return path
     except OSError as exc:
         raise OutputError(f"{path}: writing the catalog failed ({exc.strerror or exc})") from None
