@@ -48,16 +48,20 @@ def test_atomic_path_success_publishes_and_syncs(tmp_path, fsyncs):
     assert fsyncs == {"file": 1, "dir": 1}
 
 
+def _fail_inside(dest: Path) -> None:
+    with atomic.atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+
+
 def test_atomic_path_failure_leaves_nothing_and_keeps_the_old_file(tmp_path):
     dest = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_path(dest) as tmp:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        _fail_inside(dest)
     assert _names(tmp_path) == []
     dest.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_path(dest) as tmp:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        _fail_inside(dest)
     assert dest.read_bytes() == b"old"
     assert _names(tmp_path) == ["out.bin"]
 
@@ -108,7 +112,7 @@ def test_publish_folder_refuses_to_replace(tmp_path):
     other = atomic.temporary_beside(tmp_path / "j.journal", suffix=".tmp")
     other.mkdir()
     (other / "fingerprint.json").write_text("{}")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"j\.journal"):
         atomic.publish_folder(other, tmp_path / "j.journal")
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from pyengine.atomic import atomic_write_bytes, atomic_write_text
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
 from pyengine.export.onnx import onnx_metadata
-from pyengine.models.checkpoint import file_sha256
+from pyengine.hashing import file_sha256
 from pyengine.models.spec import INPUT_NAME, ModelSpec
 
 __all__ = ["EngineKey", "build_engine", "engine_key", "engine_metadata", "import_tensorrt",
@@ -134,7 +134,11 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
-    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json()}, indent=2) + "\n"
+    # model_sha256: the source model's identity (pyengine.runners.loaders.model_identity),
+    # so a catalog scanned with the engine names the same model as one scanned with the file.
+    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json(),
+                          "model_sha256": meta.get("pyengine_model_sha256", "")},
+                         indent=2) + "\n"
     if engine_path.exists():
         _write_sidecar(engine_path, sidecar, only_if_missing=True)
         return engine_path

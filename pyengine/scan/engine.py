@@ -52,6 +52,7 @@ from pyengine.runners.base import Runner
 from pyengine.runners.select import make_runner
 from pyengine.scan.batching import BatchRing, gather
 from pyengine.scan.results import TileResult
+from pyengine.stats import median_and_sigma
 
 __all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
 
@@ -96,8 +97,7 @@ def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.nda
         v = v[np.isfinite(v)]
         if v.size < 16:
             continue
-        med = np.median(v)
-        mad = 1.4826 * np.median(np.abs(v - med))
+        med, mad = median_and_sigma(v)
         offset[b] = med
         if np.isfinite(mad) and mad > 0:
             scale[b] = 1.0 / mad
@@ -160,10 +160,11 @@ class Engine:
 
     @functools.cached_property
     def model_sha256(self) -> str:
-        """SHA-256 of the model file given (the shipped demo model's when None)."""
-        from pyengine.models.checkpoint import DEMO_MODEL, file_sha256
+        """The model's identity: the same SHA-256 for a model file and for its ONNX
+        export or TensorRT engine (:func:`pyengine.runners.loaders.model_identity`)."""
+        from pyengine.runners.loaders import model_identity
 
-        return file_sha256(self.model if self.model is not None else DEMO_MODEL)
+        return model_identity(self.model)
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> Engine:

@@ -15,8 +15,6 @@ are called from one thread.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ import numpy as np
 from pyengine import __version__
 from pyengine.errors import OutputError
 from pyengine.flags import BLANK, OFF_IMAGE
+from pyengine.hashing import file_identity
 from pyengine.output.catalog import check_output, check_writable, write_catalog
 from pyengine.scan.assembly import assemble_catalog, candidates
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
@@ -36,20 +35,12 @@ __all__ = ["default_scoremap_path", "output_paths", "run_scan", "scan_fingerprin
 
 # -- resume fingerprint -------------------------------------------------------------------
 def _file_identity(spec: str) -> dict:
-    """Size, mtime and a hash of the first and last MiB of a band file (a full hash of a
-    22 GB band would cost minutes)."""
+    """A band file's cheap identity (:func:`pyengine.hashing.file_identity`: a full hash
+    of a 22 GB band would cost minutes) and the HDU its spec names."""
     from pyengine.io.fitsfile import parse_spec
 
     path, ext = parse_spec(spec)
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if st.st_size > 2 << 20:
-            fh.seek(-(1 << 20), os.SEEK_END)
-            h.update(fh.read(1 << 20))
-    return {"path": str(path.resolve()), "ext": ext, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
+    return {**file_identity(path), "ext": ext}
 
 
 def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) -> dict:

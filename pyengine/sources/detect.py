@@ -82,6 +82,7 @@ import numpy as np
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError, PyEngineError
 from pyengine.sources.base import Source, TilePositions, _finite_option, _int_option
+from pyengine.stats import median_and_sigma, robust_sigma
 
 __all__ = ["DETECT_COLUMNS", "MAG_COLUMNS", "ZERO_POINT_KEYS", "DetectSource", "DetectionError"]
 
@@ -215,7 +216,7 @@ def _band_noise(mosaic) -> list[float]:
         if d.size < 16:
             noise.append(0.0)
             continue
-        spread = 1.4826 * np.median(np.abs(d - np.median(d)))
+        spread = robust_sigma(d)
         if not spread > 0:  # quantised data flatter than its steps: fall back to std
             spread = np.std(d)
         noise.append(float(spread / math.sqrt(2.0)))
@@ -406,8 +407,7 @@ class DetectSource(Source):
                 # No mesh is half full (a sliver of image at an edge or between blank
                 # areas): one robust level and noise for the whole window.
                 values = data[~mask]
-                level = np.median(values)
-                noise = 1.4826 * np.median(np.abs(values - level))
+                level, noise = median_and_sigma(values)
                 data -= np.float32(level)
                 rms = np.full((ph, pw), noise, dtype=np.float32)
             mask |= ~(rms > 0)  # also catches NaN

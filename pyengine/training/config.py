@@ -133,8 +133,8 @@ class TrainConfig:
 
     def fingerprint(self) -> dict:
         """What determines the result: the options and the input files' identities."""
+        from pyengine.hashing import file_sha256
         from pyengine.io.fitsfile import parse_spec
-        from pyengine.models.checkpoint import file_sha256
 
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUN_ONLY}
         files = []
