@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.coords import centre_pixel
+from pyengine.defaults import DEFAULT_CORE, DEFAULT_MAX_NAN  # re-exported here too
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.flags import BLANK, EDGE
 from pyengine.io.tiles import Tile, TilePlan
@@ -53,11 +54,10 @@ from pyengine.runners.select import make_runner
 from pyengine.scan.batching import BatchRing, gather
 from pyengine.scan.results import TileResult
 from pyengine.stats import median_and_sigma
+from pyengine.validate import integer, number
 
 __all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
 
-DEFAULT_CORE = 2048
-DEFAULT_MAX_NAN = 0.5
 _POLL = 0.1  # seconds between checks of the abort flag while a stage waits
 
 
@@ -124,18 +124,16 @@ class Engine:
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int = 4):
-        if batch_size is not None and not 1 <= int(batch_size) <= 65536:
-            raise ConfigError(f"batch size {batch_size} is out of range; accepted: 1..65536")
-        if threads is not None and int(threads) < 1:
-            raise ConfigError(f"threads = {threads}; a positive number is needed")
-        if not 0.0 <= float(max_nan_fraction) <= 1.0:
-            raise ConfigError(f"max NaN fraction {max_nan_fraction} is out of range; "
-                              "accepted: 0..1")
-        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-            raise ConfigError(f"threshold {threshold} is out of range; accepted: a "
-                              "probability in [0, 1]")
-        if not 64 <= int(core) <= 1 << 16:
-            raise ConfigError(f"tile core {core} is out of range; accepted: 64..65536")
+        if batch_size is not None:
+            integer(batch_size, "batch size", 1, 65536, whole_floats=True)
+        if threads is not None:
+            integer(threads, "threads", 1, accepted="a positive integer is needed",
+                    whole_floats=True)
+        number(max_nan_fraction, "max NaN fraction", 0.0, 1.0, accepted="a fraction in [0, 1] "
+               "is needed")
+        number(threshold, "threshold", 0.0, 1.0, allow_none=True,
+               accepted="a probability in [0, 1] is needed")
+        integer(core, "tile core", 64, 1 << 16, whole_floats=True)
         if isinstance(runner, Runner):
             self.runner = runner
         else:

@@ -6,14 +6,10 @@ Thread safety: see :mod:`pyengine.sources`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from pyengine.errors import ConfigError
 
 __all__ = ["SOURCE_KINDS", "Source", "TilePositions"]
 
@@ -115,22 +111,3 @@ class Source(ABC):
         if tuple(mosaic.shape) != tuple(plan.shape):
             raise ValueError(f"tile plan shape {plan.shape} differs from the mosaic's "
                              f"{mosaic.shape}")
-
-
-
-def _finite_option(value, name: str, owner: str, wanted: str) -> float | None:
-    """None, or ``value`` as a float when it is a finite real number; else ConfigError."""
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)):
-        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; {wanted} is needed")
-    return float(value)
-
-
-def _int_option(value, name: str, lo: int, hi: int, owner: str) -> int:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value != int(value) or not lo <= int(value) <= hi):
-        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; an integer "
-                          f"{lo}..{hi} is needed")
-    return int(value)
