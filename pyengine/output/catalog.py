@@ -129,24 +129,27 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def check_output(path) -> Path:
+def check_output(path, *, probe: bool = True) -> Path:
     """Refuse, before any work, a catalog path that cannot be written.
 
-    Checks the extension, then :func:`check_writable`.  Returns the path.
-    Raises :class:`OutputError` with a one-line message.
+    Checks the extension, then :func:`check_writable` (``probe`` as there).  Returns the
+    path.  Raises :class:`OutputError` with a one-line message.
     """
     path = Path(path)
     fmt = _format(path)
     if fmt == "csv" and _sidecar(path).is_dir():
         raise OutputError(f"{_sidecar(path)}: is a directory; the CSV's metadata sidecar "
                           "needs this name")
-    return check_writable(path, f"a file name ending in {', '.join(CATALOG_FORMATS)}")
+    return check_writable(path, f"a file name ending in {', '.join(CATALOG_FORMATS)}",
+                          probe=probe)
 
 
-def check_writable(path, name_hint: str = "a file name") -> Path:
+def check_writable(path, name_hint: str = "a file name", *, probe: bool = True) -> Path:
     """Refuse a path that is a folder, or whose folder is missing or not writable
-    (checked by creating and removing a temporary file in it).  ``name_hint``
-    says what a good name looks like, for the folder case."""
+    (checked by creating and removing a temporary file in it, unless ``probe`` is
+    False: then only the cheap checks, for a path probed already, e.g. by the scan
+    before its work).  ``name_hint`` says what a good name looks like, for the folder
+    case."""
     path = Path(path)
     parent = path.parent
     if path.is_dir():
@@ -157,13 +160,15 @@ def check_writable(path, name_hint: str = "a file name") -> Path:
         raise OutputError(f"{path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: folder {parent} is not writable")
-    probe = temporary_beside(path)
+    if not probe:
+        return path
+    probe_file = temporary_beside(path)
     try:
-        with open(probe, "xb"):
+        with open(probe_file, "xb"):
             pass
     except OSError as exc:
         raise OutputError(f"{path}: cannot create files in {parent} ({exc.strerror})") from None
-    probe.unlink(missing_ok=True)
+    probe_file.unlink(missing_ok=True)
     return path
 
 
@@ -319,7 +324,9 @@ def write_catalog(table, path, *, overwrite: bool = True) -> Path:
     ``table.meta`` gives the metadata (see the module docstring).  With
     ``overwrite=False`` an existing file is refused.  Returns the path.
     """
-    path = check_output(path)
+    # The cheap checks only: a scan probed the folder before its work (run_scan), and the
+    # write itself fails with an OutputError if the folder refuses files meanwhile.
+    path = check_output(path, probe=False)
     fmt = _format(path)
     if not overwrite and path.exists():
         raise OutputError(f"{path}: exists; remove it or allow overwriting")

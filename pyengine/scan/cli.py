@@ -198,7 +198,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     try:
         with engine:
             summary = run_scan(engine, mosaic, source, out, regions=regions, scoremap=scoremap,
-                               resume=resume, stop=stop, progress=show)
+                               resume=resume, stop=stop, progress=show, outputs_probed=True)
     except ScanInterrupted as exc:
         show.close()
         click.echo(f"Interrupted: {exc}. Resume with:\n  {_resume_command()}", err=True)

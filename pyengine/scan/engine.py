@@ -47,12 +47,13 @@ import numpy as np
 from pyengine.coords import centre_pixel
 from pyengine.defaults import DEFAULT_CORE, DEFAULT_MAX_NAN  # re-exported here too
 from pyengine.errors import ConfigError, MosaicMismatchError
-from pyengine.flags import BLANK, EDGE
+from pyengine.flags import cutout_flags
 from pyengine.io.tiles import Tile, TilePlan
 from pyengine.runners.base import Runner
 from pyengine.runners.select import make_runner
 from pyengine.scan.batching import BatchRing, gather
 from pyengine.scan.results import TileResult
+from pyengine.sources.base import tiles_to_do
 from pyengine.stats import median_and_sigma
 from pyengine.validate import integer, number
 
@@ -342,14 +343,7 @@ class _Pipeline:
 
     # -- stage 1: read tiles and find their positions --------------------------------
     def _wanted(self) -> list[Tile]:
-        tiles = []
-        for tile in self.plan:
-            if tile.index in self.skip:
-                continue
-            if self.source.count(tile) == 0:
-                continue
-            tiles.append(tile)
-        return tiles
+        return tiles_to_do(self.plan, self.source, self.skip)
 
     def _load(self, tile: Tile) -> _TileWork:
         pixels = self.mosaic.read(*tile.window)  # tiles known to own no position are skipped
@@ -480,10 +474,7 @@ class _Pipeline:
     def _finish(self, work: _TileWork) -> TileResult:
         npix = self.mosaic.nband * self.size * self.size
         frac = (work.nan_counts / npix).astype(np.float32)
-        flags = np.zeros(work.x.size, np.int32)
-        flags[frac > 0] |= EDGE
-        blank = frac > self.engine.max_nan_fraction
-        flags[blank] |= BLANK
+        flags = cutout_flags(frac, self.engine.max_nan_fraction)
         return TileResult(work.tile.index, work.x, work.y, work.row, work.scores, frac, flags,
                           work.columns)
 

@@ -29,6 +29,7 @@ from pyengine.hashing import file_identity
 from pyengine.output.catalog import check_output, check_writable, write_catalog
 from pyengine.scan.assembly import assemble_catalog, candidates
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
+from pyengine.sources.base import tiles_to_do
 
 __all__ = ["default_scoremap_path", "output_paths", "run_scan", "scan_fingerprint"]
 
@@ -64,24 +65,27 @@ def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) ->
 
 
 # -- the whole job --------------------------------------------------------------------------
-def output_paths(out, regions=None, scoremap=None) -> dict:
-    """Check every output before work starts; returns the checked paths."""
-    paths = {"catalog": check_output(out)}
+def output_paths(out, regions=None, scoremap=None, *, probe: bool = True) -> dict:
+    """Check every output before work starts; returns the checked paths.  The one place
+    that decides whether outputs are usable: ``pyengine scan`` calls it before loading
+    anything, :func:`run_scan` again (cheaply, ``probe=False``, when told the caller did)."""
+    paths = {"catalog": check_output(out, probe=probe)}
     if regions is not None:
-        paths["regions"] = _check_other(regions, (".reg",), "regions")
+        paths["regions"] = _check_other(regions, (".reg",), "regions", probe)
     if scoremap is not None:
-        paths["scoremap"] = _check_other(scoremap, (".fits",), "score map")
+        paths["scoremap"] = _check_other(scoremap, (".fits",), "score map", probe)
     values = [p.resolve() for p in paths.values()]
     if len(set(values)) != len(values):
         raise OutputError(f"output paths must differ: {', '.join(map(str, paths.values()))}")
     return paths
 
 
-def _check_other(path, suffixes, what) -> Path:
+def _check_other(path, suffixes, what, probe: bool) -> Path:
     path = Path(path)
     if not any(path.name.lower().endswith(s) for s in suffixes):
         raise OutputError(f"{path}: a {what} file must end in {' or '.join(suffixes)}")
-    return check_writable(path, f"a {what} file name ending in {' or '.join(suffixes)}")
+    return check_writable(path, f"a {what} file name ending in {' or '.join(suffixes)}",
+                          probe=probe)
 
 
 def default_scoremap_path(out: Path) -> Path:
@@ -95,13 +99,16 @@ def default_scoremap_path(out: Path) -> Path:
 
 def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
              resume: bool = False, stop: threading.Event | None = None,
-             progress: Callable[[dict], None] | None = None) -> ScanSummary:
+             progress: Callable[[dict], None] | None = None,
+             outputs_probed: bool = False) -> ScanSummary:
     """Scan ``mosaic`` for ``source`` positions and write the catalog ``out`` (and
     ``regions``, and in grid mode a score map); journalled for ``resume``.
 
     ``progress(event)`` receives a dict after every batch and tile.  When
     ``stop`` is set the batch in flight finishes, its complete tiles are
-    journalled and :class:`ScanInterrupted` is raised.
+    journalled and :class:`ScanInterrupted` is raised.  ``outputs_probed``: the caller
+    ran :func:`output_paths` on these paths just before (the CLI does), so the folders are
+    not probed again.
     """
     from pyengine.output.journal import Journal
 
@@ -109,7 +116,8 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     grid = source.kind == "grid"
     if grid and scoremap is None:
         scoremap = default_scoremap_path(Path(out))
-    paths = output_paths(out, regions, scoremap)
+    # A default score map lies beside the catalog, in a folder probed with it.
+    paths = output_paths(out, regions, scoremap, probe=not outputs_probed)
     mosaic, source, plan = engine.prepare(mosaic, source)
     if grid:  # a WCS the score map cannot carry is refused now, not after the scan
         from pyengine.output.scoremap import scoremap_wcs
@@ -118,9 +126,9 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     fingerprint = scan_fingerprint(engine, mosaic, source, plan)
     journal = Journal(paths["catalog"])
     done = set(journal.start(fingerprint, resume=resume))
-    wanted = [t.index for t in plan if t.index not in done and source.count(t) != 0]
+    wanted = tiles_to_do(plan, source, done)
     total_pos = None
-    counts = [source.count(plan[t]) for t in wanted]
+    counts = [source.count(t) for t in wanted]
     if all(c is not None for c in counts):
         total_pos = int(sum(counts))
     state = {"tiles_done": 0, "tiles_total": len(wanted), "positions_done": 0,
@@ -160,7 +168,7 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
         state["candidates"] += int(np.count_nonzero(
             candidates(engine, result.score, result.flags)))
         report("tile")
-    remaining = [t.index for t in plan if t.index not in done and source.count(t) != 0]
+    remaining = tiles_to_do(plan, source, done)
     if remaining:
         if stop.is_set():
             raise ScanInterrupted(len(done), len(done) + len(remaining), journal.path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SOURCE_KINDS", "Source", "TilePositions"]
+__all__ = ["SOURCE_KINDS", "Source", "TilePositions", "tiles_to_do"]
 
 SOURCE_KINDS = ("catalog", "detect", "grid")
 
@@ -111,3 +111,12 @@ class Source(ABC):
         if tuple(mosaic.shape) != tuple(plan.shape):
             raise ValueError(f"tile plan shape {plan.shape} differs from the mosaic's "
                              f"{mosaic.shape}")
+
+
+def tiles_to_do(plan, source: Source, skip=()) -> list:
+    """The tiles of ``plan`` a scan still has to do: not in ``skip`` (tile indices already
+    done) and not known to own no position (``source.count`` 0; None, unknown until the
+    pixels are read, is to do).  The one rule the engine's reader and run_scan's
+    progress totals and completeness check share."""
+    skip = frozenset(int(t) for t in skip)
+    return [tile for tile in plan if tile.index not in skip and source.count(tile) != 0]
