@@ -191,3 +191,20 @@ def test_onnxruntime_scan_of_an_exported_model_imports_no_torch(tmp_path, field,
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "False"
     assert len(Table.read(out)) > 0
+
+
+def test_model_file_and_its_onnx_export_give_one_modelsha(tmp_path, field, model, catalog, cache):
+    """MODELSHA names the model, not the form scanned: the model file and its .onnx agree."""
+    from pyengine.export.onnx import export_onnx
+    from pyengine.models.checkpoint import file_sha256, load_model
+
+    onnx_path = export_onnx(load_model(model), tmp_path / "m.onnx")
+    assert file_sha256(onnx_path) != file_sha256(model)
+    shas = []
+    for name, given in (("file", model), ("onnx", onnx_path)):
+        out = tmp_path / f"{name}.fits"
+        res = _run([*_bands(field), "--catalog", catalog, "--model", given, "--runner",
+                    "onnxruntime", "--tile-size", 64, "-q", "--out", out], cache)
+        assert res.exit_code == 0, res.output
+        shas.append(Table.read(out).meta["MODELSHA"])
+    assert shas == [file_sha256(model)] * 2

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pyengine.stats import robust_sigma
+
 __all__ = ["DemoResult", "evaluate", "overview_png", "run_demo"]
 
 
@@ -68,7 +70,7 @@ def overview_png(path: Path, mosaic, catalog, truth, *, band: int = -1, max_px: 
     image = mosaic.read(0, ny, 0, nx)[band][::step, ::step]
     finite = image[np.isfinite(image)]
     sky = np.median(finite) if finite.size else 0.0
-    noise = 1.4826 * np.median(np.abs(finite - sky)) if finite.size else 1.0
+    noise = robust_sigma(finite, sky) if finite.size else 1.0
     stretched = np.arcsinh((image - sky) / (3 * max(noise, 1e-12)))
     fig, ax = plt.subplots(figsize=(9, 9 * ny / nx), dpi=110)
     ax.imshow(stretched, origin="lower", cmap="gray_r", vmin=-1, vmax=6,

@@ -18,11 +18,10 @@ Thread safety: export functions write their own files; run one per output path.
 
 from __future__ import annotations
 
-import os
-import secrets
 import warnings
 from pathlib import Path
 
+from pyengine.atomic import publish, temporary_beside
 from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
@@ -64,16 +63,11 @@ def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: s
         set_metadata(proto, spec_json, sha256, precision, extra)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
+        publish([(tmp, path)])
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def temporary_beside(path: Path) -> Path:
-    """A hidden temporary name in ``path``'s folder, for an atomic rename onto ``path``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
 def onnx_metadata(path) -> dict[str, str]:

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pyengine.atomic import atomic_write_bytes, atomic_write_text
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
 from pyengine.export.onnx import onnx_metadata
-from pyengine.models.checkpoint import file_sha256
+from pyengine.hashing import file_sha256
 from pyengine.models.spec import INPUT_NAME, ModelSpec
 
 __all__ = ["EngineKey", "build_engine", "engine_key", "engine_metadata", "import_tensorrt",
@@ -135,7 +134,11 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
-    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json()}, indent=2) + "\n"
+    # model_sha256: the source model's identity (pyengine.runners.loaders.model_identity),
+    # so a catalog scanned with the engine names the same model as one scanned with the file.
+    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json(),
+                          "model_sha256": meta.get("pyengine_model_sha256", "")},
+                         indent=2) + "\n"
     if engine_path.exists():
         _write_sidecar(engine_path, sidecar, only_if_missing=True)
         return engine_path
@@ -161,12 +164,9 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PyEngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        tmp.write_bytes(bytes(serialized))
-        os.replace(tmp, engine_path)
+        atomic_write_bytes(engine_path, bytes(serialized))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PyEngineError(f"{engine_path}: cannot write the engine ({exc.strerror})") from None
     _write_sidecar(engine_path, sidecar)
     return engine_path
@@ -185,12 +185,9 @@ def _write_sidecar(engine_path: Path, text: str, *, only_if_missing: bool = Fals
                 return
         except (OSError, ValueError):
             pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PyEngineError(f"{path}: cannot write the engine's sidecar ({exc.strerror})"
                             ) from None
 

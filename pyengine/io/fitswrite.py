@@ -31,13 +31,14 @@ here is Python and NumPy: conversions hold the GIL, file writes release it.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io.fits import Card, Header
+
+from pyengine.atomic import publish, temporary_beside
 
 __all__ = ["BLOCK", "FitsWriter", "ImageSpec", "write_image"]
 
@@ -192,8 +193,7 @@ class FitsWriter(AtomicOutput):
         self._rows_done = [0] * len(self.specs)
         #: Values clipped to the integer range, per HDU.
         self.clipped = [0] * len(self.specs)
-        self._tmp = self.path.with_name(
-            f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+        self._tmp = temporary_beside(self.path)
         self._fh = open(self._tmp, "xb")  # noqa: SIM115 -- closed by close()/abort()
         try:
             for off, text in self._headers:
@@ -278,11 +278,9 @@ class FitsWriter(AtomicOutput):
             raise ValueError(f"{self.path}: HDU {k} has {self._rows_done[k]} of "
                              f"{self.specs[k].shape[0]} rows; file not written")
         try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
-            os.replace(self._tmp, self.path)
+            publish([(self._tmp, self.path)])  # fsync, rename, fsync the folder
         except BaseException:
             self.abort()
             raise

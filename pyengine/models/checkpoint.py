@@ -28,14 +28,13 @@ writes a temporary file and renames it (atomic), one writer per path.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
 import struct
 from pathlib import Path
 
+from pyengine.atomic import atomic_path
 from pyengine.errors import ModelFileError
+from pyengine.hashing import file_sha256  # re-exported: its one home is pyengine.hashing
 from pyengine.models.spec import ModelSpec
 
 __all__ = ["DEMO_MODEL", "WEIGHT_FORMATS", "file_sha256", "load_model", "read_spec", "save_model"]
@@ -43,15 +42,6 @@ __all__ = ["DEMO_MODEL", "WEIGHT_FORMATS", "file_sha256", "load_model", "read_sp
 DEMO_MODEL = Path(__file__).parent / "data" / "demo.safetensors"
 WEIGHT_FORMATS = ("float32", "int8-per-channel")
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
-
-
-def file_sha256(path) -> str:
-    """Hex SHA-256 of a file's bytes: the model hash in catalogs and engine caches."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_header(path: Path) -> dict:
@@ -130,12 +120,10 @@ def save_model(model, path, *, weights: str = "float32") -> Path:
         else:
             tensors[name] = tensor
     meta = {"pyengine": model.spec.to_json()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
     except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelFileError(f"{path}: cannot write the model ({exc})") from None
     return path
 

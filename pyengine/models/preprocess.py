@@ -54,11 +54,10 @@ import torch
 
 from pyengine.errors import ConfigError
 from pyengine.models.spec import PreprocessSpec
+from pyengine.stats import MAD_TO_SIGMA  # re-exported; its one home is pyengine.stats
 
 __all__ = ["MAD_TO_SIGMA", "TOPK_LIMIT", "Preprocess", "preprocess_reference", "ring_mask"]
 
-# 1 / Phi^-1(3/4): makes the MAD of Gaussian noise an estimate of its sigma.
-MAD_TO_SIGMA = 1.4826
 # TensorRT's ITopKLayer accepts K <= 3840 (TensorRT 8-10 operator docs); every sort
 # here is a TopK, and its K is kept within this bound.
 TOPK_LIMIT = 3840

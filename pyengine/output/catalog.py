@@ -63,7 +63,8 @@ Formats, chosen by extension (:data:`CATALOG_FORMATS`):
 
 Atomicity: every file is written to a hidden temporary file in the
 destination's folder (``.NAME.PID.RANDOM.part``), flushed and fsynced, then
-renamed over the destination, and the folder is fsynced.  An error removes the
+renamed over the destination, and the folder is fsynced
+(:mod:`pyengine.atomic`).  An error removes the
 temporary file; nothing incomplete is ever visible under the final name.
 
 Call :func:`check_output` before a long scan so that a bad output path fails
@@ -78,11 +79,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from pyengine.atomic import publish, temporary_beside
 from pyengine.errors import OutputError
 from pyengine.flags import describe_flags
 from pyengine.output.fits_table import (
@@ -128,28 +129,27 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-
-
-def check_output(path) -> Path:
+def check_output(path, *, probe: bool = True) -> Path:
     """Refuse, before any work, a catalog path that cannot be written.
 
-    Checks the extension, then :func:`check_writable`.  Returns the path.
-    Raises :class:`OutputError` with a one-line message.
+    Checks the extension, then :func:`check_writable` (``probe`` as there).  Returns the
+    path.  Raises :class:`OutputError` with a one-line message.
     """
     path = Path(path)
     fmt = _format(path)
     if fmt == "csv" and _sidecar(path).is_dir():
         raise OutputError(f"{_sidecar(path)}: is a directory; the CSV's metadata sidecar "
                           "needs this name")
-    return check_writable(path, f"a file name ending in {', '.join(CATALOG_FORMATS)}")
+    return check_writable(path, f"a file name ending in {', '.join(CATALOG_FORMATS)}",
+                          probe=probe)
 
 
-def check_writable(path, name_hint: str = "a file name") -> Path:
+def check_writable(path, name_hint: str = "a file name", *, probe: bool = True) -> Path:
     """Refuse a path that is a folder, or whose folder is missing or not writable
-    (checked by creating and removing a temporary file in it).  ``name_hint``
-    says what a good name looks like, for the folder case."""
+    (checked by creating and removing a temporary file in it, unless ``probe`` is
+    False: then only the cheap checks, for a path probed already, e.g. by the scan
+    before its work).  ``name_hint`` says what a good name looks like, for the folder
+    case."""
     path = Path(path)
     parent = path.parent
     if path.is_dir():
@@ -160,37 +160,16 @@ def check_writable(path, name_hint: str = "a file name") -> Path:
         raise OutputError(f"{path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: folder {parent} is not writable")
-    probe = _tmp_name(path)
+    if not probe:
+        return path
+    probe_file = temporary_beside(path)
     try:
-        with open(probe, "xb"):
+        with open(probe_file, "xb"):
             pass
     except OSError as exc:
         raise OutputError(f"{path}: cannot create files in {parent} ({exc.strerror})") from None
-    probe.unlink(missing_ok=True)
+    probe_file.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp_to_final: list[tuple[Path, Path]]) -> None:
-    """fsync each finished temporary file, rename it into place, fsync the folder."""
-    for tmp, _ in tmp_to_final:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    for tmp, final in tmp_to_final:
-        os.replace(tmp, final)
-    _fsync_dir(tmp_to_final[0][1].parent)
 
 
 def _prepare(table, meta: dict):
@@ -345,23 +324,25 @@ def write_catalog(table, path, *, overwrite: bool = True) -> Path:
     ``table.meta`` gives the metadata (see the module docstring).  With
     ``overwrite=False`` an existing file is refused.  Returns the path.
     """
-    path = check_output(path)
+    # The cheap checks only: a scan probed the folder before its work (run_scan), and the
+    # write itself fails with an OutputError if the folder refuses files meanwhile.
+    path = check_output(path, probe=False)
     fmt = _format(path)
     if not overwrite and path.exists():
         raise OutputError(f"{path}: exists; remove it or allow overwriting")
     meta = check_meta(table.meta)
     prepared, meta = _prepare(table, meta)
-    tmp = _tmp_name(path)
+    tmp = temporary_beside(path)
     made = [tmp]
     try:
         if fmt == "parquet":
             _write_parquet(prepared, meta, tmp)
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
         if fmt == "fits":
             with open(tmp, "xb") as fh:
                 _write_fits(prepared, meta, fh)
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
         with open(tmp, "x", encoding="utf-8", newline="") as fh:
             if fmt == "ecsv":
@@ -369,13 +350,13 @@ def write_catalog(table, path, *, overwrite: bool = True) -> Path:
             else:
                 _write_csv(_csv_table(prepared), fh)
         if fmt == "ecsv":
-            _publish([(tmp, path)])
+            publish([(tmp, path)])
             return path
-        side = _tmp_name(_sidecar(path))
+        side = temporary_beside(_sidecar(path))
         made.append(side)
         with open(side, "x", encoding="utf-8") as fh:
             fh.write(_sidecar_text(_csv_table(prepared), meta))
-        _publish([(side, _sidecar(path)), (tmp, path)])
+        publish([(side, _sidecar(path)), (tmp, path)])
         return path
     except OSError as exc:
         raise OutputError(f"{path}: writing the catalog failed ({exc.strerror or exc})") from None

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 import zipfile
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyengine.atomic import publish, publish_folder, temporary_beside
 from pyengine.errors import OutputError, ResumeError
 
 try:  # POSIX advisory locks; elsewhere the journal is not protected against a second process
@@ -58,14 +58,6 @@ FINGERPRINT = "fingerprint.json"
 LOCK = "lock"
 _TILE = re.compile(r"tile-(\d+)\.npz")
 _HASH = re.compile(r"[0-9a-fA-F]{32,}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _normal(fingerprint: Mapping) -> dict:
@@ -162,15 +154,15 @@ class Journal:
         if not parent.is_dir():
             raise OutputError(f"{self._out}: folder {parent} does not exist; create it first")
         self._clean_dead_creations(parent)
-        tmp = parent / f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # The folder is made complete under a hidden name and renamed into place,
+        # so a journal folder that exists always has its fingerprint and lock.
+        tmp = temporary_beside(self._path, suffix=".tmp")
         try:
             tmp.mkdir()
             self._write_file(tmp / FINGERPRINT,
                              json.dumps(fp, sort_keys=True, indent=1).encode("utf-8") + b"\n")
             (tmp / LOCK).touch()
-            _fsync_dir(tmp)
-            os.rename(tmp, self._path)  # fails if the journal appeared meanwhile
-            _fsync_dir(parent)
+            publish_folder(tmp, self._path)  # fails if the journal appeared meanwhile
         except FileExistsError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ResumeError(f"{self._path}: another scan created this journal just now") \
@@ -221,6 +213,8 @@ class Journal:
 
     @staticmethod
     def _write_file(path: Path, data: bytes) -> None:
+        # Inside the hidden folder that start() renames into place: no rename of
+        # its own, the folder's publication makes it visible (after this fsync).
         with open(path, "xb") as fh:
             fh.write(data)
             fh.flush()
@@ -240,18 +234,15 @@ class Journal:
             if not self._started:
                 raise RuntimeError(f"{self._path}: record() before start()")
             final = self._tile_path(tile)
-            tmp = self._path / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            # ".tmp", not ".part": the hidden names _clean_temporaries removes.
+            tmp = temporary_beside(final, suffix=".tmp")
             try:
-                with open(tmp, "xb") as fh:
-                    # What np.savez does, minus its reserved keyword names.
-                    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-                        for name, a in arrays.items():
-                            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                                np.lib.format.write_array(member, a, allow_pickle=False)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, final)
-                _fsync_dir(self._path)
+                # What np.savez does, minus its reserved keyword names.
+                with open(tmp, "xb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
+                    for name, a in arrays.items():
+                        with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                            np.lib.format.write_array(member, a, allow_pickle=False)
+                publish([(tmp, final)])
             except OSError as exc:
                 raise OutputError(f"{final}: cannot write the journal "
                                   f"({exc.strerror or exc})") from None

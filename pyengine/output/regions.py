@@ -18,13 +18,12 @@ Thread safety: no shared state; calls on different paths may run concurrently.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from pyengine.atomic import atomic_write_bytes
 from pyengine.errors import ConfigError, OutputError
-from pyengine.output.catalog import _fsync_dir, _tmp_name
 
 __all__ = ["write_regions"]
 
@@ -78,17 +77,9 @@ def write_regions(path, ra, dec, score, *, radius_arcsec: float = 2.0, color: st
         text = shapes.serialize(format="ds9")
     else:
         text = _header(color)
-    tmp = _tmp_name(path)
     try:
-        with open(tmp, "x", encoding="ascii") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, text.encode("ascii"))
     except OSError as exc:
         raise OutputError(f"{path}: writing the region file failed "
                           f"({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
     return path

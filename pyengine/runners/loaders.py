@@ -10,7 +10,36 @@ from pathlib import Path
 
 from pyengine.errors import RunnerUnavailable
 
-__all__ = ["model_file_export"]
+__all__ = ["model_file_export", "model_identity"]
+
+
+def model_identity(model: Path | None) -> str:
+    """The SHA-256 that names the model whichever form of it is scanned (catalog
+    ``MODELSHA``, resume fingerprints): the file's own hash for a model file (None: the
+    shipped demo model), and the source model's hash that pyengine stores in its ONNX
+    exports (``pyengine_model_sha256``) and TensorRT engine sidecars (``model_sha256``).
+
+    So a model file, its fp32/fp16 export and an engine built from it share one identity;
+    an int8 graph too (it is the same model quantised; the catalog's ``PRECISN`` says
+    which).  Files without a stored hash (foreign graphs, exports of a model that was not
+    loaded from a file, engines of an older pyengine) fall back to their own hash.
+    """
+    from pyengine.hashing import file_sha256
+    from pyengine.models.checkpoint import DEMO_MODEL
+    from pyengine.runners.base import ENGINE_SUFFIXES
+
+    path = Path(model) if model is not None else DEMO_MODEL
+    suffix = path.suffix.lower()
+    stored = ""
+    if suffix == ".onnx":
+        from pyengine.export.onnx import onnx_metadata
+
+        stored = onnx_metadata(path).get("pyengine_model_sha256", "")
+    elif suffix in ENGINE_SUFFIXES:
+        from pyengine.export.tensorrt import engine_metadata
+
+        stored = engine_metadata(path).get("model_sha256", "")
+    return stored if isinstance(stored, str) and stored else file_sha256(path)
 
 
 def model_file_export(model: Path | None, precision: str | None, cache_dir: Path,
@@ -19,7 +48,8 @@ def model_file_export(model: Path | None, precision: str | None, cache_dir: Path
     file (None: the shipped demo model) rather than an exported graph.  The ONNX is named by
     the file's SHA-256 and the precision; precisions outside ``exportable`` (int8, which is
     calibrated on real cutouts) are refused with the command that makes them."""
-    from pyengine.models.checkpoint import DEMO_MODEL, file_sha256, read_spec
+    from pyengine.hashing import file_sha256
+    from pyengine.models.checkpoint import DEMO_MODEL, read_spec
 
     source = model if model is not None else DEMO_MODEL
     spec, _ = read_spec(source)

@@ -16,7 +16,7 @@ import datetime
 import numpy as np
 
 from pyengine import __version__
-from pyengine.flags import BLANK, NOT_CANDIDATE, OFF_IMAGE, describe_flags
+from pyengine.flags import NOT_CANDIDATE, OFF_IMAGE_FLAGS, describe_flags
 from pyengine.io.skyframe import pixel_to_icrs
 from pyengine.scan.results import TileResult
 
@@ -62,7 +62,7 @@ def _off_image_result(source) -> TileResult | None:
         return None
     return TileResult(-1, np.asarray(off.x, np.float64), np.asarray(off.y, np.float64),
                       np.asarray(off.row, np.int64), np.full(n, np.nan, np.float32),
-                      np.ones(n, np.float32), np.full(n, OFF_IMAGE | BLANK, np.int32),
+                      np.ones(n, np.float32), np.full(n, OFF_IMAGE_FLAGS, np.int32),
                       {k: np.asarray(v) for k, v in off.columns.items()})
 
 

@@ -20,6 +20,14 @@ import time
 import click
 
 from pyengine.bands import BANDS_HELP, parse_band_list
+from pyengine.defaults import (
+    DEFAULT_APERTURE,
+    DEFAULT_CORE,
+    DEFAULT_DETECT_BAND,
+    DEFAULT_DETECT_THRESHOLD,
+    DEFAULT_MAX_NAN,
+    DEFAULT_MIN_AREA,
+)
 
 __all__ = ["scan"]
 
@@ -112,17 +120,17 @@ def _resume_command() -> str:
               help="Detection: band of the aperture magnitudes [detection band, or the last].")
 @click.option("--zero-point", type=float, default=None,
               help="Detection: magnitude zero point [MAGZPT/PHOTZP/... header key].")
-@click.option("--aperture", type=float, default=8.0, show_default=True,
+@click.option("--aperture", type=float, default=DEFAULT_APERTURE, show_default=True,
               help="Detection: aperture radius for magnitudes, pixels.")
-@click.option("--detect-threshold", type=float, default=3.0, show_default=True,
+@click.option("--detect-threshold", type=float, default=DEFAULT_DETECT_THRESHOLD, show_default=True,
               help="Detection threshold in sigma above the background.")
-@click.option("--min-area", type=int, default=5, show_default=True,
+@click.option("--min-area", type=int, default=DEFAULT_MIN_AREA, show_default=True,
               help="Minimum connected pixels of a detection.")
-@click.option("--detect-band", default="sum", show_default=True,
+@click.option("--detect-band", default=DEFAULT_DETECT_BAND, show_default=True,
               help="Band to detect on, or 'sum' (noise-weighted sum of all bands).")
-@click.option("--tile-size", type=int, default=2048, show_default=True,
+@click.option("--tile-size", type=int, default=DEFAULT_CORE, show_default=True,
               help="Tile core size in pixels (the unit of work and of resume).")
-@click.option("--max-nan", type=float, default=0.5, show_default=True,
+@click.option("--max-nan", type=float, default=DEFAULT_MAX_NAN, show_default=True,
               help="Flag cutouts with more than this share of blank/off-image pixels.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
@@ -189,7 +197,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     try:
         with engine:
             summary = run_scan(engine, mosaic, source, out, regions=regions, scoremap=scoremap,
-                               resume=resume, stop=stop, progress=show)
+                               resume=resume, stop=stop, progress=show, outputs_probed=True)
     except ScanInterrupted as exc:
         show.close()
         click.echo(f"Interrupted: {exc}. Resume with:\n  {_resume_command()}", err=True)

@@ -47,18 +47,20 @@ import numpy as np
 
 from pyengine.bands import match_order
 from pyengine.coords import centre_pixel
+from pyengine.defaults import DEFAULT_CORE, DEFAULT_MAX_NAN  # re-exported here too
 from pyengine.errors import ConfigError, MosaicMismatchError
-from pyengine.flags import BLANK, EDGE
+from pyengine.flags import cutout_flags
 from pyengine.io.tiles import Tile, TilePlan
 from pyengine.runners.base import Runner
 from pyengine.runners.select import make_runner
 from pyengine.scan.batching import BatchRing, gather
 from pyengine.scan.results import TileResult
+from pyengine.sources.base import tiles_to_do
+from pyengine.stats import median_and_sigma
+from pyengine.validate import integer, number
 
 __all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
 
-DEFAULT_CORE = 2048
-DEFAULT_MAX_NAN = 0.5
 _POLL = 0.1  # seconds between checks of the abort flag while a stage waits
 
 
@@ -98,8 +100,7 @@ def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.nda
         v = v[np.isfinite(v)]
         if v.size < 16:
             continue
-        med = np.median(v)
-        mad = 1.4826 * np.median(np.abs(v - med))
+        med, mad = median_and_sigma(v)
         offset[b] = med
         if np.isfinite(mad) and mad > 0:
             scale[b] = 1.0 / mad
@@ -126,18 +127,16 @@ class Engine:
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int = 4):
-        if batch_size is not None and not 1 <= int(batch_size) <= 65536:
-            raise ConfigError(f"batch size {batch_size} is out of range; accepted: 1..65536")
-        if threads is not None and int(threads) < 1:
-            raise ConfigError(f"threads = {threads}; a positive number is needed")
-        if not 0.0 <= float(max_nan_fraction) <= 1.0:
-            raise ConfigError(f"max NaN fraction {max_nan_fraction} is out of range; "
-                              "accepted: 0..1")
-        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-            raise ConfigError(f"threshold {threshold} is out of range; accepted: a "
-                              "probability in [0, 1]")
-        if not 64 <= int(core) <= 1 << 16:
-            raise ConfigError(f"tile core {core} is out of range; accepted: 64..65536")
+        if batch_size is not None:
+            integer(batch_size, "batch size", 1, 65536, whole_floats=True)
+        if threads is not None:
+            integer(threads, "threads", 1, accepted="a positive integer is needed",
+                    whole_floats=True)
+        number(max_nan_fraction, "max NaN fraction", 0.0, 1.0, accepted="a fraction in [0, 1] "
+               "is needed")
+        number(threshold, "threshold", 0.0, 1.0, allow_none=True,
+               accepted="a probability in [0, 1] is needed")
+        integer(core, "tile core", 64, 1 << 16, whole_floats=True)
         if isinstance(runner, Runner):
             self.runner = runner
         else:
@@ -162,10 +161,11 @@ class Engine:
 
     @functools.cached_property
     def model_sha256(self) -> str:
-        """SHA-256 of the model file given (the shipped demo model's when None)."""
-        from pyengine.models.checkpoint import DEMO_MODEL, file_sha256
+        """The model's identity: the same SHA-256 for a model file and for its ONNX
+        export or TensorRT engine (:func:`pyengine.runners.loaders.model_identity`)."""
+        from pyengine.runners.loaders import model_identity
 
-        return file_sha256(self.model if self.model is not None else DEMO_MODEL)
+        return model_identity(self.model)
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> Engine:
@@ -382,14 +382,7 @@ class _Pipeline:
 
     # -- stage 1: read tiles and find their positions --------------------------------
     def _wanted(self) -> list[Tile]:
-        tiles = []
-        for tile in self.plan:
-            if tile.index in self.skip:
-                continue
-            if self.source.count(tile) == 0:
-                continue
-            tiles.append(tile)
-        return tiles
+        return tiles_to_do(self.plan, self.source, self.skip)
 
     def _load(self, tile: Tile) -> _TileWork:
         pixels = self.mosaic.read(*tile.window)  # tiles known to own no position are skipped
@@ -520,10 +513,7 @@ class _Pipeline:
     def _finish(self, work: _TileWork) -> TileResult:
         npix = self.mosaic.nband * self.size * self.size
         frac = (work.nan_counts / npix).astype(np.float32)
-        flags = np.zeros(work.x.size, np.int32)
-        flags[frac > 0] |= EDGE
-        blank = frac > self.engine.max_nan_fraction
-        flags[blank] |= BLANK
+        flags = cutout_flags(frac, self.engine.max_nan_fraction)
         return TileResult(work.tile.index, work.x, work.y, work.row, work.scores, frac, flags,
                           work.columns)
 

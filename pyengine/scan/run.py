@@ -15,8 +15,6 @@ are called from one thread.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,29 +25,23 @@ import numpy as np
 from pyengine import __version__
 from pyengine.errors import OutputError
 from pyengine.flags import BLANK, OFF_IMAGE
+from pyengine.hashing import file_identity
 from pyengine.output.catalog import check_output, check_writable, write_catalog
 from pyengine.scan.assembly import assemble_catalog, candidates
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
+from pyengine.sources.base import tiles_to_do
 
 __all__ = ["default_scoremap_path", "output_paths", "run_scan", "scan_fingerprint"]
 
 
 # -- resume fingerprint -------------------------------------------------------------------
 def _file_identity(spec: str) -> dict:
-    """Size, mtime and a hash of the first and last MiB of a band file (a full hash of a
-    22 GB band would cost minutes)."""
+    """A band file's cheap identity (:func:`pyengine.hashing.file_identity`: a full hash
+    of a 22 GB band would cost minutes) and the HDU its spec names."""
     from pyengine.io.fitsfile import parse_spec
 
     path, ext = parse_spec(spec)
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if st.st_size > 2 << 20:
-            fh.seek(-(1 << 20), os.SEEK_END)
-            h.update(fh.read(1 << 20))
-    return {"path": str(path.resolve()), "ext": ext, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
+    return {**file_identity(path), "ext": ext}
 
 
 def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) -> dict:
@@ -73,24 +65,27 @@ def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) ->
 
 
 # -- the whole job --------------------------------------------------------------------------
-def output_paths(out, regions=None, scoremap=None) -> dict:
-    """Check every output before work starts; returns the checked paths."""
-    paths = {"catalog": check_output(out)}
+def output_paths(out, regions=None, scoremap=None, *, probe: bool = True) -> dict:
+    """Check every output before work starts; returns the checked paths.  The one place
+    that decides whether outputs are usable: ``pyengine scan`` calls it before loading
+    anything, :func:`run_scan` again (cheaply, ``probe=False``, when told the caller did)."""
+    paths = {"catalog": check_output(out, probe=probe)}
     if regions is not None:
-        paths["regions"] = _check_other(regions, (".reg",), "regions")
+        paths["regions"] = _check_other(regions, (".reg",), "regions", probe)
     if scoremap is not None:
-        paths["scoremap"] = _check_other(scoremap, (".fits",), "score map")
+        paths["scoremap"] = _check_other(scoremap, (".fits",), "score map", probe)
     values = [p.resolve() for p in paths.values()]
     if len(set(values)) != len(values):
         raise OutputError(f"output paths must differ: {', '.join(map(str, paths.values()))}")
     return paths
 
 
-def _check_other(path, suffixes, what) -> Path:
+def _check_other(path, suffixes, what, probe: bool) -> Path:
     path = Path(path)
     if not any(path.name.lower().endswith(s) for s in suffixes):
         raise OutputError(f"{path}: a {what} file must end in {' or '.join(suffixes)}")
-    return check_writable(path, f"a {what} file name ending in {' or '.join(suffixes)}")
+    return check_writable(path, f"a {what} file name ending in {' or '.join(suffixes)}",
+                          probe=probe)
 
 
 def default_scoremap_path(out: Path) -> Path:
@@ -104,13 +99,16 @@ def default_scoremap_path(out: Path) -> Path:
 
 def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
              resume: bool = False, stop: threading.Event | None = None,
-             progress: Callable[[dict], None] | None = None) -> ScanSummary:
+             progress: Callable[[dict], None] | None = None,
+             outputs_probed: bool = False) -> ScanSummary:
     """Scan ``mosaic`` for ``source`` positions and write the catalog ``out`` (and
     ``regions``, and in grid mode a score map); journalled for ``resume``.
 
     ``progress(event)`` receives a dict after every batch and tile.  When
     ``stop`` is set the batch in flight finishes, its complete tiles are
-    journalled and :class:`ScanInterrupted` is raised.
+    journalled and :class:`ScanInterrupted` is raised.  ``outputs_probed``: the caller
+    ran :func:`output_paths` on these paths just before (the CLI does), so the folders are
+    not probed again.
 
     On every way out (done, interrupted, an error) the journal's lock is released
     and a mosaic opened for the scan (paths given, or bands put in the model's
@@ -121,7 +119,8 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     t0 = time.perf_counter()
     if source.kind == "grid" and scoremap is None:
         scoremap = default_scoremap_path(Path(out))
-    paths = output_paths(out, regions, scoremap)
+    # A default score map lies beside the catalog, in a folder probed with it.
+    paths = output_paths(out, regions, scoremap, probe=not outputs_probed)
     with engine.prepared(mosaic, source) as (mosaic, source, plan):
         journal = Journal(paths["catalog"])
         try:
@@ -141,9 +140,9 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         scoremap_wcs(mosaic.wcs, source.stride, source.offset)
     fingerprint = scan_fingerprint(engine, mosaic, source, plan)
     done = set(journal.start(fingerprint, resume=resume))
-    wanted = [t.index for t in plan if t.index not in done and source.count(t) != 0]
+    wanted = tiles_to_do(plan, source, done)
     total_pos = None
-    counts = [source.count(plan[t]) for t in wanted]
+    counts = [source.count(t) for t in wanted]
     if all(c is not None for c in counts):
         total_pos = int(sum(counts))
     state = {"tiles_done": 0, "tiles_total": len(wanted), "positions_done": 0,
@@ -183,7 +182,7 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         state["candidates"] += int(np.count_nonzero(
             candidates(engine, result.score, result.flags)))
         report("tile")
-    remaining = [t.index for t in plan if t.index not in done and source.count(t) != 0]
+    remaining = tiles_to_do(plan, source, done)
     if remaining:
         if stop.is_set():
             raise ScanInterrupted(len(done), len(done) + len(remaining), journal.path)

@@ -6,16 +6,12 @@ Thread safety: see :mod:`pyengine.sources`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyengine.errors import ConfigError
-
-__all__ = ["SOURCE_KINDS", "Source", "TilePositions"]
+__all__ = ["SOURCE_KINDS", "Source", "TilePositions", "tiles_to_do"]
 
 SOURCE_KINDS = ("catalog", "detect", "grid")
 
@@ -117,20 +113,10 @@ class Source(ABC):
                              f"{mosaic.shape}")
 
 
-
-def _finite_option(value, name: str, owner: str, wanted: str) -> float | None:
-    """None, or ``value`` as a float when it is a finite real number; else ConfigError."""
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)):
-        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; {wanted} is needed")
-    return float(value)
-
-
-def _int_option(value, name: str, lo: int, hi: int, owner: str) -> int:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value != int(value) or not lo <= int(value) <= hi):
-        raise ConfigError(f"{owner}: {name} {value!r} is not accepted; an integer "
-                          f"{lo}..{hi} is needed")
-    return int(value)
+def tiles_to_do(plan, source: Source, skip=()) -> list:
+    """The tiles of ``plan`` a scan still has to do: not in ``skip`` (tile indices already
+    done) and not known to own no position (``source.count`` 0; None, unknown until the
+    pixels are read, is to do).  The one rule the engine's reader and run_scan's
+    progress totals and completeness check share."""
+    skip = frozenset(int(t) for t in skip)
+    return [tile for tile in plan if tile.index not in skip and source.count(tile) != 0]

@@ -5,7 +5,6 @@ Thread safety: see :mod:`pyengine.sources`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import CatalogError, ConfigError
+from pyengine.hashing import file_sha256
 from pyengine.sources.base import Source, TilePositions
 
 __all__ = ["MAG_NAMES", "CatalogSource"]
@@ -22,14 +22,6 @@ __all__ = ["MAG_NAMES", "CatalogSource"]
 MAG_NAMES = ("mag", "mag_i", "imag", "i_mag", "magi", "mag_g", "gmag", "g_mag", "magg",
              "mag_auto", "mag_best")
 
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CatalogSource(Source):
@@ -88,7 +80,7 @@ class CatalogSource(Source):
         # Hash before reading: a file rewritten in between makes the fingerprint stale,
         # never silently newer than the rows scanned.
         try:
-            size, sha = path.stat().st_size, _sha256(path)
+            size, sha = path.stat().st_size, file_sha256(path)
         except OSError as exc:
             raise CatalogError(f"{path}: cannot read the catalog file ({exc.strerror})") from None
         table = read_catalog(self.spec)

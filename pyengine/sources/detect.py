@@ -79,9 +79,12 @@ import threading
 
 import numpy as np
 
+from pyengine import defaults
 from pyengine.bands import band_index
 from pyengine.errors import ConfigError, PyEngineError
-from pyengine.sources.base import Source, TilePositions, _finite_option, _int_option
+from pyengine.sources.base import Source, TilePositions
+from pyengine.stats import median_and_sigma, robust_sigma
+from pyengine.validate import integer, need, number
 
 __all__ = ["DETECT_COLUMNS", "MAG_COLUMNS", "ZERO_POINT_KEYS", "DetectSource", "DetectionError"]
 
@@ -215,7 +218,7 @@ def _band_noise(mosaic) -> list[float]:
         if d.size < 16:
             noise.append(0.0)
             continue
-        spread = 1.4826 * np.median(np.abs(d - np.median(d)))
+        spread = robust_sigma(d)
         if not spread > 0:  # quantised data flatter than its steps: fall back to std
             spread = np.std(d)
         noise.append(float(spread / math.sqrt(2.0)))
@@ -241,38 +244,36 @@ class DetectSource(Source):
     kind = "detect"
     needs_pixels = True
 
-    def __init__(self, *, threshold: float = 3.0, min_area: int = 5, band: str = "sum",
-                 deblend: bool = True, background_box: int = 64,
-                 mag_limit: float | None = None, mag_band: str | None = None,
-                 zero_point: float | None = None, aperture: float = 8.0):
+    def __init__(self, *, threshold: float = defaults.DEFAULT_DETECT_THRESHOLD,
+                 min_area: int = defaults.DEFAULT_MIN_AREA,
+                 band: str = defaults.DEFAULT_DETECT_BAND, deblend: bool = True,
+                 background_box: int = 64, mag_limit: float | None = None,
+                 mag_band: str | None = None,
+                 zero_point: float | None = None, aperture: float = defaults.DEFAULT_APERTURE):
         owner = "detection"
-        if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
-                or not math.isfinite(threshold) or threshold <= 0):
-            raise ConfigError(f"{owner}: threshold {threshold!r} is not accepted; a number of "
-                              "sigma > 0 is needed, e.g. 3")
-        self.threshold = float(threshold)
-        self.min_area = _int_option(min_area, "minimum area", 1, 1 << 20, owner)
-        self.background_box = _int_option(background_box, "background box", 8, 1 << 16, owner)
-        if not isinstance(band, str) or not band:
-            raise ConfigError(f"{owner}: band {band!r} is not accepted; a band name of the "
-                              "mosaic or 'sum' is needed")
+        self.threshold = number(threshold, f"{owner}: threshold", 0, lo_open=True,
+                                accepted="a number of sigma > 0 is needed, e.g. 3")
+        self.min_area = integer(min_area, f"{owner}: minimum area", 1, 1 << 20, whole_floats=True)
+        self.background_box = integer(background_box, f"{owner}: background box", 8, 1 << 16,
+                                      whole_floats=True)
+        need(isinstance(band, str) and bool(band), f"{owner}: band", band,
+             "a band name of the mosaic or 'sum' is needed")
         self.band = band
         if not isinstance(deblend, bool | np.bool_):
             raise ConfigError(f"{owner}: deblend {deblend!r} is not accepted; true or false")
         self.deblend = bool(deblend)
-        self.mag_limit = _finite_option(mag_limit, "magnitude limit", owner,
-                                        "the faintest magnitude to keep, e.g. 21")
-        self.zero_point = _finite_option(zero_point, "zero point", owner,
-                                         "the band's photometric zero point in mag, e.g. 30")
-        if mag_band is not None and (not isinstance(mag_band, str) or not mag_band):
-            raise ConfigError(f"{owner}: magnitude band {mag_band!r} is not accepted; a band "
-                              "name of the mosaic is needed")
+        self.mag_limit = number(mag_limit, f"{owner}: magnitude limit", allow_none=True,
+                                accepted="the faintest magnitude to keep, e.g. 21 is needed")
+        self.zero_point = number(zero_point, f"{owner}: zero point", allow_none=True, accepted=(
+            "the band's photometric zero point in mag, e.g. 30 is needed"))
+        need(mag_band is None or (isinstance(mag_band, str) and bool(mag_band)),
+             f"{owner}: magnitude band", mag_band, "a band name of the mosaic is needed")
         self.mag_band = mag_band
-        aperture = _finite_option(aperture, "aperture", owner,
-                                  "a radius in pixels > 0, e.g. 8")
-        if aperture is None or aperture <= 0:
-            raise ConfigError(f"{owner}: aperture {aperture!r} is not accepted; a radius in "
-                              "pixels > 0 is needed, e.g. 8")
+        # Converted first, so the message shows the value as a float (0.0) like the old one.
+        accepted = "a radius in pixels > 0 is needed, e.g. 8"
+        if aperture is not None:
+            aperture = number(aperture, f"{owner}: aperture", accepted=accepted)
+        need(aperture is not None and aperture > 0, f"{owner}: aperture", aperture, accepted)
         self.aperture = aperture
         self._plan = None
 
@@ -399,8 +400,7 @@ class DetectSource(Source):
                 # No mesh is half full (a sliver of image at an edge or between blank
                 # areas): one robust level and noise for the whole window.
                 values = data[~mask]
-                level = np.median(values)
-                noise = 1.4826 * np.median(np.abs(values - level))
+                level, noise = median_and_sigma(values)
                 data -= np.float32(level)
                 rms = np.full((ph, pw), noise, dtype=np.float32)
             mask |= ~(rms > 0)  # also catches NaN

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.sources.base import Source, TilePositions, _int_option
+from pyengine.sources.base import Source, TilePositions
+from pyengine.validate import integer
 
 __all__ = ["GridSource"]
 
@@ -25,10 +26,10 @@ class GridSource(Source):
     needs_pixels = False
 
     def __init__(self, stride, *, offset=None):
-        self.stride = _int_option(stride, "grid stride", 1, 1 << 30, "grid")
+        self.stride = integer(stride, "grid: grid stride", 1, 1 << 30, whole_floats=True)
         if offset is None:
             offset = self.stride // 2
-        self.offset = _int_option(offset, "grid offset", 0, self.stride - 1, "grid")
+        self.offset = integer(offset, "grid: grid offset", 0, self.stride - 1, whole_floats=True)
         self._plan = None
 
     def _axis(self, n: int) -> int:

@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 from pyengine.errors import ConfigError
+from pyengine.validate import is_int, is_number
 
 __all__ = [
     "DEFAULT_BANDS",
@@ -60,17 +61,16 @@ ENCODINGS = ("float32", "int16", "rice", "mef")
 
 def _check_range(name: str, value, lo: float, hi: float, what: str = "") -> None:
     """Raise ConfigError unless lo <= value <= hi (and value is a finite number)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(value) and lo <= value <= hi
-    if not ok:
+    # pyengine.validate decides what a number is; the synthetic field's
+    # messages keep their own "NAME must be ...; got VALUE" form (the CLI prints them).
+    if not (is_number(value) and lo <= value <= hi):
         unit = f" {what}" if what else ""
         raise ConfigError(f"{name} must be a number from {lo:g} to {hi:g}{unit}; got {value!r}")
 
 
 def _check_int(name: str, value, lo: int, hi: int, what: str = "") -> None:
     """Raise ConfigError unless value is an integer with lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not (is_int(value) and lo <= value <= hi):
         unit = f" {what}" if what else ""
         raise ConfigError(f"{name} must be an integer from {lo} to {hi}{unit}; got {value!r}")
 

@@ -25,8 +25,6 @@ calls hold the GIL for their duration (cfitsio is not re-entrant per file).
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import fitsio
@@ -34,6 +32,7 @@ import numpy as np
 from astropy.io.fits import Header
 from astropy.wcs import WCS
 
+from pyengine.atomic import publish, temporary_beside
 from pyengine.io.fitswrite import AtomicOutput, FitsWriter, ImageSpec
 from pyengine.synth.catalog import CLASSES, SUBCLASSES, Objects
 from pyengine.synth.config import SynthConfig
@@ -49,10 +48,6 @@ TRUTH_DTYPE = np.dtype([
     ("class", "S7"), ("g_mag", ">f4"), ("i_mag", ">f4"), ("r_h_pc", ">f4"), ("subclass", "S10"),
 ])
 TRUTH_UNITS = ["", "deg", "deg", "pix", "pix", "", "mag", "mag", "pc", ""]
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
 def int16_scaling(config: SynthConfig, band: str) -> tuple[float, float]:
@@ -76,7 +71,7 @@ class _RiceFile:
 
     def __init__(self, path: Path, header: Header, shape: tuple[int, int], dither_seed: int):
         self.path = path
-        self.tmp = _tmp_name(path)
+        self.tmp = temporary_beside(path)
         self.fits = fitsio.FITS(str(self.tmp), "rw")
         self.fits.create_image_hdu(dims=shape, dtype="f4", compress="RICE",
                                    tile_dims=(1, shape[1]), qlevel=RICE_QLEVEL,
@@ -88,7 +83,7 @@ class _RiceFile:
 
     def close(self) -> None:
         self.fits.close()
-        os.replace(self.tmp, self.path)
+        publish([(self.tmp, self.path)])
 
     def abort(self) -> None:
         self.fits.close()
@@ -168,7 +163,7 @@ class TruthWriter:
         self.counts = dict.fromkeys(CLASSES, 0)
         self._next_id = 1
         path.unlink(missing_ok=True)   # a stale catalog must not vouch for new images
-        self.tmp = _tmp_name(path)
+        self.tmp = temporary_beside(path)
         self.fits = fitsio.FITS(str(self.tmp), "rw")
         header = primary_header(config)
         header["COMMENT"] = "x, y: 0-based pixels (astropy); r_h_pc is NaN for non-clusters."
@@ -181,9 +176,10 @@ class TruthWriter:
 
     def __exit__(self, exc_type, exc, tb):
         self.fits.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
+        try:
+            if exc_type is None:
+                publish([(self.tmp, self.path)])
+        finally:
             self.tmp.unlink(missing_ok=True)
 
     def add(self, cell_row: int, objs: Objects) -> None:

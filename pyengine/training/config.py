@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pyengine.errors import ConfigError
+from pyengine.validate import is_int, is_number, need
 
 __all__ = ["BALANCES", "SPLITS", "TrainConfig", "TrainResult", "config_hash", "describe_changes"]
 
@@ -22,19 +21,6 @@ BALANCES = ("sampler", "loss", "none")  # class balancing (see pyengine.training
 
 # Options that do not change the result (resume may change them).
 _RUN_ONLY = ("output", "threads", "resume", "keep_checkpoint")
-
-
-def _need(ok: bool, option: str, value, accepted: str) -> None:
-    if not ok:
-        raise ConfigError(f"{option} {value!r} is not accepted; {accepted}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _strings(v):
@@ -88,40 +74,40 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
-        _need(bool(self.images), "images", self.images, "one band image per band is needed")
-        _need(_is_int(self.cutout_size) and 16 <= self.cutout_size <= 256, "--size",
-              self.cutout_size, "an integer from 16 to 256 pixels is needed")
-        _need(_is_num(self.max_nan) and 0 <= self.max_nan < 1, "--max-nan", self.max_nan,
-              "a fraction in [0, 1) is needed")
-        _need(self.split in SPLITS, "--split", self.split, f"accepted: {', '.join(SPLITS)}")
-        _need(_is_num(self.val_fraction) and 0 < self.val_fraction <= 0.5, "--val-fraction",
-              self.val_fraction, "a fraction in (0, 0.5] is needed")
-        _need(_is_int(self.block_size) and self.block_size >= 1, "--block-size",
-              self.block_size, "a positive number of pixels is needed")
-        _need(_is_int(self.epochs) and 1 <= self.epochs <= 100_000, "--epochs", self.epochs,
-              "an integer from 1 to 100000 is needed")
-        _need(_is_int(self.batch_size) and self.batch_size >= 2, "--batch-size",
-              self.batch_size, "an integer >= 2 is needed (BatchNorm needs two samples)")
-        _need(_is_num(self.lr) and self.lr > 0, "--lr", self.lr, "a number > 0 is needed")
-        _need(_is_num(self.weight_decay) and self.weight_decay >= 0, "--weight-decay",
-              self.weight_decay, "a number >= 0 is needed")
-        _need(_is_num(self.warmup) and 0 <= self.warmup < 1, "--warmup", self.warmup,
-              "a share of the steps in [0, 1) is needed")
-        _need(self.balance in BALANCES, "--balance", self.balance,
-              f"accepted: {', '.join(BALANCES)}")
-        _need(_is_num(self.noise) and 0 <= self.noise <= 10, "--noise", self.noise,
-              "a number from 0 to 10 (times the cutout's own noise) is needed")
-        _need(self.target_purity is None or (_is_num(self.target_purity)
-                                             and 0 < self.target_purity <= 1),
-              "--target-purity", self.target_purity, "a precision in (0, 1] is needed")
-        _need(self.mag_limit is None or _is_num(self.mag_limit), "--mag-limit", self.mag_limit,
-              "a finite magnitude is needed")
-        _need(self.mag_col is None or self.mag_limit is not None, "--mag-col", self.mag_col,
-              "it needs --mag-limit (the cut it applies)")
-        _need(_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed", self.seed,
-              "an integer from 0 to 2**63 - 1 is needed")
-        _need(self.threads is None or (_is_int(self.threads) and self.threads >= 1),
-              "--threads", self.threads, "an integer >= 1 is needed")
+        need(bool(self.images), "images", self.images, "one band image per band is needed")
+        need(is_int(self.cutout_size) and 16 <= self.cutout_size <= 256, "--size",
+             self.cutout_size, "an integer from 16 to 256 pixels is needed")
+        need(is_number(self.max_nan) and 0 <= self.max_nan < 1, "--max-nan", self.max_nan,
+             "a fraction in [0, 1) is needed")
+        need(self.split in SPLITS, "--split", self.split, f"accepted: {', '.join(SPLITS)}")
+        need(is_number(self.val_fraction) and 0 < self.val_fraction <= 0.5, "--val-fraction",
+             self.val_fraction, "a fraction in (0, 0.5] is needed")
+        need(is_int(self.block_size) and self.block_size >= 1, "--block-size",
+             self.block_size, "a positive number of pixels is needed")
+        need(is_int(self.epochs) and 1 <= self.epochs <= 100_000, "--epochs", self.epochs,
+             "an integer from 1 to 100000 is needed")
+        need(is_int(self.batch_size) and self.batch_size >= 2, "--batch-size",
+             self.batch_size, "an integer >= 2 is needed (BatchNorm needs two samples)")
+        need(is_number(self.lr) and self.lr > 0, "--lr", self.lr, "a number > 0 is needed")
+        need(is_number(self.weight_decay) and self.weight_decay >= 0, "--weight-decay",
+             self.weight_decay, "a number >= 0 is needed")
+        need(is_number(self.warmup) and 0 <= self.warmup < 1, "--warmup", self.warmup,
+             "a share of the steps in [0, 1) is needed")
+        need(self.balance in BALANCES, "--balance", self.balance,
+             f"accepted: {', '.join(BALANCES)}")
+        need(is_number(self.noise) and 0 <= self.noise <= 10, "--noise", self.noise,
+             "a number from 0 to 10 (times the cutout's own noise) is needed")
+        need(self.target_purity is None or (is_number(self.target_purity)
+                                           and 0 < self.target_purity <= 1),
+             "--target-purity", self.target_purity, "a precision in (0, 1] is needed")
+        need(self.mag_limit is None or is_number(self.mag_limit), "--mag-limit", self.mag_limit,
+             "a finite magnitude is needed")
+        need(self.mag_col is None or self.mag_limit is not None, "--mag-col", self.mag_col,
+             "it needs --mag-limit (the cut it applies)")
+        need(is_int(self.seed) and 0 <= self.seed < 2**63, "--seed", self.seed,
+             "an integer from 0 to 2**63 - 1 is needed")
+        need(self.threads is None or (is_int(self.threads) and self.threads >= 1),
+             "--threads", self.threads, "an integer >= 1 is needed")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -133,8 +119,8 @@ class TrainConfig:
 
     def fingerprint(self) -> dict:
         """What determines the result: the options and the input files' identities."""
+        from pyengine.hashing import file_sha256
         from pyengine.io.fitsfile import parse_spec
-        from pyengine.models.checkpoint import file_sha256
 
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUN_ONLY}
         files = []

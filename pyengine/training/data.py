@@ -30,6 +30,7 @@ from pyengine.coords import centre_pixel
 from pyengine.errors import CatalogError, ConfigError
 from pyengine.io.catalog import catalog_positions, find_column, read_catalog
 from pyengine.scan.cutouts import extract_cutouts
+from pyengine.stats import nan_robust_sigma
 from pyengine.training.config import SPLITS
 
 __all__ = ["ClassPlan", "TrainingSet", "block_index", "label_strings", "load_training_set",
@@ -146,9 +147,7 @@ def robust_sigma(pixels: np.ndarray, chunk: int = 4096) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bands: handled below
         for lo in range(0, n, chunk):
             flat = pixels[lo:lo + chunk].reshape(min(chunk, n - lo), nband, -1)
-            med = np.nanmedian(flat, axis=2, keepdims=True)
-            mad = np.nanmedian(np.abs(flat - med), axis=2)
-            out[lo:lo + chunk] = np.nan_to_num(1.4826 * mad, nan=0.0)
+            out[lo:lo + chunk] = np.nan_to_num(nan_robust_sigma(flat, axis=2), nan=0.0)
     return out
 
 

@@ -20,14 +20,13 @@ one training per process.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyengine.atomic import atomic_path
 from pyengine.errors import ConfigError
 from pyengine.training.augment import (
     augment_batch,
@@ -118,12 +117,10 @@ def save_state(path: Path, *, model, optimizer, scheduler, epoch: int, config_js
         "model": model.backbone.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write the training checkpoint "
                           f"({exc.strerror})") from None
 

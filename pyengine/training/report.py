@@ -11,8 +11,6 @@ the other functions are pure apart from the file they write.
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine import metrics as m
+from pyengine.atomic import atomic_path
 
 __all__ = ["Progress", "plot_pr_curve", "validation_metrics"]
 
@@ -95,12 +94,9 @@ def plot_pr_curve(path: Path, probabilities: np.ndarray, labels: np.ndarray, pla
            ylim=(0, 1.01), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=7)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.png")
-    try:
+    # The hidden temporary name ends in .png like the old one did.
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
