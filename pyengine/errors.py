@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "CatalogError",
     "ConfigError",
+    "ExportCheckError",
     "FitsFormatError",
     "InputFileError",
     "ModelFileError",
@@ -66,3 +67,7 @@ class ResumeError(PyEngineError):
 
 class RunnerUnavailable(ConfigError):
     """The runner asked for cannot work here (library, device or file missing)."""
+
+
+class ExportCheckError(PyEngineError):
+    """An exported graph disagrees with its model beyond the stated tolerance."""

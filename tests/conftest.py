@@ -3,13 +3,31 @@
 ``field``, ``model`` and ``catalog`` are the small field, model and catalog of
 :mod:`tests.scanfield`, made once per session.  Test modules that define fixtures
 of the same names (e.g. the training tests) use their own.
+
+``accept``: true with ``pytest --accept`` or ``PYENGINE_ACCEPT=1``; golden-output
+tests (tests/test_golden.py) then rewrite their files under tests/expect/ instead
+of comparing with them, as torchvision's test/expect does.  Nothing heavy is
+imported here (every test run loads this module).
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests import scanfield
+
+
+def pytest_addoption(parser):
+    parser.addoption("--accept", action="store_true", default=False,
+                     help="rewrite the golden outputs under tests/expect/ (as "
+                          "PYENGINE_ACCEPT=1) instead of comparing with them")
+
+
+@pytest.fixture(scope="session")
+def accept(request) -> bool:
+    return bool(request.config.getoption("--accept")) or os.environ.get("PYENGINE_ACCEPT") == "1"
 
 
 @pytest.fixture(scope="session")

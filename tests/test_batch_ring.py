@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import threading
 import time
@@ -310,14 +311,27 @@ def test_close_drops_queued_jobs_and_wakes_blocked_threads():
         ring.wait(other)
 
 
+def _os_threads() -> int:
+    """Threads of this process as the kernel sees them (C++ workers included)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_dropped_ring_stops_its_workers():
     """Garbage collection closes the ring (joins its workers) before the arrays go."""
     tile = np.ones((1, 50, 50), np.float32)
+    baseline = _os_threads()
     ring = BatchRing(make_slots(2, 64, 1, 32), threads=2)
     slot = ring.acquire()
     ring.fill(slot, 0, tile, np.arange(64), np.arange(64))
+    assert _os_threads() >= baseline + 2  # the two workers exist while the ring does
+    ring.wait(slot)
     del ring
     gc.collect()
+    deadline = time.monotonic() + 10.0
+    while _os_threads() > baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _os_threads() <= baseline, "the dropped ring's worker threads are still running"
 
 
 def test_core_ring_direct_properties():

@@ -61,5 +61,20 @@ def test_demo_model_int8_export_agrees_with_fp32(demo, field_cutouts, tmp_path):
     fp32 = export_onnx(demo, tmp_path / "demo.onnx")
     calib, held_out = field_cutouts[:200], field_cutouts[200:]
     int8 = quantize_int8(fp32, tmp_path / "demo8.onnx", calib)
-    agree, _ = decision_agreement(fp32, int8, held_out, demo.spec.threshold)
+    agree, diff = decision_agreement(fp32, int8, held_out, demo.spec.threshold)
     assert agree >= 0.995, f"int8 agrees on {100 * agree:.2f} % of decisions"
+    # Recomputed from each graph's own scores, so a function comparing a graph with
+    # itself (or returning 1) cannot pass; the held-out set has decisions of both kinds,
+    # so the agreement measures something.
+    t = demo.spec.threshold
+    ref, got = onnx_scores(fp32, held_out), onnx_scores(int8, held_out)
+    assert 0 < np.count_nonzero(ref >= t) < ref.size
+    assert agree == float(np.mean((ref >= t) == (got >= t)))
+    assert diff == float(np.max(np.abs(ref - got))) > 0
+    # At a threshold between the two graphs' scores of the cutout they differ most on,
+    # that cutout is decided differently: the agreement must drop below 1.
+    i = int(np.argmax(np.abs(ref - got)))
+    between = float((ref[i] + got[i]) / 2)
+    low, _ = decision_agreement(fp32, int8, held_out, between)
+    assert low < 1.0
+    assert low == float(np.mean((ref >= between) == (got >= between)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
@@ -11,6 +12,9 @@ from astropy.table import Table
 from pyengine.errors import ConfigError, MosaicMismatchError, ResumeError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.io.mosaic import Mosaic
+from pyengine.io.tiles import TilePlan
+from pyengine.models.spec import ModelSpec
+from pyengine.runners.base import Runner
 from pyengine.scan.cutouts import extract_cutouts
 from pyengine.scan.engine import Engine
 from pyengine.scan.results import ScanInterrupted
@@ -126,6 +130,22 @@ def test_iter_scan_yields_tile_tables_in_order(engine, field, catalog):
     tiles = [int(t["tile"][0]) for t in tables]
     assert tiles == sorted(tiles) and len(set(tiles)) == len(tiles) > 4
     assert sum(len(t) for t in tables) == 60  # the 3 off-image rows belong to no tile
+    # Each tile's rows carry the sky position of their own pixel position...
+    for t in tables:
+        ra, dec = field["wcs"].pixel_to_world_values(np.asarray(t["x"]), np.asarray(t["y"]))
+        np.testing.assert_allclose(t["ra"], ra, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(t["dec"], dec, rtol=0, atol=1e-10)
+        assert np.all(np.asarray(t["tile"]) == t["tile"][0])
+    # ... and are the rows of the whole-catalog scan (matched by input catalog row).
+    with _mosaic(field) as mosaic:
+        whole = engine.scan(mosaic, CatalogSource(catalog))
+    rows = np.concatenate([np.asarray(t["row"]) for t in tables])
+    assert sorted(rows.tolist()) == list(range(60))  # the 3 off-image rows come last
+    for name in ("ra", "dec", "x", "y", "flags", "tile"):
+        got = np.concatenate([np.asarray(t[name]) for t in tables])
+        np.testing.assert_array_equal(got, np.asarray(whole[name])[rows], err_msg=name)
+    got = np.concatenate([np.asarray(t["score"]) for t in tables])
+    np.testing.assert_allclose(got, np.asarray(whole["score"])[rows], rtol=0, atol=2e-5)
 
 
 def test_model_bands_must_match_the_mosaic(engine, field, tmp_path):
@@ -168,11 +188,18 @@ def test_interrupted_scan_resumes_to_the_same_catalog(model, field, catalog, tmp
                     stop.set()
 
         out = tmp_path / "part.fits"
-        with pytest.raises(ScanInterrupted, match="interrupted after"):
+        with pytest.raises(ScanInterrupted, match="interrupted after") as interrupted:
             run_scan(engine, mosaic, CatalogSource(catalog), out, stop=stop, progress=progress)
         assert not out.exists()  # no half catalog presented as complete
         journal = out.with_name(out.name + ".journal")
         assert journal.is_dir()
+        journalled = len(list(journal.glob("tile-*.npz")))
+        stopped = (interrupted.value.done, interrupted.value.total)
+        # The exception's traceback keeps run_scan's Journal (and its lock) alive: drop it
+        # (see test_interrupted_run_scan_releases_its_journal_lock).
+        del interrupted
+        gc.collect()
+        assert journalled == stopped[0] == len(seen) >= 2
         with pytest.raises(ResumeError):  # not resuming: the journal is never overwritten
             run_scan(engine, mosaic, CatalogSource(catalog), out)
         with pytest.raises(ResumeError, match=r"source|mag"):
@@ -180,10 +207,36 @@ def test_interrupted_scan_resumes_to_the_same_catalog(model, field, catalog, tmp
                      resume=True)
         summary = run_scan(engine, mosaic, CatalogSource(catalog), out, resume=True)
         assert summary.tiles_resumed >= 2
+        assert summary.tiles_resumed == journalled  # exactly the journalled tiles, no more
+        assert summary.tiles == full.tiles == stopped[1]
+        assert f"({journalled} resumed)" in summary.line()
         assert not journal.exists()
+        # A reference with no journal on its side: the in-memory scan.
+        plain = engine.scan(mosaic, CatalogSource(catalog))
     a, b = Table.read(tmp_path / "full.fits"), Table.read(out)
     for name in a.colnames:
         np.testing.assert_array_equal(a[name], b[name])
+    for name in ("ra", "dec", "x", "y", "flags", "tile", "name", "is_candidate"):
+        np.testing.assert_array_equal(np.asarray(b[name]), np.asarray(plain[name]),
+                                      err_msg=name)
+    np.testing.assert_allclose(b["score"], plain["score"], rtol=0, atol=2e-5)
+    # Every row sits in the tile that owns its centre pixel.
+    plan = TilePlan.for_cutout(scanfield.SHAPE, cutout=scanfield.CUTOUT, core=64)
+    np.testing.assert_array_equal(b["tile"], plan.assign(b["x"], b["y"]))
+
+
+def test_interrupted_run_scan_releases_its_journal_lock(model, field, catalog, tmp_path):
+    stop = threading.Event()
+    stop.set()  # stop before the first tile
+    out = tmp_path / "part.fits"
+    with Engine(model, runner="onnxruntime", batch_size=16, threads=1, core=64,
+                cache_dir=tmp_path / "c") as engine, _mosaic(field) as mosaic:
+        try:
+            run_scan(engine, mosaic, CatalogSource(catalog), out, stop=stop)
+        except ScanInterrupted as exc:
+            kept = exc  # an embedding script that logs or re-raises it later
+        summary = run_scan(engine, mosaic, CatalogSource(catalog), out, resume=True)
+    assert kept.done == 0 and summary.tiles_resumed == 0
 
 
 def test_scans_reuse_the_runners_slots_until_it_is_reactivated(model, field, catalog, tmp_path):
@@ -207,3 +260,99 @@ def test_scans_reuse_the_runners_slots_until_it_is_reactivated(model, field, cat
     engine.scan(field["paths"], CatalogSource(catalog))
     assert len(calls) == 2  # a reactivated runner (a new CUDA feed on a GPU) gets new slots
     engine.close()
+
+
+def test_max_nan_fraction_sets_blank_by_each_cutouts_own_nan_share(model, field, tmp_path):
+    """A non-default max_nan_fraction decides BLANK: rows around the blank block, whose
+    cutouts are NaN in every share from none to most, against extract_cutouts' count."""
+    limit = 0.2
+    gx, gy = np.meshgrid(np.arange(40.0, 100.0, 3.0), np.arange(170.0, 250.0, 4.0))
+    positions = Table({"x": gx.ravel(), "y": gy.ravel()})
+    path = tmp_path / "near_blank.csv"
+    positions.write(path)
+    with Engine(model, runner="onnxruntime", batch_size=16, threads=2, core=64,
+                max_nan_fraction=limit, cache_dir=tmp_path / "c") as engine, \
+            _mosaic(field) as mosaic:
+        table = engine.scan(mosaic, CatalogSource(path))
+        cut = extract_cutouts(mosaic, positions["x"], positions["y"], scanfield.CUTOUT,
+                              core=64)
+    assert table.meta["MAXNAN"] == limit
+    frac = cut.nan_fraction
+    # The field gives every kind of row: clean, some NaN below the limit, above the limit
+    # but below the default 0.5 (BLANK only with this limit), and above the default.
+    assert np.any(frac == 0)
+    assert np.any((frac > 0) & (frac <= limit))
+    assert np.any((frac > limit) & (frac <= 0.5))
+    assert np.any(frac > 0.5)
+    flags = np.asarray(table["flags"])
+    np.testing.assert_array_equal((flags & BLANK) != 0, frac > limit)
+    np.testing.assert_array_equal((flags & EDGE) != 0, frac > 0)
+    assert not np.any(np.asarray(table["is_candidate"])[frac > limit])
+
+
+class _CentreRunner(Runner):
+    """Scores each cutout with the value of its centre pixel (S // 2, S // 2) in band 0:
+    on a field whose pixels encode their own (x, y), the score says which pixel the
+    scan centred the cutout on."""
+
+    name = "centre"
+
+    def __init__(self, spec):
+        super().__init__(spec, "fp32")
+
+    def _activate(self):
+        pass
+
+    def _infer(self, batch):
+        half = self.spec.cutout_size // 2
+        return np.ascontiguousarray(batch[:, 0, half, half], dtype=np.float32)
+
+    def _deactivate(self):
+        pass
+
+
+def _code(x, y):
+    return x + 1000.0 * y  # exact in float32 for this field (< 2**24)
+
+
+def test_half_pixel_positions_are_centred_and_owned_by_floor_v_plus_half(tmp_path):
+    """End to end, the centre pixel of a position is floor(v + 0.5) (pyengine.coords): at
+    k + 0.5 and k - 0.5 on both sides of the tile-core borders (64, 128) and of the image
+    edge, the scan centres the cutout there and the tile owning that pixel reports it."""
+    from astropy.io import fits
+
+    from tests.makedata import make_wcs
+
+    ny, nx = 200, 200
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    wcs = make_wcs((ny, nx))
+    paths = []
+    for name in ("g", "i"):
+        header = wcs.to_header()
+        header["FILTER"] = name
+        fits.PrimaryHDU(_code(xx, yy).astype(np.float32), header).writeto(tmp_path / f"{name}.fits")
+        paths.append(tmp_path / f"{name}.fits")
+    values = np.array([-0.5, 0.5, 62.5, 63.5, 63.49, 64.5, 126.5, 127.5, 128.5, 198.5])
+    gx, gy = np.meshgrid(values, values[::-1])
+    x, y = gx.ravel(), gy.ravel()
+    cat = tmp_path / "half.csv"
+    Table({"x": x, "y": y}).write(cat)
+    cx, cy = np.floor(x + 0.5), np.floor(y + 0.5)  # the rule, written out independently
+    want_tile = (cy // 64) * 4 + cx // 64  # 200 px, core 64: 4 x 4 tiles
+    spec = ModelSpec(cutout_size=16, threshold=0.5)
+    engine = Engine(runner=_CentreRunner(spec), batch_size=7, core=64)
+    with Mosaic.open(paths) as mosaic:
+        table = engine.scan(mosaic, CatalogSource(cat))
+        cut = extract_cutouts(mosaic, x, y, 16, core=64)
+    assert len(table) == x.size and not np.any(np.asarray(table["flags"]) & OFF_IMAGE)
+    np.testing.assert_array_equal(table["x"], x)
+    np.testing.assert_array_equal(table["tile"], want_tile)
+    np.testing.assert_array_equal(cut.tile, want_tile)
+    np.testing.assert_array_equal(table["score"], _code(cx, cy))
+    np.testing.assert_array_equal(cut.pixels[:, 0, 8, 8], _code(cx, cy))
+    # One below the first half pixel is off the image (centre -1): flagged, not scored.
+    off = tmp_path / "off.csv"
+    Table({"x": [-0.51, 10.0], "y": [10.0, 199.5]}).write(off)
+    with Mosaic.open(paths) as mosaic:
+        table = engine.scan(mosaic, CatalogSource(off))
+    np.testing.assert_array_equal(np.asarray(table["flags"]) & OFF_IMAGE, [OFF_IMAGE, OFF_IMAGE])

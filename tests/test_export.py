@@ -127,6 +127,32 @@ def test_int8_is_qdq_on_the_resnet_only(tmp_path, model_file, field_cutouts, tar
     agree, diff = decision_agreement(fp32, int8, field_cutouts[64:], SPEC.threshold)
     assert 0.0 <= agree <= 1.0
     assert diff < 0.2  # untrained weights; the trained model's agreement is measured in benchmarks
+    # The same figures computed here from each graph's own scores.
+    ref, got = onnx_scores(fp32, field_cutouts[64:]), onnx_scores(int8, field_cutouts[64:])
+    assert not np.array_equal(ref, got)  # int8 really is another graph
+    assert agree == float(np.mean((ref >= SPEC.threshold) == (got >= SPEC.threshold)))
+    assert diff == float(np.max(np.abs(ref - got)))
+
+
+def test_decision_agreement_of_two_different_graphs_is_below_one(tmp_path, model_file,
+                                                                  field_cutouts):
+    """Two models (seeds 0 and 1) at a threshold between their scores of one cutout: that
+    cutout is decided differently, so the agreement must come out below 1, and equal
+    to the share computed here from the two graphs' scores."""
+    torch.manual_seed(1)
+    other = ClusterClassifier(SPEC).eval()
+    a = export_onnx(load_model(model_file), tmp_path / "a.onnx")
+    b = export_onnx(other, tmp_path / "b.onnx")
+    cutouts = field_cutouts[:48]
+    sa, sb = onnx_scores(a, cutouts), onnx_scores(b, cutouts)
+    i = int(np.argmax(np.abs(sa - sb)))
+    assert sa[i] != sb[i]
+    threshold = float((sa[i] + sb[i]) / 2)
+    agree, diff = decision_agreement(a, b, cutouts, threshold)
+    assert agree < 1.0
+    assert agree == float(np.mean((sa >= threshold) == (sb >= threshold)))
+    assert diff == float(np.max(np.abs(sa - sb)))
+    assert decision_agreement(a, a, cutouts, threshold) == (1.0, 0.0)
 
 
 def test_int8_target_is_checked(tmp_path):
@@ -295,7 +321,9 @@ def test_export_cli_onnx_int8_and_tensorrt_message(tmp_path, model_file):
     assert "largest score difference" in res.output
     assert "synthetic 1024 px field" in res.output
     assert (tmp_path / "model.onnx").exists()
-    res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "64"])
+    # Untrained weights agree with their int8 graph on ~94 % of decisions only: accept any.
+    res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "64",
+                               "--min-agreement", "0"])
     assert res.exit_code == 0, res.output
     assert "decision agreement at threshold 0.5" in res.output
     assert "int8 QDQ for onnxruntime" in res.output
@@ -353,3 +381,72 @@ def test_export_bands_name_images_whose_files_are_not_band_names(tmp_path, model
     assert "cutouts from 2 band image(s)" in res.output and (tmp_path / "model.onnx").exists()
     res = runner.invoke(main, ["export", str(src), "--bands", "g,i", "--cutouts", "16"])
     assert res.exit_code == 1 and "names the --images, and none were given" in res.output
+
+
+def _last_line(res):
+    return res.output.strip().splitlines()[-1]
+
+
+def test_export_cli_fails_when_onnx_runtime_and_torch_disagree(tmp_path, model_file,
+                                                              monkeypatch):
+    """A graph whose scores are off by 0.27 is refused (exit 1, one line) and not left
+    under the output name; a good export already there is kept."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import pyengine.runners.onnxrt as onnxrt
+    from pyengine.cli import main
+
+    src = tmp_path / "model.safetensors"
+    shutil.copy(model_file, src)
+    out = tmp_path / "model.onnx"
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(src), "--cutouts", "32"])
+    assert res.exit_code == 0, res.output
+    assert "(tolerance 0.0001)" in res.output
+    good = out.read_bytes()
+    scores = onnxrt.onnx_scores
+    monkeypatch.setattr(onnxrt, "onnx_scores", lambda *a, **k: scores(*a, **k) + 0.27)
+    for precision, name, tolerance in [("fp32", "model.onnx", "0.0001"),
+                                       ("fp16", "model.fp16.onnx", "0.02"),
+                                       ("int8", "model.int8.fp32.onnx", "0.0001")]:
+        res = runner.invoke(main, ["export", str(src), "--cutouts", "32", "--precision",
+                                   precision])
+        assert res.exit_code == 1, res.output
+        line = _last_line(res)
+        assert line.startswith(f"Error: {tmp_path / name}: ONNX Runtime and torch scores differ "
+                               "by up to 0.27 on 32 cutouts from a synthetic 1024 px field"), line
+        expect = "fp32" if precision == "int8" else precision  # int8: its fp32 source graph
+        assert line.endswith(f"beyond the {expect} tolerance {tolerance}; the export was not "
+                             "written"), line
+        assert "Traceback" not in res.output
+    assert out.read_bytes() == good  # the earlier good export was not overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.safetensors"]
+
+
+def test_export_cli_refuses_int8_below_the_decision_agreement(tmp_path, model_file,
+                                                             monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    import pyengine.runners.onnxrt as onnxrt
+    from pyengine.cli import main
+
+    src = tmp_path / "model.safetensors"
+    shutil.copy(model_file, src)
+    monkeypatch.setattr(onnxrt, "decision_agreement", lambda *a, **k: (0.9375, 0.3))
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "32"])
+    assert res.exit_code == 1, res.output
+    assert _last_line(res) == (
+        f"Error: {tmp_path / 'model.int8.onnx'}: int8 and fp32 take the same decision at "
+        "threshold 0.5 on 93.75 % of 16 held-out cutouts, below --min-agreement 99 %; the "
+        "export was not written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    res = runner.invoke(main, ["export", str(src), "--precision", "int8", "--cutouts", "32",
+                               "--min-agreement", "0.9"])
+    assert res.exit_code == 0, res.output
+    assert "decision agreement at threshold 0.5: 93.75 %" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.safetensors"]

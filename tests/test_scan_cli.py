@@ -17,6 +17,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from pyengine.cli import main
+from pyengine.io.tiles import TilePlan
 from tests import scanfield
 
 
@@ -56,6 +57,13 @@ def test_scan_catalog_writes_catalog_regions_and_json_log(field, model, catalog,
     from regions import Regions
 
     assert len(Regions.read(str(reg), format="ds9")) == ncand
+
+
+def test_log_json_help_names_the_events_it_writes():
+    res = CliRunner().invoke(main, ["scan", "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "--log-json JSON lines on stdout: a start event, one per tile, then a summary." in text
 
 
 def test_scan_grid_writes_a_score_map(field, model, cache, tmp_path):
@@ -139,15 +147,20 @@ def test_sigkill_then_resume_equals_an_uninterrupted_scan(field, model, cache, t
     proc.kill()
     proc.communicate()
     assert not out.exists()
+    journalled = len(list(journal.glob("tile-*.npz")))  # complete tiles only (atomic renames)
     done = subprocess.run(_scan_cmd(field, model, out, "--resume"), env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     resumed = re.search(r"\((\d+) resumed\)", done.stdout)
     assert resumed and int(resumed.group(1)) >= 2, done.stdout
+    assert int(resumed.group(1)) == journalled, done.stdout
     a, b = Table.read(full), Table.read(out)
     assert len(a) == len(b) > 0
     for name in a.colnames:
         np.testing.assert_array_equal(a[name], b[name])
+    # Both sides above went through a journal: check ownership on its own too.
+    plan = TilePlan.for_cutout(scanfield.SHAPE, cutout=scanfield.CUTOUT, core=64)
+    np.testing.assert_array_equal(b["tile"], plan.assign(b["x"], b["y"]))
     assert not journal.exists()
 
 

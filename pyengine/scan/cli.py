@@ -2,7 +2,7 @@
 
 Progress goes to stderr (a one-line bar when stderr is a terminal), the closing
 summary to stdout; ``--log-json`` writes one JSON object per line to stdout
-instead (per tile, then the summary) for pipelines.  SIGINT or SIGTERM lets
+instead (a start event, one per tile, then the summary) for pipelines.  SIGINT or SIGTERM lets
 the batch in flight finish, keeps completed tiles in the journal, prints how
 to resume and exits 130; a second signal exits at once (the journal is
 always consistent).
@@ -106,7 +106,8 @@ def _resume_command() -> str:
               help="Score map path in grid mode [OUT stem + _scoremap.fits].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted scan of the same inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@click.option("--log-json", is_flag=True, help="JSON lines on stdout: per tile and a summary.")
+@click.option("--log-json", is_flag=True,
+              help="JSON lines on stdout: a start event, one per tile, then a summary.")
 @click.option("--bands", "band_names", default=None, help=BANDS_HELP)
 @click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
 @click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")
