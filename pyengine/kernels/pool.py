@@ -8,8 +8,9 @@ caller that finds it held runs the serial twin of the kernel on its own thread
 instead of waiting (``POOL.acquire(blocking=False)``): concurrent scans never
 queue behind each other, they just use one core each for that call.
 
-Users: :mod:`pyengine.io.mosaic` (the decode kernels) and
-:mod:`pyengine.kernels.tiling` (tile ownership).
+Users: :mod:`pyengine.io.mosaic` (the decode kernels),
+:mod:`pyengine.kernels.tiling` (tile ownership) and :mod:`pyengine.synth.field` (the
+rendering kernels, which have no serial twins and so wait for the lock).
 
 Thread safety: that is what it is for; it holds no other state.
 """

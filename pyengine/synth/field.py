@@ -32,6 +32,7 @@ import numpy as np
 
 from pyengine.coords import centre_pixel
 from pyengine.errors import ConfigError
+from pyengine.kernels.pool import POOL
 from pyengine.synth import render
 from pyengine.synth.catalog import CELL, Objects, draw_cell
 from pyengine.synth.config import SynthConfig
@@ -243,7 +244,10 @@ class FieldRenderer:
             raise ValueError(f"out must be C-contiguous float64 of shape {shape}")
         pairs = self._rows_for(y0, y1)
         rows = [r for _, r in pairs]
-        render.fill_background(out, y0, self.coef, self.geom, self.sky, self.disk_amp)
+        # Numba's workqueue layer runs one parallel region at a time in a process: hold
+        # the scan path's pool lock around each parallel kernel (kernels.pool).
+        with POOL:
+            render.fill_background(out, y0, self.coef, self.geom, self.sky, self.disk_amp)
         self._add_extended(out, y0, y1, pairs)
         for b, psf in enumerate(self.psfs):
             parts = []
@@ -254,11 +258,13 @@ class FieldRenderer:
             xs, ys, fl, rd = (np.concatenate([np.zeros(0)] + [p[j] for p in parts])
                               for j in range(4))
             offsets, idx = render.row_index(y0, y1 - y0, ys, rd)
-            render.add_points(out[b], y0, offsets, idx, xs, ys, fl, rd, psf.table,
-                              psf.alpha, psf.beta)
+            with POOL:
+                render.add_points(out[b], y0, offsets, idx, xs, ys, fl, rd, psf.table,
+                                  psf.alpha, psf.beta)
         trails = np.vstack([np.zeros((0, 5), np.int64)] + [r.trails for r in rows])
-        render.finish_rows(out, y0, self.keys, self.inv_gain, self.read_var, self.saturate,
-                           self.sky_sub, trails, self.gaps, c.chip_gaps)
+        with POOL:
+            render.finish_rows(out, y0, self.keys, self.inv_gain, self.read_var,
+                               self.saturate, self.sky_sub, trails, self.gaps, c.chip_gaps)
         return out
 
 

@@ -22,9 +22,10 @@ the saturation level; sky subtraction (optional); NaN in CCD gaps.
 
 Thread safety: all kernels are ``@njit(nogil=True, cache=True)`` and write only
 to the arrays passed in.  The ``parallel=True`` kernels split rows over Numba's
-threading layer; calling them concurrently from several Python threads needs a
-thread-safe layer (OpenMP or TBB, not ``workqueue``), and two calls must not
-share an output array.
+threading layer; :mod:`pyengine.synth.field` calls each under the process-wide
+:data:`pyengine.kernels.pool.POOL` lock (Numba's ``workqueue`` layer is not
+thread-safe), so a field may be rendered while a scan reads in another thread.
+Two calls must not share an output array.
 """
 
 from __future__ import annotations
