@@ -7,7 +7,7 @@ constants, so that ``pyengine --help`` imports nothing heavy to show them.
 """
 
 __all__ = ["DEFAULT_APERTURE", "DEFAULT_CORE", "DEFAULT_DETECT_BAND", "DEFAULT_DETECT_THRESHOLD",
-           "DEFAULT_MAX_NAN", "DEFAULT_MIN_AREA"]
+           "DEFAULT_MAX_NAN", "DEFAULT_MIN_AREA", "DEFAULT_TENSORRT_PROFILE"]
 
 #: Tile core size in pixels (each tile also reads a halo of half a cutout).
 DEFAULT_CORE = 2048
@@ -21,3 +21,6 @@ DEFAULT_MIN_AREA = 5
 DEFAULT_DETECT_BAND = "sum"
 #: Radius in pixels of the aperture for detection magnitudes.
 DEFAULT_APERTURE = 8.0
+#: TensorRT optimisation profile (min, opt, max batch) when none is asked for:
+#: ``pyengine export --format tensorrt --batch`` and the TensorRT runner without a batch size.
+DEFAULT_TENSORRT_PROFILE = (1, 256, 1024)

@@ -22,6 +22,7 @@ import click
 
 from pyengine.atomic import publish, temporary_beside
 from pyengine.bands import BANDS_HELP, match_order, parse_band_list
+from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 
 __all__ = ["MIN_INT8_AGREEMENT", "SCORE_TOLERANCE", "export"]
 
@@ -128,7 +129,7 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
               show_default=True, help="Cutouts for the checks (and calibration).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default="~/.cache/pyengine/engines",
               show_default=True, help="TensorRT engine cache.")
-@click.option("--batch", type=(int, int, int), default=(1, 256, 1024), show_default=True,
+@click.option("--batch", type=(int, int, int), default=DEFAULT_TENSORRT_PROFILE, show_default=True,
               help="TensorRT optimisation profile: min, opt, max batch.")
 @click.option("--int8-target", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
               help="int8 recipe: uint8 activations for ONNX Runtime on CPUs, or symmetric int8 "

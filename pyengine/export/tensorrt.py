@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyengine.atomic import atomic_write_bytes, atomic_write_text
+from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError
 from pyengine.export.onnx import onnx_metadata
 from pyengine.hashing import file_sha256
@@ -109,7 +110,7 @@ def engine_key(onnx_path, *, precision: str, spec: ModelSpec, batch: tuple[int, 
                      tuple((b, *shape) for b in (lo, opt, hi)))
 
 
-def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = (1, 256, 1024),
+def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_TENSORRT_PROFILE,
                  workspace_gb: float = 4.0, device: int = 0, trt=None, identity=None) -> Path:
     """Serialized engine for ``onnx_path`` (built, or taken from the cache): its path."""
     trt = trt if trt is not None else import_tensorrt()

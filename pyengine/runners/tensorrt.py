@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError, RunnerUnavailable
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 from pyengine.runners.base import ENGINE_SUFFIXES, PRECISIONS, Pending, Runner
@@ -55,7 +56,7 @@ __all__ = ["DEFAULT_PROFILE", "EnginePlan", "TensorInfo", "TensorRTRunner", "che
            "choose_profile", "default_engine_cache", "engine_io", "engine_profiles",
            "open_engine", "trt_dtype_name"]
 
-DEFAULT_PROFILE = (1, 256, 1024)  # pyengine export --format tensorrt's default --batch
+DEFAULT_PROFILE = DEFAULT_TENSORRT_PROFILE  # pyengine export --format tensorrt's default
 _DTYPE_NAMES = (("FLOAT", "float32"), ("HALF", "float16"), ("BF16", "bfloat16"),
                 ("INT8", "int8"), ("INT32", "int32"), ("INT64", "int64"), ("BOOL", "bool"),
                 ("UINT8", "uint8"), ("FP8", "fp8"))
