@@ -24,8 +24,6 @@ import numbers
 from collections.abc import Iterable
 from typing import NoReturn
 
-import numpy as np
-
 from pyengine.errors import ConfigError
 
 __all__ = ["choice", "integer", "is_int", "is_number", "need", "number", "reject"]
@@ -42,8 +40,10 @@ def is_number(value) -> bool:
 
 
 def _real(value) -> bool:
-    """A finite real number, Python or NumPy, not a bool."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    """A finite real number, Python or NumPy, not a bool.  (``numpy.bool_`` is not a
+    ``numbers.Real``, so only Python's bool needs excluding; no NumPy import here keeps
+    ``pyengine --help`` free of it.)"""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
 
 
@@ -62,7 +62,7 @@ def integer(value, what: str, lo: int | None = None, hi: int | None = None, *,
             accepted: str | None = None, whole_floats: bool = False) -> int:
     """``value`` as an int when it is an integer (Python or NumPy; with ``whole_floats``
     also a float equal to one, ``8.0``) in ``lo..hi`` (either bound may be None)."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok and whole_floats:
         ok = _real(value) and value == int(value)
     if ok:
