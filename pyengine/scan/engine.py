@@ -5,22 +5,39 @@
 Four stages run at once, joined by bounded queues, so the runner is never
 waiting for pixels (DESIGN.md §2):
 
-1. **read** (a small thread pool, tiles in file order, ``prefetch`` ahead):
-   ``Mosaic.read`` of the tile window, the source's positions in the tile core
-   (SEP detection runs here), and, for a float16 transfer, the tile's per-band
-   offset and scale;
-2. **gather** (one thread driving the C++ worker pool of
-   :class:`pyengine.scan.batching.BatchRing`): fills fixed-size batch slots with the
-   windows of consecutive positions, spanning tile boundaries, so every batch
-   but the last is full;
-3. **infer** (one thread): ``runner.submit`` with up to two batches in flight
-   (the copy of one overlaps the compute of the other on a GPU);
-4. **collect** (the caller's thread, inside :meth:`Engine.iter_scan`): scores
-   and NaN counts back into tile order; each tile is yielded when its last
-   position is scored, so tiles complete in file order.
+1. **read** (up to two threads, tiles in file order, ``prefetch`` ahead; tiles
+   resumed or known to own no position are not read): ``Mosaic.read`` of the
+   tile window into a buffer of the tile-buffer pool
+   (:class:`pyengine.scan.buffers.TileBuffers`), the source's positions in the
+   tile core (SEP detection runs here), and, for a float16 transfer, the tile's
+   per-band offset and scale;
+2. **gather** (one thread): fills fixed-size batch slots with the windows of
+   consecutive positions, spanning tile boundaries, so every batch but the last
+   is full.  A dense segment (a tile's windows in one slot covering at least a
+   quarter of the tile) is filled by the C++ worker pool of
+   :class:`pyengine.scan.batching.BatchRing` straight from the tile buffer, which
+   the slot then pins until it is waited on (at most ``_PINNED_PER_SLOT`` tiles
+   per slot); any other segment is gathered by this thread straight into the
+   slot's rows (one copy, NaN counts into the ring's per-slot counts);
+3. **infer** (one thread): waits for the slot's fills, lets go of its pinned tile
+   buffers, and calls ``runner.submit`` with up to two batches in flight (the
+   copy of one overlaps the compute of the other on a GPU);
+4. **collect** (the thread consuming :meth:`Engine.iter_results`, which
+   ``scan`` and ``iter_scan`` wrap): copies each batch's scores and NaN counts
+   into its tiles' arrays, calls ``on_batch``, and yields a tile's
+   :class:`TileResult` (NaN fraction and flags made here) once every position of
+   it and of every tile read before it is scored, so results come in file order
+   (a tile read but owning no position, as detection may find, gives an empty
+   result).
 
-Memory is bounded by configuration: ``prefetch`` tiles of (nband, core + 2 halo)^2
-float32, plus the ring's slots.
+Memory is bounded by configuration, not by the mosaic.  Pixels: at most
+``2 * prefetch + 1 + slots * _PINNED_PER_SLOT`` tile buffers of nband x
+(core + 2 halo)^2 float32 (``prefetch`` tiles being read, ``prefetch`` queued,
+the one being gathered, one pinned per slot; allocated only as needed, reused
+from tile to tile); batches: ``slots`` runner slots of batch x nband x S^2 in
+the transfer dtype (allocated once per runner activation).  No per-segment
+copy or strip is made.  Positions and per-tile results grow with the tiles
+read but not yet complete.
 
 Determinism: positions, their order and coordinates depend only on the inputs,
 the tile plan and the source, never on thread count, batch size or resume.
@@ -51,6 +68,7 @@ from pyengine.io.tiles import Tile, TilePlan
 from pyengine.runners.base import Runner
 from pyengine.runners.select import make_runner
 from pyengine.scan.batching import BatchRing, gather
+from pyengine.scan.buffers import TileBuffers
 from pyengine.scan.results import TileResult
 
 __all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
@@ -58,6 +76,11 @@ __all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
 DEFAULT_CORE = 2048
 DEFAULT_MAX_NAN = 0.5
 _POLL = 0.1  # seconds between checks of the abort flag while a stage waits
+# Tiles one batch slot may pin in the tile-buffer pool: its dense segments are filled
+# by the ring's workers straight from the tile buffer, which stays held until the
+# slot is waited on; further dense segments of that slot are gathered directly like
+# sparse ones.  One keeps the pool's bound at one tile per slot (module docstring).
+_PINNED_PER_SLOT = 1
 
 
 class ScanStopped(Exception):
@@ -69,7 +92,8 @@ class _TileWork:
     """A tile on its way through the pipeline."""
 
     tile: Tile
-    pixels: np.ndarray | None
+    pixels: np.ndarray | None  # a view of tile buffer ``buffer`` of the pool
+    buffer: int
     x: np.ndarray
     y: np.ndarray
     row: np.ndarray
@@ -117,6 +141,9 @@ class Engine:
     (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a :class:`Runner`.
     ``batch_size`` None takes the runner's preferred size; ``threads`` None lets
     each library choose.  ``threshold`` None takes the model's decision threshold.
+    ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
+    ``slots`` (at least 2) batch slots circulate between gather and infer; with
+    ``core`` they bound a scan's memory (see the module docstring).
     """
 
     def __init__(self, model=None, runner: str | Runner = "auto", precision: str | None = None,
@@ -253,7 +280,8 @@ class Engine:
         return assemble_catalog(self, mosaic, source, results)
 
     def iter_scan(self, mosaic, sources=None):
-        """Per-tile catalogs (astropy Tables), in tile order, as tiles complete."""
+        """Per-tile catalogs (astropy Tables), one per :meth:`iter_results` result: in
+        tile order, each as soon as it and the tiles before it are scored."""
         from pyengine.scan.assembly import tile_table
 
         mosaic, source, plan = self.prepare(mosaic, sources)
@@ -263,12 +291,17 @@ class Engine:
     def iter_results(self, mosaic, source, plan: TilePlan, *, skip=frozenset(),
                      stop: threading.Event | None = None,
                      on_batch: Callable[[int], None] | None = None) -> Iterator[TileResult]:
-        """The pipeline: a :class:`TileResult` per tile with positions, in tile order.
+        """The pipeline (module docstring): a :class:`TileResult` per tile read, in tile
+        order, each yielded once it and every tile before it are fully scored.
 
-        ``skip``: tile indices already done (resume).  ``stop``: when set, no new
-        tile is started; batches already gathered finish and their complete
-        tiles are still yielded, then the iterator ends.  ``on_batch(n)`` is
-        called after each batch of n scores (progress).
+        Tiles in ``skip`` (indices already done: resume) and tiles the source knows
+        to own no position (``source.count(tile) == 0``) are not read and give no
+        result; a tile read whose positions turn out empty (detection) gives an
+        empty result.  ``stop``: when set, no new tile is read and no new batch
+        started; the batch being filled is completed from tiles already read (or sent
+        part-full when they run out), the batches gathered finish, the tiles they complete are still yielded, then
+        the iterator ends (a partly scored tile is not yielded).  ``on_batch(n)`` is
+        called in the consuming thread after each batch of n scores (progress).
         """
         with self._lock:
             self.runner.activate()
@@ -308,6 +341,12 @@ class _Pipeline:
         self.tiles_q: queue.Queue = queue.Queue(maxsize=engine.prefetch)
         self.infer_q: queue.Queue = queue.Queue(maxsize=engine.nslots)
         self.collect_q: queue.Queue = queue.Queue()
+        # Holders of a tile buffer at once (module docstring): the read stage (prefetch
+        # loading + the one being queued, prefetch queued), the gather stage (one), and
+        # the slots (each pins at most _PINNED_PER_SLOT until it is waited on).
+        first = plan[0].window  # the largest window: cores are only cut at the far edges
+        self.buffers = TileBuffers(mosaic.nband, first[1] - first[0], first[3] - first[2],
+                                   2 * engine.prefetch + 1 + engine.nslots * _PINNED_PER_SLOT)
 
     # -- plumbing ------------------------------------------------------------------
     def _put(self, q: queue.Queue, item) -> None:
@@ -353,14 +392,22 @@ class _Pipeline:
         return tiles
 
     def _load(self, tile: Tile) -> _TileWork:
-        pixels = self.mosaic.read(*tile.window)  # tiles known to own no position are skipped
-        pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
+        y0, y1, x0, x1 = tile.window
         nband = self.mosaic.nband
-        if self.dtype == np.float16:
-            offset, scale = tile_affine(pixels)
-        else:
-            offset, scale = np.zeros(nband, np.float32), np.ones(nband, np.float32)
-        return _TileWork(tile, pixels, np.asarray(pos.x, np.float64),
+        buffer, pixels = self.buffers.take((nband, y1 - y0, x1 - x0))
+        try:
+            # Tiles known to own no position are skipped (_wanted); the pool's buffer is
+            # C-contiguous, so the gather stage uses it as it is.
+            self.mosaic.read(y0, y1, x0, x1, out=pixels)
+            pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
+            if self.dtype == np.float16:
+                offset, scale = tile_affine(pixels)
+            else:
+                offset, scale = np.zeros(nband, np.float32), np.ones(nband, np.float32)
+        except BaseException:
+            self.buffers.drop(buffer)
+            raise
+        return _TileWork(tile, pixels, buffer, np.asarray(pos.x, np.float64),
                          np.asarray(pos.y, np.float64), np.asarray(pos.row, np.int64),
                          dict(pos.columns), offset, scale)
 
@@ -388,8 +435,8 @@ class _Pipeline:
 
     # -- stage 2: gather windows into batch slots ------------------------------------
     def gather(self):
-        ring = self.ring
-        slot, used, segments = -1, 0, []
+        ring, buffers = self.ring, self.buffers
+        slot, used, segments, pinned = -1, 0, [], []
         while not self.stop.is_set() or slot >= 0:
             work = self._get(self.tiles_q)
             if work is None:
@@ -398,8 +445,6 @@ class _Pipeline:
             work.scores = np.full(n, np.nan, np.float32)
             work.nan_counts = np.zeros(n, np.int64)
             self.collect_q.put(("tile", work))
-            if n == 0:
-                continue
             wy0, _, wx0, _ = work.tile.window
             cx = centre_pixel(work.x) - wx0
             cy = centre_pixel(work.y) - wy0
@@ -409,39 +454,39 @@ class _Pipeline:
                     if self.stop.is_set():  # interrupted: only the batch in flight finishes
                         break
                     slot = self._acquire(ring)
-                    used, segments = 0, []
+                    used, segments, pinned = 0, [], []
                 k = min(n - done, self.batch - used)
-                pixels, scx, scy = self._segment(work.pixels, cx[done : done + k],
-                                                 cy[done : done + k])
-                ring.fill(slot, used, pixels, scx, scy, offset=work.offset, scale=work.scale)
+                part = slice(done, done + k)
+                if len(pinned) < _PINNED_PER_SLOT and self._dense(work.pixels, k):
+                    # The ring's workers copy straight from the tile buffer, which stays
+                    # held until the infer stage has waited on this slot.
+                    buffers.hold(work.buffer)
+                    pinned.append(work.buffer)
+                    ring.fill(slot, used, work.pixels, cx[part], cy[part], offset=work.offset,
+                              scale=work.scale)
+                else:
+                    # Straight into the slot's rows, on this thread: one copy, nothing of
+                    # the tile kept (the slot's NaN counts are what the infer stage reads).
+                    gather(work.pixels, cx[part], cy[part], self.size, offset=work.offset,
+                           scale=work.scale, out=ring.slots[slot][used : used + k],
+                           nan_count=ring.nan_counts[slot][used : used + k])
                 segments.append((work, done, used, k))
                 used += k
                 done += k
                 if used == self.batch:
-                    self._put(self.infer_q, (slot, used, segments))
+                    self._put(self.infer_q, (slot, used, segments, pinned))
                     slot = -1
-            work.pixels = None  # the ring keeps what it still needs until the slot is waited on
+            work.pixels = None  # this stage's reference; pinned slots hold their own
+            buffers.drop(work.buffer)
         if slot >= 0:
-            self._put(self.infer_q, (slot, used, segments))
+            self._put(self.infer_q, (slot, used, segments, pinned))
         self._put(self.infer_q, None)
 
-    def _segment(self, pixels: np.ndarray, cx: np.ndarray, cy: np.ndarray):
-        """The array a ring fill reads for these k windows, and their centres in it.
-
-        A batch may hold positions of many tiles, and the ring keeps each tile
-        array alive until the batch is gathered.  For a sparse segment (its
-        windows cover under a quarter of the tile) the windows are first copied
-        side by side into a compact (nband, S, k * S) strip, so sparse catalogs
-        never pin a batch's worth of whole tiles in memory.
-        """
-        k, size = cx.size, self.size
-        if k * size * size * 4 >= pixels[0].size:
-            return pixels, cx, cy
-        windows = gather(pixels, cx, cy, size)  # raw float32, NaN kept
-        strip = np.ascontiguousarray(windows.transpose(1, 2, 0, 3).reshape(
-            pixels.shape[0], size, k * size))
-        centres = np.arange(k, dtype=np.int64) * size + size // 2
-        return strip, centres, np.full(k, size // 2, np.int64)
+    def _dense(self, pixels: np.ndarray, k: int) -> bool:
+        """Whether k windows cover at least a quarter of the tile: then the ring's worker
+        pool copies them from the tile buffer (in parallel); sparser segments are
+        gathered straight into the slot by this thread, which pins no tile buffer."""
+        return k * self.size * self.size * 4 >= pixels[0].size
 
     def _acquire(self, ring: BatchRing) -> int:
         while True:
@@ -468,8 +513,10 @@ class _Pipeline:
             item = self._get(self.infer_q)
             if item is None:
                 break
-            slot, n, segments = item
+            slot, n, segments, pinned = item
             ring.wait(slot)
+            for buffer in pinned:  # the slot's fills are done: its tiles may be reused
+                self.buffers.drop(buffer)
             flight.append((slot, n, segments, runner.submit(ring.slots[slot][:n])))
             if len(flight) > 1:
                 retire()
