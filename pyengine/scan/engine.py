@@ -194,8 +194,13 @@ class Engine:
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> Engine:
-        """Load the runner (model session or engine); called on first use anyway."""
-        self.runner.activate()
+        """Load the runner (model session or engine); called on first use anyway.
+
+        Takes the scan lock, so it may run in another thread while the caller
+        prepares a scan (the CLI does): a scan that starts meanwhile waits for it
+        instead of loading the runner a second time."""
+        with self._lock:
+            self.runner.activate()
         return self
 
     def close(self) -> None:
