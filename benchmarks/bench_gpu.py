@@ -573,7 +573,7 @@ def scan_rate(bench: Bench, field: dict, precision: str, batch: int, threads, re
         engine.open()
         setup = time.perf_counter() - t0
         info = {"gather_threads": engine.gather_threads,
-                # the read pool's size as engine.py's _Pipeline.read sets it
+                # the read pool's size as scan/pipeline.py's Pipeline.read sets it
                 "read_workers": max(1, min(2, engine.threads or 2)),
                 "torch_threads": torch.get_num_threads(),
                 "cuda_graphs": getattr(engine.runner, "_cuda_graphs", None) if bench.cuda
@@ -652,7 +652,7 @@ def batcher_rates(bench: Bench, field: dict, batch: int, counts: list[int]) -> l
     from pyengine.io.tiles import TilePlan
     from pyengine.models.checkpoint import DEMO_MODEL, read_spec
     from pyengine.scan.batching import BatchRing, make_slots
-    from pyengine.scan.engine import tile_affine
+    from pyengine.scan.pipeline import tile_affine
     from pyengine.sources import GridSource
 
     args = bench.args

@@ -13,7 +13,11 @@ Stages, each against its own limit:
   engine submits them);
 - ``end_to_end``: the real pipeline (:meth:`Engine.iter_results`: read, gather,
   infer, collect) over a grid of positions, and its ratio to the same runner's
-  model-only figure at the same batch size;
+  model-only figure at the same batch size.  Model-only sweeps and end-to-end
+  runs alternate (A B A B ..., ``--pairs``, 3 by default), each end-to-end run
+  at the best batch of the sweep just before it, so drift on a shared machine
+  hits both sides of a ratio; the pair with the median ratio is reported (its
+  sweep is ``model_only``), with every pair's ratio beside it;
 - ``machine``: CPU, threads, GPUs and library versions.
 
 Images are the user's (one per model band) or a synthetic g, i field made in

@@ -57,6 +57,9 @@ def _name_list(ctx, param, value):
               "field: within a minute on 2 CPU cores.")
 @click.option("--min-time", type=click.FloatRange(0.01), help="Seconds per measurement "
               "[0.3 quick, else 2].")
+@click.option("--pairs", type=click.IntRange(1, 99), default=3, show_default=True,
+              help="Model-only sweeps and end-to-end runs, interleaved (A B A B ...); the "
+              "pair with the median ratio is reported.")
 @click.option("--gather-batch", type=click.IntRange(1, 65536), default=256, show_default=True,
               help="Cutouts per batch in the gather stage.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
@@ -65,7 +68,7 @@ def _name_list(ctx, param, value):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw model-only throughput against batch size per runner (PNG).")
 def bench(images, model, runners, precisions, batches, threads, positions, int8, size, workdir,
-          quick, min_time, gather_batch, json_path, plot_path):
+          quick, min_time, pairs, gather_batch, json_path, plot_path):
     """Measure each stage (read, gather, model only) and the whole scan, on IMAGES (one per
     model band) or on a synthetic field."""
     from pyengine.bench.config import BenchConfig
@@ -89,7 +92,7 @@ def bench(images, model, runners, precisions, batches, threads, positions, int8,
     cfg = BenchConfig(images=tuple(images), model=model, runners=runners, precisions=precisions,
                       batches=batches, threads=threads, positions=positions, int8=int8,
                       size=size, workdir=workdir, quick=quick, min_time=min_time,
-                      gather_batch=gather_batch)
+                      gather_batch=gather_batch, pairs=pairs)
     t0 = time.perf_counter()
     result = run_bench(cfg, log=lambda msg: click.echo(msg, err=True))
     result["seconds"] = time.perf_counter() - t0

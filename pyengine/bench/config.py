@@ -30,6 +30,7 @@ class BenchConfig:
     workdir: str | None = None
     quick: bool = False
     min_time: float | None = None  # seconds per measurement
+    pairs: int = 3  # model-only sweeps interleaved with end-to-end runs (median pair reported)
     gather_batch: int = 256
     seed: int = 7
     notes: list[str] = field(default_factory=list)

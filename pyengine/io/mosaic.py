@@ -397,9 +397,15 @@ class Mosaic:
              *, parallel: bool = True) -> np.ndarray:
         """Window rows [y0, y1), columns [x0, x1) of every band as float32 (nband, h, w).
 
-        The window may extend past the image: outside pixels are NaN.  ``out``
-        (float32, that shape, may be a view) is filled and returned when given.
-        ``parallel=False`` keeps the decode on the calling thread.
+        The window may extend past the image: outside pixels are NaN.  ``out``,
+        when given, is filled and returned instead of a new array: it must be a
+        writable float32 array of exactly that shape (else ConfigError); any
+        strides are accepted (a view into a larger buffer works), but a
+        C-contiguous ``out`` is what the C++ gather and ``BatchRing`` read without
+        a copy, which is why the scan engine reads every tile into a C-contiguous
+        buffer of its pool (:mod:`pyengine.scan.buffers`).  Every pixel of
+        ``out`` is written.  ``parallel=False`` keeps the decode on the calling
+        thread.
         """
         y0, y1, x0, x1 = (int(v) for v in (y0, y1, x0, x1))
         if y1 < y0 or x1 < x0:
@@ -410,10 +416,13 @@ class Mosaic:
         want = (self.nband, y1 - y0, x1 - x0)
         if out is None:
             out = np.empty(want, dtype=np.float32)
-        elif out.shape != want or out.dtype != np.float32 or not out.flags.writeable:
+        elif not isinstance(out, np.ndarray) or out.shape != want or \
+                out.dtype != np.float32 or not out.flags.writeable:
+            got = (f"{out.dtype} {out.shape}{'' if out.flags.writeable else ' read-only'}"
+                   if isinstance(out, np.ndarray) else type(out).__name__)
             raise ConfigError(
                 f"Mosaic.read: out must be a writable float32 array of shape {want}, "
-                f"got {out.dtype} {out.shape}"
+                f"got {got}"
             )
         if self._readers is None:
             raise ConfigError("Mosaic.read: the mosaic is closed")

@@ -29,6 +29,10 @@ from pyengine.runners.probe import unavailable
 __all__ = ["OnnxRuntimeRunner", "decision_agreement", "default_cache_dir", "onnx_scores"]
 
 
+# Whether ONNX Runtime's intra-op threads busy-wait between runs (see _activate).
+ALLOW_SPINNING = False
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "pyengine" / "onnx"
@@ -87,6 +91,12 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         if self._threads is not None:
             options.intra_op_num_threads = self._threads
+        # ONNX Runtime's intra-op threads spin after each run, waiting for the next one;
+        # in a scan that steals the cores the read and gather stages need between
+        # batches (2-core machines: benchmarks/RESULTS.md).  Waking them costs far less
+        # than one batch's compute.
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if ALLOW_SPINNING else "0")
         self._session = ort.InferenceSession(str(path), options,
                                              providers=["CPUExecutionProvider"])
 

@@ -3,14 +3,35 @@
 Probing imports the runner's library (onnxruntime, torch, tensorrt); that happens
 only when asked (``pyengine info``, ``make_runner``), never at ``import pyengine``.
 
-Thread safety: the probes only import modules; safe from any thread.
+The GPU question is asked cheaply first: :func:`nvidia_device_problem` looks for
+NVIDIA device nodes and ``nvidia-smi`` (no driver call, no import), and where
+there is neither, :func:`torch_cuda_problem` answers "no NVIDIA device found"
+without importing torch (1.3 s and hundreds of MB, only to learn there is no
+GPU).  Once torch is imported (a torch runner, a test faking
+``torch.cuda.is_available``), torch's own answer is used, so the cheap probe
+never hides what torch says.  :func:`runner_problem` probes one runner, so a
+caller that needs only ONNX Runtime never imports torch to learn of it.
+
+Thread safety: the probes only import modules and look at files; safe from any
+thread.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import sys
+
 from pyengine.errors import RunnerUnavailable
 
-__all__ = ["available_runners", "tensorrt_problem", "torch_cuda_problem", "unavailable"]
+__all__ = ["available_runners", "nvidia_device_problem", "runner_problem", "tensorrt_problem",
+           "torch_cuda_problem", "unavailable"]
+
+# Where an NVIDIA driver shows itself without being called: the device nodes of
+# the Linux driver (/dev/nvidia0, nvidiactl, ...), WSL2's GPU node, and the
+# driver's nvidia-smi (installed beside every driver, also on Windows).
+_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/dxg")
 
 def _onnxruntime_problem() -> str | None:
     try:
@@ -28,8 +49,31 @@ def _torch_problem() -> str | None:
     return None
 
 
+def nvidia_device_problem() -> str | None:
+    """Why there cannot be a CUDA GPU here, from files alone (None: there may be one).
+
+    No driver call and no import: no NVIDIA device node (``/dev/nvidia*``, WSL2's
+    ``/dev/dxg``) and no ``nvidia-smi`` on PATH means no NVIDIA driver, hence no
+    CUDA device for torch or TensorRT to find.  A None answer is only "maybe": the
+    full probe (torch) decides."""
+    if any(glob.glob(pattern) for pattern in _DEVICE_GLOBS):
+        return None
+    if shutil.which("nvidia-smi") is not None:
+        return None
+    if os.name == "nt":  # no device nodes to look at; nvidia-smi is the only sign
+        return "no NVIDIA device found (no nvidia-smi on PATH)"
+    return "no NVIDIA device found"
+
+
 def torch_cuda_problem() -> str | None:
-    """Why torch cannot use a CUDA GPU here (None: it can)."""
+    """Why torch cannot use a CUDA GPU here (None: it can).
+
+    Without torch imported yet and without any NVIDIA device
+    (:func:`nvidia_device_problem`), the answer comes without importing torch."""
+    if "torch" not in sys.modules:
+        problem = nvidia_device_problem()
+        if problem is not None:
+            return problem
     problem = _torch_problem()
     if problem is not None:
         return problem
@@ -57,11 +101,20 @@ def tensorrt_problem() -> str | None:
     return None
 
 
+_PROBES = {"onnxruntime": _onnxruntime_problem, "torch": _torch_problem,
+           "tensorrt": tensorrt_problem}
+
+
+def runner_problem(name: str) -> str | None:
+    """One concrete runner's verdict (see :func:`available_runners`): imports only its own
+    library (and, for tensorrt, asks :func:`torch_cuda_problem`)."""
+    return _PROBES[name]()
+
+
 def available_runners() -> dict[str, str | None]:
     """Every concrete runner: None where it can be used here, else why not (one line).
     Probing imports the libraries (never at ``import pyengine``)."""
-    return {"onnxruntime": _onnxruntime_problem(), "torch": _torch_problem(),
-            "tensorrt": tensorrt_problem()}
+    return {name: probe() for name, probe in _PROBES.items()}
 
 
 def unavailable(name: str, why: str, runners: dict[str, str | None] | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 from pyengine.errors import ConfigError, RunnerUnavailable
 from pyengine.runners.base import ENGINE_SUFFIXES, PRECISIONS, Runner
 from pyengine.runners.probe import (
-    available_runners,
+    runner_problem,
     tensorrt_problem,
     torch_cuda_problem,
     unavailable,
@@ -35,11 +35,21 @@ _ACCEPTS = {"model": ("tensorrt", "torch", "onnxruntime"), "onnx": ("tensorrt", 
             "engine": ("tensorrt",)}
 
 
+class _LazyProblems(dict):
+    """runner name -> :func:`runner_problem`, probed on first look-up."""
+
+    def __missing__(self, name: str) -> str | None:
+        self[name] = problem = runner_problem(name)
+        return problem
+
+
 def _choose(model: Path | None, precision: str | None, device: str) -> tuple[str, str, str]:
     """(runner name, device, why) for ``auto``: the first usable of TensorRT, torch on
     CUDA and ONNX Runtime that takes this kind of model and this precision."""
     kind = _model_kind(model)
-    runners = available_runners()
+    # Probed lazily, each at most once: an ONNX Runtime choice on a machine without an
+    # NVIDIA device imports neither torch nor tensorrt (see runners.probe).
+    runners = _LazyProblems()
     gpu_problem = "device cpu was asked for" if device == "cpu" else torch_cuda_problem()
     passed: list[str] = []
     for name in _ACCEPTS[kind]:
@@ -52,7 +62,7 @@ def _choose(model: Path | None, precision: str | None, device: str) -> tuple[str
                 return name, device, "tensorrt is importable and a CUDA GPU is present"
             passed.append(f"tensorrt: {problem}")
         elif name == "torch":
-            problem = runners["torch"] or gpu_problem
+            problem = gpu_problem or runners["torch"]  # no GPU: no need to import torch
             if problem is None:
                 return name, "cuda" if device == "auto" else device, \
                     f"torch has CUDA ({'; '.join(passed)})" if passed else "torch has CUDA"

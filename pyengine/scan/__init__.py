@@ -6,6 +6,8 @@
   (training, calibration and export checks use it).
 * :mod:`~pyengine.scan.engine`: :class:`~pyengine.scan.engine.Engine`, the pipelined
   read -> gather -> infer -> collect stages.
+* :mod:`~pyengine.scan.buffers`: the bounded, reference-counted pool of tile buffers
+  the engine reads tiles into.
 * :mod:`~pyengine.scan.results`: per-tile results, the run summary, the interruption.
 * :mod:`~pyengine.scan.assembly`: per-tile results -> the catalog (DESIGN.md §4).
 * :mod:`~pyengine.scan.run`: :func:`~pyengine.scan.run.run_scan`, a whole scan with its

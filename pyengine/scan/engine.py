@@ -5,22 +5,42 @@
 Four stages run at once, joined by bounded queues, so the runner is never
 waiting for pixels (DESIGN.md §2):
 
-1. **read** (a small thread pool, tiles in file order, ``prefetch`` ahead):
-   ``Mosaic.read`` of the tile window, the source's positions in the tile core
-   (SEP detection runs here), and, for a float16 transfer, the tile's per-band
-   offset and scale;
-2. **gather** (one thread driving the C++ worker pool of
-   :class:`pyengine.scan.batching.BatchRing`): fills fixed-size batch slots with the
-   windows of consecutive positions, spanning tile boundaries, so every batch
-   but the last is full;
-3. **infer** (one thread): ``runner.submit`` with up to two batches in flight
-   (the copy of one overlaps the compute of the other on a GPU);
-4. **collect** (the caller's thread, inside :meth:`Engine.iter_scan`): scores
-   and NaN counts back into tile order; each tile is yielded when its last
-   position is scored, so tiles complete in file order.
+1. **read** (up to two threads, tiles in file order, ``prefetch`` ahead; tiles
+   resumed or known to own no position are not read): ``Mosaic.read`` of the
+   tile window into a buffer of the tile-buffer pool
+   (:class:`pyengine.scan.buffers.TileBuffers`), the source's positions in the
+   tile core (SEP detection runs here), and, for a float16 transfer, the tile's
+   per-band offset and scale;
+2. **gather** (one thread): fills fixed-size batch slots with the windows of
+   consecutive positions, spanning tile boundaries, so every batch but the last
+   is full.  A dense segment (a tile's windows in one slot covering at least a
+   quarter of the tile) is filled by the C++ worker pool of
+   :class:`pyengine.scan.batching.BatchRing` straight from the tile buffer, which
+   the slot then pins until it is waited on (at most ``_PINNED_PER_SLOT``, one,
+   tile per slot); any other segment is gathered by this thread straight into the
+   slot's rows (one copy, NaN counts into the ring's per-slot counts);
+3. **infer** (one thread): waits for the slot's fills, lets go of its pinned tile
+   buffers, and calls ``runner.submit`` with up to two batches in flight (the
+   copy of one overlaps the compute of the other on a GPU);
+4. **collect** (the thread consuming :meth:`Engine.iter_results`, which
+   ``scan`` and ``iter_scan`` wrap): copies each batch's scores and NaN counts
+   into its tiles' arrays, calls ``on_batch``, and yields a tile's
+   :class:`TileResult` (NaN fraction and flags made here) once every position of
+   it and of every tile read before it is scored, so results come in file order
+   (a tile read but owning no position, as detection may find, gives an empty
+   result).
 
-Memory is bounded by configuration: ``prefetch`` tiles of (nband, core + 2 halo)^2
-float32, plus the ring's slots.
+The stages are :class:`pyengine.scan.pipeline.Pipeline` (which also holds
+``_PINNED_PER_SLOT``); this module is the Engine around them.
+
+Memory is bounded by configuration, not by the mosaic.  Pixels: at most
+``2 * prefetch + 1 + slots * _PINNED_PER_SLOT`` tile buffers of nband x
+(core + 2 halo)^2 float32 (``prefetch`` tiles being read, ``prefetch`` queued,
+the one being gathered, one pinned per slot; allocated only as needed, reused
+from tile to tile); batches: ``slots`` runner slots of batch x nband x S^2 in
+the transfer dtype (allocated once per runner activation).  No per-segment
+copy or strip is made.  Positions and per-tile results grow with the tiles
+read but not yet complete.
 
 Determinism: positions, their order and coordinates depend only on the inputs,
 the tile plan and the source, never on thread count, batch size or resume.
@@ -36,76 +56,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from pyengine.bands import match_order
-from pyengine.coords import centre_pixel
 from pyengine.defaults import DEFAULT_CORE, DEFAULT_MAX_NAN  # re-exported here too
 from pyengine.errors import ConfigError, MosaicMismatchError
-from pyengine.flags import cutout_flags
-from pyengine.io.tiles import Tile, TilePlan
+from pyengine.io.tiles import TilePlan
 from pyengine.runners.base import Runner
 from pyengine.runners.select import make_runner
-from pyengine.scan.batching import BatchRing, gather
+from pyengine.scan.pipeline import Pipeline
 from pyengine.scan.results import TileResult
-from pyengine.sources.base import tiles_to_do
-from pyengine.stats import median_and_sigma
 from pyengine.validate import integer, number
 
-__all__ = ["Engine", "ScanStopped", "match_bands", "tile_affine"]
-
-_POLL = 0.1  # seconds between checks of the abort flag while a stage waits
-
-
-class ScanStopped(Exception):
-    """Raised inside the pipeline threads when the scan is being torn down."""
-
-
-@dataclass
-class _TileWork:
-    """A tile on its way through the pipeline."""
-
-    tile: Tile
-    pixels: np.ndarray | None
-    x: np.ndarray
-    y: np.ndarray
-    row: np.ndarray
-    columns: dict
-    offset: np.ndarray
-    scale: np.ndarray
-    scores: np.ndarray = None
-    nan_counts: np.ndarray = None
-    filled: int = 0
-
-
-def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band (offset, scale) mapping the tile's sky to 0 and its noise to 1.
-
-    Robust statistics (median, 1.4826 MAD) of every ``sample``-th pixel.  The
-    models' in-graph preprocessing (border median / MAD) is invariant to such a
-    map; it exists so that a float16 transfer keeps the faint end precise.
-    """
-    nband = pixels.shape[0]
-    offset = np.zeros(nband, np.float32)
-    scale = np.ones(nband, np.float32)
-    for b in range(nband):
-        v = pixels[b, ::sample, ::sample]
-        v = v[np.isfinite(v)]
-        if v.size < 16:
-            continue
-        med, mad = median_and_sigma(v)
-        offset[b] = med
-        if np.isfinite(mad) and mad > 0:
-            scale[b] = 1.0 / mad
-    return offset, scale
-
+__all__ = ["Engine", "match_bands"]
 
 def _affine_invariant(spec) -> bool:
     p = spec.preprocess
@@ -120,6 +86,9 @@ class Engine:
     (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a :class:`Runner`.
     ``batch_size`` None takes the runner's preferred size; ``threads`` None lets
     each library choose.  ``threshold`` None takes the model's decision threshold.
+    ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
+    ``slots`` (at least 2) batch slots circulate between gather and infer; with
+    ``core`` they bound a scan's memory (see the module docstring).
     """
 
     def __init__(self, model=None, runner: str | Runner = "auto", precision: str | None = None,
@@ -169,8 +138,13 @@ class Engine:
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> Engine:
-        """Load the runner (model session or engine); called on first use anyway."""
-        self.runner.activate()
+        """Load the runner (model session or engine); called on first use anyway.
+
+        Takes the scan lock, so it may run in another thread while the caller
+        prepares a scan (the CLI does): a scan that starts meanwhile waits for it
+        instead of loading the runner a second time."""
+        with self._lock:
+            self.runner.activate()
         return self
 
     def close(self) -> None:
@@ -283,10 +257,9 @@ class Engine:
             return assemble_catalog(self, mosaic, source, results)
 
     def iter_scan(self, mosaic, sources=None):
-        """Per-tile catalogs (astropy Tables), in tile order, as tiles complete.
-
-        A mosaic opened for the scan is closed when the iterator ends or is closed.
-        """
+        """Per-tile catalogs (astropy Tables), one per :meth:`iter_results` result: in
+        tile order, each as soon as it and the tiles before it are scored.  A mosaic opened
+        for the scan is closed when the iterator ends or is closed."""
         from pyengine.scan.assembly import tile_table
 
         with self.prepared(mosaic, sources) as (mosaic, source, plan):
@@ -296,16 +269,21 @@ class Engine:
     def iter_results(self, mosaic, source, plan: TilePlan, *, skip=frozenset(),
                      stop: threading.Event | None = None,
                      on_batch: Callable[[int], None] | None = None) -> Iterator[TileResult]:
-        """The pipeline: a :class:`TileResult` per tile with positions, in tile order.
+        """The pipeline (module docstring): a :class:`TileResult` per tile read, in tile
+        order, each yielded once it and every tile before it are fully scored.
 
-        ``skip``: tile indices already done (resume).  ``stop``: when set, no new
-        tile is started; batches already gathered finish and their complete
-        tiles are still yielded, then the iterator ends.  ``on_batch(n)`` is
-        called after each batch of n scores (progress).
+        Tiles in ``skip`` (indices already done: resume) and tiles the source knows
+        to own no position (``source.count(tile) == 0``) are not read and give no
+        result; a tile read whose positions turn out empty (detection) gives an
+        empty result.  ``stop``: when set, no new tile is read and no new batch
+        started; the batch being filled is completed from tiles already read (or sent
+        part-full when they run out), the batches gathered finish, the tiles they complete are still yielded, then
+        the iterator ends (a partly scored tile is not yielded).  ``on_batch(n)`` is
+        called in the consuming thread after each batch of n scores (progress).
         """
         with self._lock:
             self.runner.activate()
-            yield from _Pipeline(self, mosaic, source, plan, skip, stop, on_batch).run()
+            yield from Pipeline(self, mosaic, source, plan, skip, stop, on_batch).run()
 
 
 def match_bands(mosaic, bands):
@@ -329,237 +307,3 @@ def match_bands(mosaic, bands):
     from pyengine.io.mosaic import Mosaic
 
     return Mosaic.open([mosaic.paths[i] for i in order], bands=[have[i] for i in order])
-
-
-class _Pipeline:
-    """One scan's threads and queues (see the module docstring)."""
-
-    def __init__(self, engine: Engine, mosaic, source, plan, skip, stop, on_batch):
-        self.engine, self.mosaic, self.source, self.plan = engine, mosaic, source, plan
-        self.skip = frozenset(int(t) for t in skip)
-        self.stop = stop if stop is not None else threading.Event()
-        self.on_batch = on_batch
-        self.abort = threading.Event()  # teardown: every stage leaves at once
-        self.error: BaseException | None = None
-        self.size = engine.spec.cutout_size
-        self.dtype = engine.transfer_dtype
-        self.batch = engine.batch_size
-        self.tiles_q: queue.Queue = queue.Queue(maxsize=engine.prefetch)
-        self.infer_q: queue.Queue = queue.Queue(maxsize=engine.nslots)
-        self.collect_q: queue.Queue = queue.Queue()
-
-    # -- plumbing ------------------------------------------------------------------
-    def _put(self, q: queue.Queue, item) -> None:
-        while True:
-            if self.abort.is_set():
-                raise ScanStopped
-            try:
-                q.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                continue
-
-    def _get(self, q: queue.Queue):
-        while True:
-            if self.abort.is_set():
-                raise ScanStopped
-            try:
-                return q.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-
-    def _stage(self, fn):
-        def body():
-            try:
-                fn()
-            except ScanStopped:
-                pass
-            except BaseException as exc:  # handed to the caller's thread
-                if self.error is None:
-                    self.error = exc
-                self.abort.set()
-        return threading.Thread(target=body, name=f"pyengine-{fn.__name__}", daemon=True)
-
-    # -- stage 1: read tiles and find their positions --------------------------------
-    def _wanted(self) -> list[Tile]:
-        return tiles_to_do(self.plan, self.source, self.skip)
-
-    def _load(self, tile: Tile) -> _TileWork:
-        pixels = self.mosaic.read(*tile.window)  # tiles known to own no position are skipped
-        pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
-        nband = self.mosaic.nband
-        if self.dtype == np.float16:
-            offset, scale = tile_affine(pixels)
-        else:
-            offset, scale = np.zeros(nband, np.float32), np.ones(nband, np.float32)
-        return _TileWork(tile, pixels, np.asarray(pos.x, np.float64),
-                         np.asarray(pos.y, np.float64), np.asarray(pos.row, np.int64),
-                         dict(pos.columns), offset, scale)
-
-    def read(self):
-        tiles = self._wanted()
-        workers = max(1, min(2, self.engine.threads or 2))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyengine-read") as pool:
-            pending: deque = deque()
-            it = iter(tiles)
-            try:
-                while True:
-                    while len(pending) < self.engine.prefetch and not self.stop.is_set():
-                        tile = next(it, None)
-                        if tile is None:
-                            break
-                        pending.append(pool.submit(self._load, tile))
-                    if not pending:
-                        break
-                    work = pending.popleft().result()
-                    self._put(self.tiles_q, work)
-            finally:
-                for fut in pending:
-                    fut.cancel()
-        self._put(self.tiles_q, None)
-
-    # -- stage 2: gather windows into batch slots ------------------------------------
-    def gather(self):
-        ring = self.ring
-        slot, used, segments = -1, 0, []
-        while not self.stop.is_set() or slot >= 0:
-            work = self._get(self.tiles_q)
-            if work is None:
-                break
-            n = work.x.size
-            work.scores = np.full(n, np.nan, np.float32)
-            work.nan_counts = np.zeros(n, np.int64)
-            self.collect_q.put(("tile", work))
-            if n == 0:
-                continue
-            wy0, _, wx0, _ = work.tile.window
-            cx = centre_pixel(work.x) - wx0
-            cy = centre_pixel(work.y) - wy0
-            done = 0
-            while done < n:
-                if slot < 0:
-                    if self.stop.is_set():  # interrupted: only the batch in flight finishes
-                        break
-                    slot = self._acquire(ring)
-                    used, segments = 0, []
-                k = min(n - done, self.batch - used)
-                pixels, scx, scy = self._segment(work.pixels, cx[done : done + k],
-                                                 cy[done : done + k])
-                ring.fill(slot, used, pixels, scx, scy, offset=work.offset, scale=work.scale)
-                segments.append((work, done, used, k))
-                used += k
-                done += k
-                if used == self.batch:
-                    self._put(self.infer_q, (slot, used, segments))
-                    slot = -1
-            work.pixels = None  # the ring keeps what it still needs until the slot is waited on
-        if slot >= 0:
-            self._put(self.infer_q, (slot, used, segments))
-        self._put(self.infer_q, None)
-
-    def _segment(self, pixels: np.ndarray, cx: np.ndarray, cy: np.ndarray):
-        """The array a ring fill reads for these k windows, and their centres in it.
-
-        A batch may hold positions of many tiles, and the ring keeps each tile
-        array alive until the batch is gathered.  For a sparse segment (its
-        windows cover under a quarter of the tile) the windows are first copied
-        side by side into a compact (nband, S, k * S) strip, so sparse catalogs
-        never pin a batch's worth of whole tiles in memory.
-        """
-        k, size = cx.size, self.size
-        if k * size * size * 4 >= pixels[0].size:
-            return pixels, cx, cy
-        windows = gather(pixels, cx, cy, size)  # raw float32, NaN kept
-        strip = np.ascontiguousarray(windows.transpose(1, 2, 0, 3).reshape(
-            pixels.shape[0], size, k * size))
-        centres = np.arange(k, dtype=np.int64) * size + size // 2
-        return strip, centres, np.full(k, size // 2, np.int64)
-
-    def _acquire(self, ring: BatchRing) -> int:
-        while True:
-            if self.abort.is_set():
-                raise ScanStopped
-            try:
-                return ring.acquire(timeout=_POLL)
-            except TimeoutError:
-                continue
-
-    # -- stage 3: inference, two batches in flight ---------------------------------------
-    def infer(self):
-        ring, runner = self.ring, self.engine.runner
-        flight: deque = deque()
-
-        def retire():
-            slot, n, segments, pending = flight.popleft()
-            scores = np.asarray(pending.result(), dtype=np.float32).reshape(-1)[:n]
-            counts = ring.nan_counts[slot][:n].copy()
-            ring.release(slot)
-            self.collect_q.put(("scores", segments, scores, counts))
-
-        while True:
-            item = self._get(self.infer_q)
-            if item is None:
-                break
-            slot, n, segments = item
-            ring.wait(slot)
-            flight.append((slot, n, segments, runner.submit(ring.slots[slot][:n])))
-            if len(flight) > 1:
-                retire()
-        while flight:
-            retire()
-        self.collect_q.put(("end",))
-
-    # -- stage 4: collect, in the caller's thread -------------------------------------------
-    def _finish(self, work: _TileWork) -> TileResult:
-        npix = self.mosaic.nband * self.size * self.size
-        frac = (work.nan_counts / npix).astype(np.float32)
-        flags = cutout_flags(frac, self.engine.max_nan_fraction)
-        return TileResult(work.tile.index, work.x, work.y, work.row, work.scores, frac, flags,
-                          work.columns)
-
-    def run(self) -> Iterator[TileResult]:
-        # The runner's own memory (pinned on a GPU), in the dtype this scan sends.
-        slots = self.engine.slots(self.batch, self.dtype)
-        self.ring = BatchRing(slots, threads=self.engine.gather_threads)
-        stages = [self._stage(self.read), self._stage(self.gather), self._stage(self.infer)]
-        for t in stages:
-            t.start()
-        open_tiles: deque[_TileWork] = deque()
-        try:
-            while True:
-                try:
-                    msg = self.collect_q.get(timeout=_POLL)
-                except queue.Empty:
-                    msg = None
-                if msg is None:
-                    if self.error is not None:
-                        raise self.error
-                    if not any(t.is_alive() for t in stages):
-                        raise RuntimeError("scan pipeline ended without finishing")  # a bug
-                    continue
-                kind = msg[0]
-                if kind == "end":
-                    break
-                if kind == "tile":
-                    open_tiles.append(msg[1])
-                else:
-                    _, segments, scores, counts = msg
-                    for work, start, at, k in segments:
-                        work.scores[start : start + k] = scores[at : at + k]
-                        work.nan_counts[start : start + k] = counts[at : at + k]
-                        work.filled += k
-                    if self.on_batch is not None:
-                        self.on_batch(int(scores.size))
-                while open_tiles and open_tiles[0].filled == open_tiles[0].x.size:
-                    work = open_tiles.popleft()
-                    work.pixels = None
-                    yield self._finish(work)
-            if self.error is not None:
-                raise self.error
-        finally:
-            self.abort.set()
-            for t in stages:
-                t.join()
-            self.ring.close()
-        if self.error is not None:
-            raise self.error
