@@ -311,27 +311,33 @@ def test_close_drops_queued_jobs_and_wakes_blocked_threads():
         ring.wait(other)
 
 
-def _os_threads() -> int:
-    """Threads of this process as the kernel sees them (C++ workers included)."""
-    return len(os.listdir("/proc/self/task"))
+def _os_threads() -> set[str]:
+    """Thread ids of this process as the kernel sees them (C++ workers included)."""
+    return set(os.listdir("/proc/self/task"))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_dropped_ring_stops_its_workers():
-    """Garbage collection closes the ring (joins its workers) before the arrays go."""
+    """Garbage collection closes the ring (joins its workers) before the arrays go.
+
+    The ring's workers are the threads that appear with it (ids, not counts: threads
+    of earlier tests may end meanwhile); at least its two must be gone after the drop.
+    """
     tile = np.ones((1, 50, 50), np.float32)
-    baseline = _os_threads()
+    before = _os_threads()
     ring = BatchRing(make_slots(2, 64, 1, 32), threads=2)
     slot = ring.acquire()
     ring.fill(slot, 0, tile, np.arange(64), np.arange(64))
-    assert _os_threads() >= baseline + 2  # the two workers exist while the ring does
+    workers = _os_threads() - before
+    assert len(workers) >= 2  # the two workers exist while the ring does
     ring.wait(slot)
     del ring
     gc.collect()
     deadline = time.monotonic() + 10.0
-    while _os_threads() > baseline and time.monotonic() < deadline:
+    while len(workers & _os_threads()) > len(workers) - 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _os_threads() <= baseline, "the dropped ring's worker threads are still running"
+    assert len(workers & _os_threads()) <= len(workers) - 2, \
+        "the dropped ring's worker threads are still running"
 
 
 def test_core_ring_direct_properties():
