@@ -6,6 +6,7 @@ Thread safety: one bench per process (it times the whole machine).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -191,10 +192,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             "images": where, "model": cfg.model or "shipped demo model",
             "batches": batches, "threads": cfg.threads, "quick": cfg.quick,
             "min_time_s": min_time, "pairs": cfg.pairs}}
-        with Mosaic.open(paths, bands=None if cfg.images else list(spec.bands)) as mosaic:
+        with Mosaic.open(paths, bands=None if cfg.images else list(spec.bands)) as opened, \
+                contextlib.ExitStack() as reopened:
             from pyengine.scan.engine import match_bands
 
-            mosaic = match_bands(mosaic, spec.bands)
+            mosaic = match_bands(opened, spec.bands)
+            if mosaic is not opened:  # reopened in the model's band order: closed too
+                reopened.enter_context(mosaic)
             size = spec.cutout_size
             plan = TilePlan.for_cutout(mosaic.shape, cutout=size, core=2048)
             windows = [t.window for t in plan]
