@@ -221,3 +221,47 @@ def test_model_file_and_its_onnx_export_give_one_modelsha(tmp_path, field, model
         assert res.exit_code == 0, res.output
         shas.append(Table.read(out).meta["MODELSHA"])
     assert shas == [file_sha256(model)] * 2
+
+
+def test_resume_with_another_graph_of_the_same_model_is_refused(tmp_path, field, model, catalog,
+                                                                cache):
+    """Two exports of one model share MODELSHA, but a resume must not mix their scores: the
+    graph scanned is in the fingerprint too (a byte-identical copy still resumes)."""
+    import shutil
+
+    import onnx
+
+    from pyengine.export.onnx import export_onnx, set_metadata
+    from pyengine.models.checkpoint import file_sha256, load_model
+
+    first = export_onnx(load_model(model), tmp_path / "a.onnx")
+    proto = onnx.load(str(first))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    set_metadata(proto, meta["pyengine"], meta["pyengine_model_sha256"], "fp32",
+                 extra={"note": "another graph of the same model"})
+    other = tmp_path / "b.onnx"
+    onnx.save(proto, str(other))
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(first, copy)
+    assert file_sha256(other) != file_sha256(first)
+    out = tmp_path / "o.fits"
+    base = [*_bands(field), "--catalog", catalog, "--runner", "onnxruntime", "--tile-size", 64,
+            "-q", "--out", out]
+    # The journal an interrupted scan of graph a leaves (its fingerprint, no tile yet).
+    from pyengine.io.mosaic import Mosaic
+    from pyengine.output.journal import Journal
+    from pyengine.scan.engine import Engine
+    from pyengine.scan.run import scan_fingerprint
+    from pyengine.sources.catalog import CatalogSource
+
+    with Engine(first, runner="onnxruntime", core=64, cache_dir=cache) as engine, \
+            Mosaic.open([str(p) for p in field["paths"]]) as mosaic, \
+            engine.prepared(mosaic, CatalogSource(str(catalog))) as (m, source, plan):
+        fingerprint = scan_fingerprint(engine, m, source, plan)
+    j = Journal(out)
+    j.start(fingerprint, resume=False)
+    j.close()
+    refused = _run([*base, "--model", other, "--resume"], cache)
+    assert refused.exit_code == 1 and "model_file" in refused.output, refused.output
+    resumed = _run([*base, "--model", copy, "--resume"], cache)
+    assert resumed.exit_code == 0, resumed.output

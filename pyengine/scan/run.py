@@ -44,13 +44,28 @@ def _file_identity(spec: str) -> dict:
     return {**file_identity(path), "ext": ext}
 
 
+def _graph_identity(model) -> dict:
+    """Size and SHA-256 of the first and last MiB of the file scanned (None: the shipped
+    demo model); no path or time, so a copy of the same file resumes."""
+    from pyengine.hashing import file_identity
+    from pyengine.models.checkpoint import DEMO_MODEL
+
+    ident = file_identity(model if model is not None else DEMO_MODEL)
+    return {"size": ident["size"], "sha256_ends": ident["sha256_ends"]}
+
+
 def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) -> dict:
     """Everything that determines a scan's per-tile results (not threads or batch size)."""
     fp = {
         "pyengine": __version__,
         "bands": list(mosaic.bands),
         "band_files": [_file_identity(p) for p in mosaic.paths],
+        # The model's identity names the model (shared by its exports, see
+        # runners.loaders.model_identity); the graph actually run is named too, so that
+        # a resume with another export of it (say, an int8 graph calibrated anew) is
+        # refused rather than mixing two graphs' scores in one catalog.
         "model_sha256": engine.model_sha256,
+        "model_file": _graph_identity(engine.model),
         "runner": engine.runner.name,
         "precision": engine.runner.precision,
         "transfer": str(engine.transfer_dtype),
