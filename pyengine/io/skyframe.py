@@ -27,8 +27,22 @@ from pyengine.errors import WCSError
 __all__ = ["icrs_to_pixel", "pixel_to_icrs", "wcs_frame"]
 
 
+def _plainly_icrs(wcs) -> bool:
+    """RA/Dec axes in ICRS by the header alone (RADESYS = 'ICRS', or neither RADESYS nor
+    EQUINOX, which the FITS standard reads as ICRS): decided without importing
+    astropy.coordinates (0.2 s), which a scan of an ICRS mosaic never needs."""
+    import math
+
+    lon = str(wcs.wcs.ctype[wcs.wcs.lng] if wcs.wcs.lng >= 0 else "")
+    radesys = str(wcs.wcs.radesys).strip().upper()
+    no_equinox = not math.isfinite(float(wcs.wcs.equinox))
+    return lon.startswith("RA--") and (radesys == "ICRS" or (radesys == "" and no_equinox))
+
+
 def wcs_frame(wcs):
     """The WCS's celestial frame (an astropy frame), or None when it is ICRS."""
+    if _plainly_icrs(wcs):
+        return None
     from astropy.coordinates import ICRS
     from astropy.wcs.utils import wcs_to_celestial_frame
 
