@@ -6,12 +6,18 @@ Thread safety: each call reads /proc or runs nvidia-smi; safe from any thread.
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import shutil
 import subprocess
 
-__all__ = ["cpu_model", "gpus", "usable_threads"]
+__all__ = ["cpu_model", "gpus", "nvidia_device_problem", "usable_threads"]
+
+# Where an NVIDIA driver shows itself without being called: the device nodes of
+# the Linux driver (/dev/nvidia0, nvidiactl, ...), WSL2's GPU node, and the
+# driver's nvidia-smi (installed beside every driver, also on Windows).
+_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/dxg")
 
 
 def cpu_model() -> str:
@@ -54,3 +60,19 @@ def gpus() -> list[dict[str, str]]:
             found.append(dict(zip(("name", "memory", "driver", "compute_capability"), parts,
                                   strict=True)))
     return found
+
+
+def nvidia_device_problem() -> str | None:
+    """Why there cannot be a CUDA GPU here, from files alone (None: there may be one).
+
+    No driver call and no import: no NVIDIA device node (``/dev/nvidia*``, WSL2's
+    ``/dev/dxg``) and no ``nvidia-smi`` on PATH means no NVIDIA driver, hence no
+    CUDA device for torch or TensorRT to find.  A None answer is only "maybe": the
+    full probe (torch) decides."""
+    if any(glob.glob(pattern) for pattern in _DEVICE_GLOBS):
+        return None
+    if shutil.which("nvidia-smi") is not None:
+        return None
+    if os.name == "nt":  # no device nodes to look at; nvidia-smi is the only sign
+        return "no NVIDIA device found (no nvidia-smi on PATH)"
+    return "no NVIDIA device found"

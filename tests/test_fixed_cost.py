@@ -11,6 +11,7 @@ import pytest
 import torch
 from astropy.table import Table
 
+from pyengine import devices
 from pyengine.errors import ModelFileError
 from pyengine.export.onnx import export_onnx, onnx_metadata
 from pyengine.models.checkpoint import load_model
@@ -49,8 +50,8 @@ def test_auto_scan_of_an_exported_model_imports_neither_torch_nor_onnx(tmp_path,
 
 def test_nvidia_device_problem_looks_at_device_nodes_and_nvidia_smi(monkeypatch):
     nodes, smi = [], None
-    monkeypatch.setattr(probe.glob, "glob", lambda pattern: list(nodes))
-    monkeypatch.setattr(probe.shutil, "which", lambda name: smi)
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: list(nodes))
+    monkeypatch.setattr(devices.shutil, "which", lambda name: smi)
     assert probe.nvidia_device_problem() == "no NVIDIA device found"
     nodes = ["/dev/nvidia0"]
     assert probe.nvidia_device_problem() is None

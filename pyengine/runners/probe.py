@@ -18,20 +18,14 @@ thread.
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import sys
 
+from pyengine.devices import nvidia_device_problem
 from pyengine.errors import RunnerUnavailable
 
 __all__ = ["available_runners", "nvidia_device_problem", "runner_problem", "tensorrt_problem",
            "torch_cuda_problem", "unavailable"]
 
-# Where an NVIDIA driver shows itself without being called: the device nodes of
-# the Linux driver (/dev/nvidia0, nvidiactl, ...), WSL2's GPU node, and the
-# driver's nvidia-smi (installed beside every driver, also on Windows).
-_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/dxg")
 
 def _onnxruntime_problem() -> str | None:
     try:
@@ -49,27 +43,11 @@ def _torch_problem() -> str | None:
     return None
 
 
-def nvidia_device_problem() -> str | None:
-    """Why there cannot be a CUDA GPU here, from files alone (None: there may be one).
-
-    No driver call and no import: no NVIDIA device node (``/dev/nvidia*``, WSL2's
-    ``/dev/dxg``) and no ``nvidia-smi`` on PATH means no NVIDIA driver, hence no
-    CUDA device for torch or TensorRT to find.  A None answer is only "maybe": the
-    full probe (torch) decides."""
-    if any(glob.glob(pattern) for pattern in _DEVICE_GLOBS):
-        return None
-    if shutil.which("nvidia-smi") is not None:
-        return None
-    if os.name == "nt":  # no device nodes to look at; nvidia-smi is the only sign
-        return "no NVIDIA device found (no nvidia-smi on PATH)"
-    return "no NVIDIA device found"
-
-
 def torch_cuda_problem() -> str | None:
     """Why torch cannot use a CUDA GPU here (None: it can).
 
     Without torch imported yet and without any NVIDIA device
-    (:func:`nvidia_device_problem`), the answer comes without importing torch."""
+    (:func:`pyengine.devices.nvidia_device_problem`), the answer comes without importing torch."""
     if "torch" not in sys.modules:
         problem = nvidia_device_problem()
         if problem is not None:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -63,6 +62,7 @@ import numpy as np
 
 from pyengine.bands import match_order
 from pyengine.defaults import DEFAULT_CORE, DEFAULT_MAX_NAN  # re-exported here too
+from pyengine.devices import usable_threads
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.io.tiles import TilePlan
 from pyengine.runners.base import Runner
@@ -166,8 +166,7 @@ class Engine:
 
     @property
     def gather_threads(self) -> int:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-        return max(1, min(4, self.threads or cpus))
+        return max(1, min(4, self.threads or usable_threads()))
 
     def describe(self) -> dict:
         """Runner, precision and batch settings, for logs and catalog metadata."""
