@@ -9,6 +9,8 @@ runs on it quickly.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,19 @@ def make_model(path: Path, seed: int = 1) -> Path:
     torch.manual_seed(seed)
     spec = ModelSpec(cutout_size=CUTOUT, threshold=0.5)
     return save_model(ClusterClassifier(spec).eval(), path)
+
+
+def scan_in_fresh_process(cwd: Path, field: dict, catalog, model, out, runner: str,
+                          then: str = "") -> list[str]:
+    """Run ``pyengine scan`` of ``field`` (catalog positions, ``model``, ``runner``) in a new
+    interpreter, then the Python lines ``then`` (e.g. printing what was imported); the
+    lines it printed.  Fails the test when the scan or ``then`` fails."""
+    args = ["scan", *[str(p) for p in field["paths"]], "--catalog", str(catalog), "--model",
+            str(model), "--runner", runner, "-q", "-o", str(out)]
+    code = ("import sys\nfrom pyengine.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            + then)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()

@@ -3,9 +3,6 @@ exported model's metadata is read without the onnx package."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -16,6 +13,7 @@ from pyengine.errors import ModelFileError
 from pyengine.export.onnx import export_onnx, onnx_metadata
 from pyengine.models.checkpoint import load_model
 from pyengine.runners import probe
+from tests.scanfield import scan_in_fresh_process
 
 NO_NVIDIA = probe.nvidia_device_problem() is not None
 
@@ -29,20 +27,14 @@ def onnx_model(model, tmp_path_factory):
 def test_auto_scan_of_an_exported_model_imports_neither_torch_nor_onnx(tmp_path, field, catalog,
                                                                        onnx_model):
     out = tmp_path / "cat.fits"
-    code = ("import sys; from pyengine.cli import main; "
-            f"args = ['scan', *{[str(p) for p in field['paths']]!r}, '--catalog', "
-            f"{str(catalog)!r}, '--model', {str(onnx_model)!r}, '--runner', 'auto', "
-            f"'-q', '-o', {str(out)!r}]\n"
-            "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "from pathlib import Path\n"
-            "from pyengine.runners.select import make_runner\n"
-            f"runner = make_runner('auto', Path({str(onnx_model)!r}))\n"
-            "print(runner.name, '|', runner.chosen_because)\n"
-            "print('torch' in sys.modules, 'onnx' in sys.modules)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    chosen, imported = res.stdout.strip().splitlines()[-2:]
+    printed = scan_in_fresh_process(
+        tmp_path, field, catalog, onnx_model, out, "auto",
+        then=("from pathlib import Path\n"
+              "from pyengine.runners.select import make_runner\n"
+              f"runner = make_runner('auto', Path({str(onnx_model)!r}))\n"
+              "print(runner.name, '|', runner.chosen_because)\n"
+              "print('torch' in sys.modules, 'onnx' in sys.modules)\n"))
+    chosen, imported = printed[-2:]
     assert chosen == "onnxruntime | no CUDA GPU (no NVIDIA device found)"
     assert imported == "False False"
     assert len(Table.read(out)) > 0

@@ -193,16 +193,10 @@ def test_onnxruntime_scan_of_an_exported_model_imports_no_torch(tmp_path, field,
 
     onnx_path = export_onnx(load_model(model), tmp_path / "m.onnx")
     out = tmp_path / "cat.fits"
-    code = ("import sys; from pyengine.cli import main; "
-            f"args = ['scan', *{[str(p) for p in field['paths']]!r}, '--catalog', "
-            f"{str(catalog)!r}, '--model', {str(onnx_path)!r}, '--runner', 'onnxruntime', "
-            f"'-q', '-o', {str(out)!r}]\n"
-            "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('torch' in sys.modules)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "False"
+    printed = scanfield.scan_in_fresh_process(tmp_path, field, catalog, onnx_path, out,
+                                              "onnxruntime",
+                                              then="print('torch' in sys.modules)\n")
+    assert printed[-1] == "False"
     assert len(Table.read(out)) > 0
 
 
