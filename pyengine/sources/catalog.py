@@ -111,10 +111,13 @@ class CatalogSource(Source):
                     f"{self.spec}: no row has {mag_col} <= {self.mag_limit:g} ({have}); "
                     "raise --mag-limit or choose another --mag-col")
             if not pos.usable[keep].any():
+                n = int(keep.sum())
+                rows = "the one row" if n == 1 else f"all {n:,} rows"
                 raise CatalogError(
-                    f"{self.spec}: none of the {int(keep.sum()):,} rows with {mag_col} <= "
-                    f"{self.mag_limit:g} has a usable position in columns "
-                    f"{', '.join(pos.columns)}: all have {UNUSABLE}")
+                    f"{self.spec}: no usable position in columns {', '.join(pos.columns)} "
+                    f"among the rows with {mag_col} <= {self.mag_limit:g}: {rows} with "
+                    f"{mag_col} <= {self.mag_limit:g} {'has' if n == 1 else 'have'} "
+                    f"{UNUSABLE}")
             if not keep.all():
                 table = table[keep]
                 pos = CatalogPositions(pos.x[keep], pos.y[keep], pos.columns, pos.form,
