@@ -72,10 +72,9 @@ def test_both_forms_or_neither_are_refused():
 
 
 def test_bad_values_and_files(tmp_path):
-    with pytest.raises(CatalogError, match=r"holds .* values; numbers in degrees"):
+    with pytest.raises(CatalogError, match=r"column 'ra' is not numeric \(<U8; data row 1 "
+                                           r"\(1-based\) holds '00:42:44'\); numbers in degrees"):
         catalog_positions(Table({"ra": ["00:42:44"], "dec": ["+41:16:09"]}), WCS_, where="c")
-    with pytest.raises(CatalogError, match=r"row 1 has RA, Dec = 10.0, 95.0"):
-        catalog_positions(Table({"ra": [10.0, 10.0], "dec": [41.0, 95.0]}), WCS_, where="c")
     Table({"ra": np.zeros(0), "dec": np.zeros(0)}).write(tmp_path / "empty.ecsv")
     with pytest.raises(CatalogError, match="the catalog is empty"):
         read_catalog(tmp_path / "empty.ecsv")

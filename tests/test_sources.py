@@ -268,6 +268,11 @@ def _one_line(exc_info, name):
      "needs a magnitude column"),
     (Table({"ra": [10.68], "dec": [41.27]}), {"mag_col": "imag"}, CatalogError,
      "no column 'imag' for magnitudes"),
+    (Table({"ra": [np.nan, np.nan], "dec": [41.27, 41.28]}), {}, CatalogError,
+     r"no usable position in columns ra, dec: all 2 rows have non-finite or out-of-range"),
+    (Table({"ra": [np.nan, 10.68, 10.68], "dec": [41.27, 95.0, 41.27], "mag": [20, 20.5, 22]}),
+     {"mag_limit": 21}, CatalogError, r"no usable position in columns ra, dec among the rows "
+     r"with mag <= 21: all 2 rows with mag <= 21 have non-finite or out-of-range"),
 ])
 def test_catalog_errors_name_the_file(field, tmp_path, table, options, error, match):
     path = tmp_path / "bad_cat.fits"

@@ -1,17 +1,30 @@
 """Input catalogs: positions (RA/Dec or x/y) and optional labels and magnitudes.
 
 ``read_catalog`` reads FITS (a table HDU, ``path[ext]`` allowed), ECSV, CSV
-or Parquet by extension.  ``catalog_positions`` finds the position columns
-case-insensitively (or takes the names given) and returns 0-based pixel
-positions on a mosaic's grid: RA/Dec in degrees (ICRS) through the mosaic's
-WCS, converted to its frame when that is not ICRS (pyengine.io.skyframe), or
-x/y pixels.  Pixel columns follow the 0-based astropy convention, except
-SExtractor's ``X_IMAGE``-style columns, which are FITS 1-based and are shifted
-(pyengine.coords).  Giving both forms, or neither, is refused: the catalog
-must say unambiguously where its sources are.
+or Parquet by extension (``.ldac`` and any file that starts as FITS are read
+as FITS).  A SExtractor/SCAMP ``FITS_LDAC`` catalog is read from its
+``LDAC_OBJECTS`` HDU (found by EXTNAME) without ``[2]``.  ``catalog_positions``
+finds the position columns case-insensitively (or takes the names given) and
+returns 0-based pixel positions on a mosaic's grid: RA/Dec in degrees (ICRS)
+through the mosaic's WCS, converted to its frame when that is not ICRS
+(pyengine.io.skyframe), or x/y pixels.  Pixel columns follow the 0-based
+astropy convention, except SExtractor's ``X_IMAGE``-style columns, which are
+FITS 1-based and are shifted (pyengine.coords), each axis by its own column's
+name.  Giving both forms, or neither, is refused: the catalog must say
+unambiguously where its sources are.  The one exception is a SExtractor
+catalog, which always has both: its ``X_IMAGE`` pixels are on the image
+SExtractor measured, not necessarily this mosaic, so its RA/Dec are used.
+
+A row's position is *unusable* when a coordinate is NaN, infinite or masked
+(ECSV/Parquet nulls, FITS TNULL), Dec is outside [-90, 90] or RA outside
+[-360, 360] (RA in that range is wrapped modulo 360: -10 is 350).  Such rows
+are kept, with NaN pixels (``CatalogPositions.usable`` False), so the scan
+flags them off the image and reports their number; only a catalog with no
+usable row is refused.
 
 Every problem raises :class:`~pyengine.errors.CatalogError` naming the file,
-the column or value, and what is accepted.
+the column or value, and what is accepted.  Rows are named as the user counts
+them: ``data row N (1-based)`` (:func:`row_label`), the header not counted.
 
 Thread safety: functions build new objects from their arguments; they may
 run concurrently.
@@ -33,16 +46,25 @@ from pyengine.io.fitsfile import parse_spec
 from pyengine.io.skyframe import icrs_to_pixel
 
 __all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
-           "read_catalog"]
+           "read_catalog", "row_label"]
 
-FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits",
+FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".ldac": "fits",
            ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}
-RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "alpha_j2000", "ra2000", "radeg")
+RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "alpha_j2000", "alphawin_j2000", "ra2000",
+            "radeg", "x_world")
 DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs", "dec_icrs", "delta_j2000",
-             "dec2000", "decdeg")
+             "deltawin_j2000", "dec2000", "decdeg", "y_world")
 X_NAMES = ("x", "x_pix", "xpix", "x_image", "xwin_image", "x_0", "xcentroid")
 Y_NAMES = ("y", "y_pix", "ypix", "y_image", "ywin_image", "y_0", "ycentroid")
 ONE_BASED = ("x_image", "y_image", "xwin_image", "ywin_image")  # SExtractor: FITS pixels
+LDAC_OBJECTS, LDAC_IMHEAD = "LDAC_OBJECTS", "LDAC_IMHEAD"
+_FITS_MAGIC = b"SIMPLE  ="
+UNUSABLE = "non-finite or out-of-range positions (NaN, inf, null, |Dec| > 90 or |RA| > 360)"
+
+
+def row_label(index: int) -> str:
+    """How messages name the catalog row of 0-based ``index``: 1-based, header not counted."""
+    return f"data row {int(index) + 1} (1-based)"
 
 
 def _format(path: Path) -> str:
@@ -50,8 +72,14 @@ def _format(path: Path) -> str:
     for suffix in sorted(FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
             return FORMATS[suffix]
+    try:
+        with path.open("rb") as fh:  # e.g. SExtractor's default test.cat in FITS_LDAC
+            if fh.read(len(_FITS_MAGIC)) == _FITS_MAGIC:
+                return "fits"
+    except OSError:
+        pass
     raise CatalogError(f"{path}: unknown catalog format; accepted extensions: "
-                       f"{', '.join(sorted(FORMATS))}")
+                       f"{', '.join(sorted(FORMATS))} (or any FITS file)")
 
 
 def _read_parquet(path: Path) -> Table:
@@ -66,19 +94,42 @@ def _read_parquet(path: Path) -> Table:
                   for name in arrow.column_names})
 
 
+def _fits_hdu(path: Path, spec, ext: str | None):
+    """The HDU to read: ``ext`` as given, else a FITS_LDAC file's LDAC_OBJECTS, else None
+    (astropy's first table)."""
+    if ext is not None:
+        return int(ext) if ext.isdigit() else ext
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        names = [(i, str(h.header.get("EXTNAME", "")).strip().upper())
+                 for i, h in enumerate(hdul)]
+    objects = [i for i, name in names if name == LDAC_OBJECTS]
+    if len(objects) > 1:
+        raise CatalogError(f"{spec}: a FITS_LDAC catalog with {len(objects)} LDAC_OBJECTS "
+                           f"HDUs ({', '.join(map(str, objects))}, one per image extension); "
+                           f"choose one as {path.name}[{objects[0]}]")
+    return objects[0] if objects else None
+
+
 def read_catalog(spec) -> Table:
-    """Read a catalog file (FITS table, ECSV, CSV or Parquet) into an astropy Table."""
+    """Read a catalog file (FITS table, FITS_LDAC, ECSV, CSV or Parquet) into an astropy Table.
+
+    Masked entries (nulls, FITS TNULL) stay masked; float NaN in FITS stays NaN.
+    Only astropy's unit warnings (SExtractor's ``count``, ``mag * arcsec**(-2)`` ...)
+    are silenced, and only while the file is read.
+    """
     path, ext = parse_spec(spec)
     if not path.exists():
         raise CatalogError(f"{path}: no such catalog file")
     fmt = _format(path)
     kwargs = {"format": fmt}
-    if fmt == "fits":
-        kwargs["hdu"] = int(ext) if ext is not None and ext.isdigit() else ext
-        kwargs["mask_invalid"] = False  # NaN stays NaN (a value, not a mask)
-    elif ext is not None:
+    if ext is not None and fmt != "fits":
         raise CatalogError(f"{spec}: [{ext}] selects an HDU, which only FITS catalogs have")
     try:
+        if fmt == "fits":
+            kwargs["hdu"] = _fits_hdu(path, spec, ext)
+            kwargs["mask_invalid"] = False  # NaN stays NaN (a value, not a mask)
         if fmt == "parquet":
             table = _read_parquet(path)
         else:
@@ -89,6 +140,10 @@ def read_catalog(spec) -> Table:
         raise CatalogError(f"{path}: reading {fmt} needs an extra package ({exc})") from None
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise CatalogError(f"{spec}: cannot read it as {fmt} ({str(exc).splitlines()[0]})") from None
+    if table.meta.get("EXTNAME", "").strip().upper() == LDAC_IMHEAD:
+        raise CatalogError(f"{spec}: this HDU is a FITS_LDAC catalog's {LDAC_IMHEAD} (the image "
+                           f"header); the sources are in {LDAC_OBJECTS}: give {path.name} "
+                           "without [ext]")
     if len(table) == 0:
         raise CatalogError(f"{spec}: the catalog is empty; it needs at least one row")
     return table
@@ -109,13 +164,28 @@ def find_column(table: Table, candidates, *, given: str | None = None, where: st
     return None
 
 
+def _first_not_number(col) -> tuple[int, object]:
+    """The first (index, value) of a non-numeric column that is not a number (0 if all are)."""
+    for i, value in enumerate(col):
+        if value is np.ma.masked:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return i, value
+    return 0, col[0]
+
+
 def numeric_column(table: Table, name: str, where: str,
                    need: str = "numbers in degrees or pixels are needed (convert sexagesimal "
                                "RA/Dec first)") -> np.ndarray:
-    """Column ``name`` as float64, masked entries NaN; refuses non-numeric columns."""
+    """Column ``name`` as float64, masked entries NaN; refuses non-numeric columns, naming
+    the first row (1-based) whose value is not a number."""
     col = table[name]
     if col.dtype.kind not in "fiu":
-        raise CatalogError(f"{where}: column {name!r} holds {col.dtype} values; {need}")
+        i, value = _first_not_number(col)
+        raise CatalogError(f"{where}: column {name!r} is not numeric ({col.dtype}; "
+                           f"{row_label(i)} holds {str(value)!r}); {need}")
     data = np.asarray(col, dtype=np.float64)
     if hasattr(col, "mask") and np.any(col.mask):
         data = np.where(np.asarray(col.mask), np.nan, data)
@@ -124,17 +194,49 @@ def numeric_column(table: Table, name: str, where: str,
 
 @dataclass(frozen=True)
 class CatalogPositions:
-    """0-based pixel positions of a catalog's rows, and where they came from."""
+    """0-based pixel positions of a catalog's rows, and where they came from.
+
+    ``usable`` is False for rows whose catalog position is unusable (see the module
+    docstring); their ``x`` and ``y`` are NaN.
+    """
 
     x: np.ndarray
     y: np.ndarray
     columns: tuple[str, str]
     form: str  # "sky" or "pixel"
+    usable: np.ndarray  # bool per row
+
+    @property
+    def n_unusable(self) -> int:
+        return int(self.usable.size - np.count_nonzero(self.usable))
+
+
+def _refuse_if_none_usable(where, columns, usable) -> None:
+    if not usable.any():
+        n = usable.size
+        rows = "the one row has" if n == 1 else f"all {n:,} rows have"
+        raise CatalogError(f"{where}: no usable position in columns {', '.join(columns)}: "
+                           f"{rows} {UNUSABLE}")
+
+
+def _sky_pixels(wcs, ra, dec):
+    """Pixels of RA/Dec, NaN where the position is unusable; (x, y, usable)."""
+    with np.errstate(invalid="ignore"):
+        usable = (np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)
+                  & (np.abs(ra) <= 360))
+    px, py = np.full(ra.shape, np.nan), np.full(ra.shape, np.nan)
+    if usable.any():  # through the WCS's frame (FK5, FK4, ...)
+        px[usable], py[usable] = icrs_to_pixel(wcs, np.mod(ra[usable], 360.0), dec[usable])
+    return px, py, usable
 
 
 def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=None, x_col=None,
                       y_col=None) -> CatalogPositions:
-    """Pixel positions (x, y) of every row: from RA/Dec (deg, ICRS) via ``wcs`` or from x/y."""
+    """Pixel positions (x, y) of every row: from RA/Dec (deg, ICRS) via ``wcs`` or from x/y.
+
+    Rows with unusable positions keep NaN pixels (``usable`` False); a table with no usable
+    row is refused.
+    """
     sky_given = ra_col is not None or dec_col is not None
     pix_given = x_col is not None or y_col is not None
     if sky_given and pix_given:
@@ -147,6 +249,8 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
         x = find_column(table, X_NAMES, given=x_col, where=where, what="x")
         y = find_column(table, Y_NAMES, given=y_col, where=where, what="y")
     has_sky, has_pix = ra is not None and dec is not None, x is not None and y is not None
+    if has_sky and has_pix and x.lower() in ONE_BASED and y.lower() in ONE_BASED:
+        has_pix = False  # SExtractor: X_IMAGE is on the image it measured; RA/Dec fit any
     if has_sky and has_pix:
         raise CatalogError(
             f"{where}: positions are given both as RA/Dec ({ra}, {dec}) and as pixels ({x}, {y});"
@@ -157,15 +261,15 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
             f"{DEC_NAMES[0]}) or pixels (e.g. {X_NAMES[0]}, {Y_NAMES[0]}), or name them with "
             f"--ra-col/--dec-col or --x-col/--y-col; columns: {', '.join(table.colnames)}")
     if has_sky:
-        ra_v, dec_v = numeric_column(table, ra, where), numeric_column(table, dec, where)
-        bad = np.isfinite(ra_v) & ~((-360 <= ra_v) & (ra_v <= 360) & (np.abs(dec_v) <= 90))
-        if np.any(bad):
-            i = int(np.argmax(bad))
-            raise CatalogError(f"{where}: row {i} has RA, Dec = {ra_v[i]}, {dec_v[i]}; degrees "
-                               "with |Dec| <= 90 are needed")
-        px, py = icrs_to_pixel(wcs, ra_v, dec_v)  # through the WCS's frame (FK5, FK4, ...)
-        return CatalogPositions(px, py, (ra, dec), "sky")
+        px, py, usable = _sky_pixels(wcs, numeric_column(table, ra, where),
+                                     numeric_column(table, dec, where))
+        _refuse_if_none_usable(where, (ra, dec), usable)
+        return CatalogPositions(px, py, (ra, dec), "sky", usable)
     px, py = numeric_column(table, x, where), numeric_column(table, y, where)
-    if x.lower() in ONE_BASED:
-        px, py = fits_to_pixel(px, py)
-    return CatalogPositions(px, py, (x, y), "pixel")
+    fx, fy = fits_to_pixel(px, py)
+    px = fx if x.lower() in ONE_BASED else px  # each axis by its own column's convention
+    py = fy if y.lower() in ONE_BASED else py
+    usable = np.isfinite(px) & np.isfinite(py)
+    px, py = np.where(usable, px, np.nan), np.where(usable, py, np.nan)
+    _refuse_if_none_usable(where, (x, y), usable)
+    return CatalogPositions(px, py, (x, y), "pixel", usable)

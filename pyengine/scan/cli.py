@@ -95,7 +95,8 @@ def _resume_command() -> str:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Catalog to write: .fits (default format), .ecsv, .parquet or .csv.")
 @click.option("--catalog", type=click.Path(dir_okay=False),
-              help="Classify these positions (FITS/ECSV/CSV/Parquet; RA/Dec deg or x/y pixels).")
+              help="Classify these positions (FITS, FITS_LDAC, ECSV, CSV, Parquet; RA/Dec deg "
+                   "or x/y pixels).")
 @click.option("--grid", type=int, metavar="STRIDE",
               help="Classify every STRIDE pixels and write a score map.")
 @click.option("--model", type=click.Path(dir_okay=False),

@@ -65,10 +65,13 @@ class ScanSummary:
     wall_s: float
     rate: float  # cutouts scored per second in this run
     outputs: dict
+    bad_positions: int = 0  # of off_image: catalog rows with unusable positions (NaN, null, ...)
 
     def line(self) -> str:
+        bad = (f", {self.bad_positions:,} of them with unusable positions"
+               if self.bad_positions else "")
         return (f"{self.positions:,} positions, {self.scored:,} scored, {self.candidates:,} "
-                f"candidates, {self.flagged:,} flagged ({self.off_image:,} off the image); "
+                f"candidates, {self.flagged:,} flagged ({self.off_image:,} off the image{bad}); "
                 f"{self.tiles} tiles ({self.tiles_resumed} resumed) in {self.wall_s:.1f} s, "
                 f"{self.rate:,.0f} cutouts/s")
 

@@ -225,7 +225,7 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         positions=len(table), scored=scored,
         candidates=int(np.count_nonzero(table["is_candidate"])),
         flagged=int(np.count_nonzero(flags & (BLANK | OFF_IMAGE))),
-        off_image=int(np.count_nonzero(flags & OFF_IMAGE)),
+        off_image=int(np.count_nonzero(flags & OFF_IMAGE)), bad_positions=source.n_bad_positions,
         tiles=len(done), tiles_resumed=len(done) - state["tiles_done"], wall_s=wall,
         rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs)
 

@@ -24,8 +24,9 @@ Contract (DESIGN §2, §4):
   ``fingerprint`` and ``passthrough`` need a bound source.
 * Catalog positions whose centre pixel is off the image, or that are not
   finite, are returned by ``off_image`` (to be counted and reported, never
-  dropped silently); detections and grid points are on the image by
-  construction.
+  dropped silently); those whose input values are unusable (NaN, null, out
+  of range) are also counted by ``n_bad_positions``.  Detections and grid
+  points are on the image by construction.
 * ``fingerprint`` is a JSON-serialisable dict of everything the source adds to
   the positions (options, catalog bytes, SEP version, resolved columns); the
   caller adds the mosaic and the tile plan.  A resume whose fingerprint

@@ -83,6 +83,12 @@ class Source(ABC):
         self._check_bound()
         return TilePositions.empty(self.column_dtypes)
 
+    @property
+    def n_bad_positions(self) -> int:
+        """Positions whose input values are unusable (catalogs: non-finite, null or out of
+        range; flagged off the image); 0 for other kinds."""
+        return 0
+
     @abstractmethod
     def fingerprint(self) -> dict:
         """JSON-serialisable description of everything this source adds to the positions."""

@@ -29,9 +29,12 @@ class CatalogSource(Source):
 
     Positions come from RA/Dec (degrees) through the mosaic's WCS or from x/y
     pixel columns, found case-insensitively or named here (giving both forms,
-    or finding neither, is refused).  ``mag_limit`` keeps the rows whose
-    magnitude column (``mag_col``, or the one obvious column among
-    :data:`MAG_NAMES`) is finite and <= the limit.
+    or finding neither, is refused).  Rows whose position is unusable (NaN,
+    infinite, null, out of range; see :mod:`pyengine.io.catalog`) are kept and
+    returned by ``off_image`` (so they are flagged, not scored), and counted in
+    :attr:`n_bad_positions`; a catalog with no usable row is refused.
+    ``mag_limit`` keeps the rows whose magnitude column (``mag_col``, or the one
+    obvious column among :data:`MAG_NAMES`) is finite and <= the limit.
     """
 
     kind = "catalog"
@@ -70,7 +73,13 @@ class CatalogSource(Source):
         return found[0]
 
     def bind(self, mosaic, plan) -> None:
-        from pyengine.io.catalog import catalog_positions, numeric_column, read_catalog
+        from pyengine.io.catalog import (
+            UNUSABLE,
+            CatalogPositions,
+            catalog_positions,
+            numeric_column,
+            read_catalog,
+        )
         from pyengine.io.fitsfile import parse_spec
 
         self._check_shapes(mosaic, plan)
@@ -85,6 +94,9 @@ class CatalogSource(Source):
             raise CatalogError(f"{path}: cannot read the catalog file ({exc.strerror})") from None
         table = read_catalog(self.spec)
         n_input = len(table)
+        # Positions of every input row first, so messages name the user's rows (1-based).
+        pos = catalog_positions(table, mosaic.wcs, where=self.spec, ra_col=self.ra_col,
+                                dec_col=self.dec_col, x_col=self.x_col, y_col=self.y_col)
         mag_col = self._mag_column(table)
         if mag_col is not None and self.mag_limit is not None:
             mag = numeric_column(table, mag_col, str(self.spec),
@@ -98,16 +110,25 @@ class CatalogSource(Source):
                 raise CatalogError(
                     f"{self.spec}: no row has {mag_col} <= {self.mag_limit:g} ({have}); "
                     "raise --mag-limit or choose another --mag-col")
+            if not pos.usable[keep].any():
+                n = int(keep.sum())
+                rows = "the one row" if n == 1 else f"all {n:,} rows"
+                raise CatalogError(
+                    f"{self.spec}: no usable position in columns {', '.join(pos.columns)} "
+                    f"among the rows with {mag_col} <= {self.mag_limit:g}: {rows} with "
+                    f"{mag_col} <= {self.mag_limit:g} {'has' if n == 1 else 'have'} "
+                    f"{UNUSABLE}")
             if not keep.all():
                 table = table[keep]
-        pos = catalog_positions(table, mosaic.wcs, where=self.spec, ra_col=self.ra_col,
-                                dec_col=self.dec_col, x_col=self.x_col, y_col=self.y_col)
+                pos = CatalogPositions(pos.x[keep], pos.y[keep], pos.columns, pos.form,
+                                       pos.usable[keep])
         _, order, starts = plan.group(pos.x, pos.y)
         order.flags.writeable = False
         self._x, self._y = pos.x, pos.y
         self._order, self._starts = order, starts
         self._table = table
         self._n_input = n_input
+        self._n_unusable = pos.n_unusable
         self._form, self._columns = pos.form, pos.columns
         self._mag_used = mag_col if self.mag_limit is not None else None
         self._file = {"path": str(path.resolve()), "ext": ext, "size": size, "sha256": sha}
@@ -145,6 +166,13 @@ class CatalogSource(Source):
         n = len(self._plan)
         return int(self._starts[n + 1] - self._starts[n])
 
+    @property
+    def n_bad_positions(self) -> int:
+        """Rows scanned whose catalog position is unusable (non-finite, null or out of range):
+        kept in the catalog, flagged off the image, not scored."""
+        self._check_bound()
+        return self._n_unusable
+
     def describe(self) -> str:
         name = Path(self.spec).name
         if not self.bound:
@@ -158,4 +186,6 @@ class CatalogSource(Source):
         off = self.n_off_image
         if off:
             text += f"; {off:,} off the image"
+        if self._n_unusable:
+            text += f" ({self._n_unusable:,} of them with unusable positions)"
         return text
