@@ -33,7 +33,7 @@ from pyengine.io.fitsfile import parse_spec
 from pyengine.io.skyframe import icrs_to_pixel
 
 __all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
-           "read_catalog"]
+           "read_catalog", "read_catalog_head"]
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits",
            ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}
@@ -169,3 +169,47 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
     if x.lower() in ONE_BASED:
         px, py = fits_to_pixel(px, py)
     return CatalogPositions(px, py, (x, y), "pixel")
+
+
+def read_catalog_head(spec, rows: int = 1) -> Table:
+    """The catalog's columns and at most its first ``rows`` rows, without reading the rest
+    (FITS memory-mapped, Parquet's first batch, the first lines of a CSV or ECSV): a scan
+    checks a catalog this way before loading its model.  Refuses what
+    :func:`read_catalog` would: a missing, unreadable or empty file."""
+    path, ext = parse_spec(spec)
+    if not path.exists():
+        raise CatalogError(f"{path}: no such catalog file")
+    fmt = _format(path)
+    if fmt != "fits" and ext is not None:
+        raise CatalogError(f"{spec}: [{ext}] selects an HDU, which only FITS catalogs have")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+            table = Table() if batch is None else Table(
+                {name: batch.column(name).to_numpy(zero_copy_only=False)
+                 for name in batch.schema.names})
+        elif fmt == "fits":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnitsWarning)
+                hdu = int(ext) if ext is not None and ext.isdigit() else ext
+                table = Table.read(str(path), format="fits", hdu=hdu, memmap=True,
+                                   mask_invalid=False)[:rows]
+        else:
+            lines, data = [], 0
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if line.strip() and not line.startswith("#"):
+                        data += 1
+                    lines.append(line)
+                    if data > rows:  # the header row and ``rows`` data rows
+                        break
+            table = Table.read("".join(lines), format=fmt) if data > 1 else Table()
+    except ImportError as exc:  # parquet without pyarrow
+        raise CatalogError(f"{path}: reading {fmt} needs an extra package ({exc})") from None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, StopIteration) as exc:
+        raise CatalogError(f"{spec}: cannot read it as {fmt} ({str(exc).splitlines()[0]})") from None
+    if len(table) == 0:
+        raise CatalogError(f"{spec}: the catalog is empty; it needs at least one row")
+    return table

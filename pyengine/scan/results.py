@@ -55,6 +55,9 @@ class ScanInterrupted(Exception):
 
 @dataclass
 class ScanSummary:
+    """A scan's counts.  ``flagged``: rows with any flag; ``off_image``, ``blank`` and
+    ``edge``: rows with that flag (a row may have several, so they can add up to more)."""
+
     positions: int
     scored: int
     candidates: int
@@ -65,10 +68,13 @@ class ScanSummary:
     wall_s: float
     rate: float  # cutouts scored per second in this run
     outputs: dict
+    blank: int = 0
+    edge: int = 0
 
     def line(self) -> str:
         return (f"{self.positions:,} positions, {self.scored:,} scored, {self.candidates:,} "
-                f"candidates, {self.flagged:,} flagged ({self.off_image:,} off the image); "
+                f"candidates, {self.flagged:,} flagged (off-image {self.off_image:,}, blank "
+                f"{self.blank:,}, edge {self.edge:,}); "
                 f"{self.tiles} tiles ({self.tiles_resumed} resumed) in {self.wall_s:.1f} s, "
                 f"{self.rate:,.0f} cutouts/s")
 
