@@ -84,8 +84,12 @@ class Engine:
     ``model``: a pyengine model file, an exported ``.onnx`` (onnxruntime) or
     TensorRT engine, or None for the shipped demo model.  ``runner``: a name
     (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a :class:`Runner`.
-    ``batch_size`` None takes the runner's preferred size; ``threads`` None lets
-    each library choose.  ``threshold`` None takes the model's decision threshold.
+    ``batch_size`` None takes the runner's preferred size; one whose slots and (on a
+    CPU) activations cannot fit in the memory available is refused (ConfigError naming
+    the largest that fits), and a runtime allocation failure during a scan becomes a
+    one-line ConfigError suggesting a smaller one.  ``threads`` None lets each library
+    choose; more than the CPUs usable is capped at them, with a warning on stderr
+    (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold.
     ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
     ``slots`` (at least 2) batch slots circulate between gather and infer; with
     ``core`` they bound a scan's memory (see the module docstring).
