@@ -99,7 +99,7 @@ def test_nan_ra_nan_dec_and_out_of_range_rows_are_flagged_and_counted(field, mod
     Table({"name": [f"s{i}" for i in range(ra.size)], "RA": ra, "DEC": dec}).write(path)
     res = _scan(field, model, path, tmp_path / "c.fits", cache)
     assert res.exit_code == 0, res.output
-    assert ", 6 of them with unusable positions);" in res.stdout
+    assert ", 6 of them with unusable positions, " in res.stdout
     table = Table.read(tmp_path / "c.fits")
     _check_flagged(table, bad, ra.size)
     np.testing.assert_allclose(table["x"][10], _xy(field, 12)[0][10], atol=1e-6)

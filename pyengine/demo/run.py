@@ -127,7 +127,8 @@ def run_demo(out_dir, *, size: int = 1536, seed: int = 1, runner: str = "auto",
         # The demo model was trained on sources with i < 21 (Zhang et al.'s cut), so the
         # detections are cut the same way (aperture magnitudes, MAGZPT from the header).
         source = DetectSource(mag_limit=mag_limit, mag_band="i")
-        summary = run_scan(engine, mosaic, source, catalog_path, regions=regions_path)
+        summary = run_scan(engine, mosaic, source, catalog_path, regions=regions_path,
+                           overwrite=True)  # a rerun into the same folder replaces it
         echo("scan: " + summary.line())
         catalog = Table.read(catalog_path)
         truth = Table.read(field.truth)

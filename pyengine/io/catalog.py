@@ -46,7 +46,7 @@ from pyengine.io.fitsfile import parse_spec
 from pyengine.io.skyframe import icrs_to_pixel
 
 __all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
-           "read_catalog", "row_label"]
+           "read_catalog", "read_catalog_head", "row_label"]
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".ldac": "fits",
            ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}
@@ -231,11 +231,12 @@ def _sky_pixels(wcs, ra, dec):
 
 
 def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=None, x_col=None,
-                      y_col=None) -> CatalogPositions:
+                      y_col=None, refuse_unusable: bool = True) -> CatalogPositions:
     """Pixel positions (x, y) of every row: from RA/Dec (deg, ICRS) via ``wcs`` or from x/y.
 
     Rows with unusable positions keep NaN pixels (``usable`` False); a table with no usable
-    row is refused.
+    row is refused (unless ``refuse_unusable`` is false: a check of the columns on a
+    catalog's first rows, which says nothing about the rest).
     """
     sky_given = ra_col is not None or dec_col is not None
     pix_given = x_col is not None or y_col is not None
@@ -263,7 +264,8 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
     if has_sky:
         px, py, usable = _sky_pixels(wcs, numeric_column(table, ra, where),
                                      numeric_column(table, dec, where))
-        _refuse_if_none_usable(where, (ra, dec), usable)
+        if refuse_unusable:
+            _refuse_if_none_usable(where, (ra, dec), usable)
         return CatalogPositions(px, py, (ra, dec), "sky", usable)
     px, py = numeric_column(table, x, where), numeric_column(table, y, where)
     fx, fy = fits_to_pixel(px, py)
@@ -271,5 +273,48 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
     py = fy if y.lower() in ONE_BASED else py
     usable = np.isfinite(px) & np.isfinite(py)
     px, py = np.where(usable, px, np.nan), np.where(usable, py, np.nan)
-    _refuse_if_none_usable(where, (x, y), usable)
+    if refuse_unusable:
+        _refuse_if_none_usable(where, (x, y), usable)
     return CatalogPositions(px, py, (x, y), "pixel", usable)
+
+def read_catalog_head(spec, rows: int = 1) -> Table:
+    """The catalog's columns and at most its first ``rows`` rows, without reading the rest
+    (FITS memory-mapped, Parquet's first batch, the first lines of a CSV or ECSV): a scan
+    checks a catalog this way before loading its model.  Refuses what
+    :func:`read_catalog` would: a missing, unreadable or empty file."""
+    path, ext = parse_spec(spec)
+    if not path.exists():
+        raise CatalogError(f"{path}: no such catalog file")
+    fmt = _format(path)
+    if fmt != "fits" and ext is not None:
+        raise CatalogError(f"{spec}: [{ext}] selects an HDU, which only FITS catalogs have")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+            table = Table() if batch is None else Table(
+                {name: batch.column(name).to_numpy(zero_copy_only=False)
+                 for name in batch.schema.names})
+        elif fmt == "fits":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnitsWarning)
+                table = Table.read(str(path), format="fits", hdu=_fits_hdu(path, spec, ext),
+                                   memmap=True, mask_invalid=False)[:rows]
+        else:
+            lines, data = [], 0
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if line.strip() and not line.startswith("#"):
+                        data += 1
+                    lines.append(line)
+                    if data > rows:  # the header row and ``rows`` data rows
+                        break
+            table = Table.read("".join(lines), format=fmt) if data > 1 else Table()
+    except ImportError as exc:  # parquet without pyarrow
+        raise CatalogError(f"{path}: reading {fmt} needs an extra package ({exc})") from None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, StopIteration) as exc:
+        raise CatalogError(f"{spec}: cannot read it as {fmt} ({str(exc).splitlines()[0]})") from None
+    if len(table) == 0:
+        raise CatalogError(f"{spec}: the catalog is empty; it needs at least one row")
+    return table

@@ -29,7 +29,7 @@ metadata no ``FLAGS`` key, ``FLAGS = describe_flags()`` is added.
 
 Formats, chosen by extension (:data:`CATALOG_FORMATS`):
 
-* ``.fits`` / ``.fit`` (default): an empty primary HDU and a BINTABLE
+* ``.fits`` / ``.fit``: an empty primary HDU and a BINTABLE
   ``EXTNAME = 'CATALOG'`` written by this module (not astropy's table writer,
   which turns int8 into logicals and drops masks of booleans).  Metadata are
   header keywords with comments (long strings use the OGIP ``CONTINUE``
@@ -94,10 +94,10 @@ from pyengine.output.fits_table import (
 )
 from pyengine.output.fits_table import write_bintable as _write_fits
 
-__all__ = ["CATALOG_FORMATS", "STANDARD_COLUMNS", "check_output", "check_writable",
-           "write_catalog"]
+__all__ = ["CATALOG_FORMATS", "STANDARD_COLUMNS", "catalog_sidecar", "check_output",
+           "check_writable", "write_catalog"]
 
-#: Output format by (lower-case) extension; ``.fits`` is the default the CLI uses.
+#: Output format by (lower-case) extension; a name with another suffix, or none, is refused.
 CATALOG_FORMATS = {".fits": "fits", ".fit": "fits", ".ecsv": "ecsv", ".parquet": "parquet",
                    ".csv": "csv"}
 
@@ -127,6 +127,12 @@ def _format(path: Path) -> str:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
+
+
+def catalog_sidecar(path) -> Path | None:
+    """The file written beside catalog ``path`` (a CSV's ``PATH.meta.json``), or None."""
+    path = Path(path)
+    return _sidecar(path) if CATALOG_FORMATS.get(path.suffix.lower()) == "csv" else None
 
 
 def check_output(path, *, probe: bool = True) -> Path:

@@ -93,7 +93,7 @@ def _resume_command() -> str:
 @click.command()
 @click.argument("bands", nargs=-1, required=True, metavar="BAND_FITS...")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Catalog to write: .fits (default format), .ecsv, .parquet or .csv.")
+              help="Catalog to write; format from the suffix: .fits, .ecsv, .parquet or .csv.")
 @click.option("--catalog", type=click.Path(dir_okay=False),
               help="Classify these positions (FITS, FITS_LDAC, ECSV, CSV, Parquet; RA/Dec deg "
                    "or x/y pixels).")
@@ -114,6 +114,8 @@ def _resume_command() -> str:
 @click.option("--scoremap", type=click.Path(dir_okay=False),
               help="Score map path in grid mode [OUT stem + _scoremap.fits].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted scan of the same inputs.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace outputs that exist (else they are refused; inputs never are).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--log-json", is_flag=True,
               help="JSON lines on stdout: a start event, one per tile, then a summary.")
@@ -143,7 +145,7 @@ def _resume_command() -> str:
 @click.option("--max-nan", type=float, default=DEFAULT_MAX_NAN, show_default=True,
               help="Flag cutouts with more than this share of blank/off-image pixels.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
-         regions, scoremap, resume, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
+         regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
          detect_band, tile_size, max_nan):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits) for
@@ -169,28 +171,46 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if grid is not None and mag_limit is not None:
         raise ConfigError("--mag-limit does not apply to --grid (grid points have no "
                           "magnitudes)")
-    from pyengine.scan.run import output_paths
-
-    output_paths(out, regions, scoremap)  # fail before loading anything heavy
-    from pyengine.scan.engine import Engine
+    from pyengine.scan.engine import Engine, capped_threads
+    from pyengine.scan.inputs import check_catalog, check_model_file
     from pyengine.scan.results import ScanInterrupted
-    from pyengine.scan.run import run_scan
+    from pyengine.scan.run import output_paths, run_scan, scan_inputs
     from pyengine.sources.catalog import CatalogSource
     from pyengine.sources.detect import DetectSource
     from pyengine.sources.grid import GridSource
+    from pyengine.validate import integer
 
+    # Every input and output is checked before the model or a runtime loads (seconds,
+    # hundreds of MB): options, outputs (not an input, not existing unless --overwrite),
+    # the model file, the band headers, the catalog's first row.
+    if batch_size is not None:
+        integer(batch_size, "--batch-size", 1, 65536)
+    if threads is not None:
+        threads = capped_threads(threads)
+    output_paths(out, regions, scoremap, grid=grid is not None,
+                 inputs=scan_inputs(bands, catalog, model), overwrite=overwrite)
+    check_model_file(model)
     mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
+        try:
+            check_catalog(source, mosaic.wcs)
+        except BaseException:
+            mosaic.close()
+            raise
     elif grid is not None:
         source = GridSource(grid)
     else:
         source = DetectSource(threshold=detect_threshold, min_area=min_area, band=detect_band,
                               mag_limit=mag_limit, mag_band=mag_band, zero_point=zero_point,
                               aperture=aperture)
-    engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
-                    threads=threads, threshold=threshold, core=tile_size,
-                    max_nan_fraction=max_nan)
+    try:
+        engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
+                        threads=threads, threshold=threshold, core=tile_size,
+                        max_nan_fraction=max_nan)
+    except BaseException:
+        mosaic.close()
+        raise
     stop = threading.Event()
     signals = {}
 
@@ -214,7 +234,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     try:
         try:
             summary = run_scan(engine, mosaic, source, out, regions=regions, scoremap=scoremap,
-                               resume=resume, stop=stop, progress=show, outputs_probed=True)
+                               resume=resume, stop=stop, progress=show, outputs_probed=True,
+                               overwrite=overwrite)
         finally:
             opening.join()
             engine.close()

@@ -55,6 +55,9 @@ class ScanInterrupted(Exception):
 
 @dataclass
 class ScanSummary:
+    """A scan's counts.  ``flagged``: rows with any flag; ``off_image``, ``blank`` and
+    ``edge``: rows with that flag (a row may have several, so they can add up to more)."""
+
     positions: int
     scored: int
     candidates: int
@@ -66,12 +69,15 @@ class ScanSummary:
     rate: float  # cutouts scored per second in this run
     outputs: dict
     bad_positions: int = 0  # of off_image: catalog rows with unusable positions (NaN, null, ...)
+    blank: int = 0
+    edge: int = 0
 
     def line(self) -> str:
         bad = (f", {self.bad_positions:,} of them with unusable positions"
                if self.bad_positions else "")
         return (f"{self.positions:,} positions, {self.scored:,} scored, {self.candidates:,} "
-                f"candidates, {self.flagged:,} flagged ({self.off_image:,} off the image{bad}); "
+                f"candidates, {self.flagged:,} flagged (off-image {self.off_image:,}{bad}, "
+                f"blank {self.blank:,}, edge {self.edge:,}); "
                 f"{self.tiles} tiles ({self.tiles_resumed} resumed) in {self.wall_s:.1f} s, "
                 f"{self.rate:,.0f} cutouts/s")
 

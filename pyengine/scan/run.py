@@ -15,6 +15,7 @@ are called from one thread.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,14 +25,15 @@ import numpy as np
 
 from pyengine import __version__
 from pyengine.errors import OutputError
-from pyengine.flags import BLANK, OFF_IMAGE
+from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
-from pyengine.output.catalog import check_output, check_writable, write_catalog
+from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
 from pyengine.scan.assembly import assemble_catalog, candidates
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
 from pyengine.sources.base import tiles_to_do
 
-__all__ = ["default_scoremap_path", "output_paths", "run_scan", "scan_fingerprint"]
+__all__ = ["default_scoremap_path", "output_paths", "refuse_inputs", "run_scan", "scan_fingerprint",
+           "scan_inputs"]
 
 
 # -- resume fingerprint -------------------------------------------------------------------
@@ -80,10 +82,21 @@ def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) ->
 
 
 # -- the whole job --------------------------------------------------------------------------
-def output_paths(out, regions=None, scoremap=None, *, probe: bool = True) -> dict:
+def output_paths(out, regions=None, scoremap=None, *, grid: bool = False, inputs=None,
+                 overwrite: bool = False, probe: bool = True) -> dict:
     """Check every output before work starts; returns the checked paths.  The one place
     that decides whether outputs are usable: ``pyengine scan`` calls it before loading
-    anything, :func:`run_scan` again (cheaply, ``probe=False``, when told the caller did)."""
+    anything, :func:`run_scan` again (cheaply, ``probe=False``, when told the caller did).
+
+    ``grid``: a score map is written, at ``scoremap`` or beside the catalog
+    (:func:`default_scoremap_path`).  ``inputs`` (:func:`scan_inputs`): no output, nor the
+    catalog's sidecar or journal, may be one of them (:func:`refuse_inputs`).  An
+    existing output (catalog, its CSV sidecar, regions, score map) is refused unless
+    ``overwrite``, as astropy's ``overwrite=False``; a journal is the journal's business
+    (:class:`pyengine.output.journal.Journal`).  Raises :class:`OutputError`, one line.
+    """
+    if grid and scoremap is None:
+        scoremap = default_scoremap_path(Path(out))
     paths = {"catalog": check_output(out, probe=probe)}
     if regions is not None:
         paths["regions"] = _check_other(regions, (".reg",), "regions", probe)
@@ -92,7 +105,66 @@ def output_paths(out, regions=None, scoremap=None, *, probe: bool = True) -> dic
     values = [p.resolve() for p in paths.values()]
     if len(set(values)) != len(values):
         raise OutputError(f"output paths must differ: {', '.join(map(str, paths.values()))}")
+    written = dict(paths)
+    if catalog_sidecar(paths["catalog"]) is not None:
+        written["sidecar"] = catalog_sidecar(paths["catalog"])
+    if inputs:
+        refuse_inputs(written, inputs)
+    if not overwrite:
+        existing = [str(p) for p in written.values() if os.path.lexists(p)]
+        if existing:
+            raise OutputError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}; "
+                              "pass --overwrite (overwrite=True) to replace "
+                              f"{'it' if len(existing) == 1 else 'them'}, or choose another --out")
     return paths
+
+
+#: How :func:`refuse_inputs` names each output (the option that gave it).
+_OUTPUT_NAMES = {"catalog": "--out", "regions": "--regions", "scoremap": "--scoremap",
+                 "sidecar": "--out's metadata sidecar", "journal": "--out's resume journal"}
+
+
+def scan_inputs(bands, catalog=None, model=None) -> dict[str, Path]:
+    """The files a scan reads, named for messages: band images (``path[ext]`` specs
+    allowed), the ``--catalog`` file and the ``--model`` file (None: neither)."""
+    from pyengine.io.fitsfile import parse_spec
+
+    inputs = {}
+    for spec in bands:
+        path = parse_spec(spec)[0]
+        inputs[f"the band image {path}"] = path
+    if catalog is not None:
+        path = parse_spec(catalog)[0]
+        inputs[f"the --catalog file {path}"] = path
+    if model is not None:
+        inputs[f"the --model file {model}"] = Path(model)
+    return inputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file: the same (st_dev, st_ino) when both exist, else the same resolved path
+    (symlinks and ``..`` followed)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def refuse_inputs(outputs: dict, inputs: dict) -> None:
+    """Refuse an output that is an input (:func:`_same_file`), and a journal folder
+    (``OUT.journal``, emptied and removed by the scan) that is an input or holds one."""
+    outputs = dict(outputs)
+    journal = Path(outputs["catalog"]).with_name(Path(outputs["catalog"]).name + ".journal")
+    for kind, out in [*outputs.items(), ("journal", journal)]:
+        out = Path(out)
+        for what, path in inputs.items():
+            path = Path(path)
+            hit = _same_file(out, path)
+            if kind == "journal" and not hit:
+                hit = out.resolve() in path.resolve().parents
+            if hit:
+                raise OutputError(f"{_OUTPUT_NAMES[kind]} {out} is {what} (an input); choose "
+                                  "another path")
 
 
 def _check_other(path, suffixes, what, probe: bool) -> Path:
@@ -115,7 +187,7 @@ def default_scoremap_path(out: Path) -> Path:
 def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
              resume: bool = False, stop: threading.Event | None = None,
              progress: Callable[[dict], None] | None = None,
-             outputs_probed: bool = False) -> ScanSummary:
+             outputs_probed: bool = False, overwrite: bool = False) -> ScanSummary:
     """Scan ``mosaic`` for ``source`` positions and write the catalog ``out`` (and
     ``regions``, and in grid mode a score map); journalled for ``resume``.
 
@@ -123,7 +195,8 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     ``stop`` is set the batch in flight finishes, its complete tiles are
     journalled and :class:`ScanInterrupted` is raised.  ``outputs_probed``: the caller
     ran :func:`output_paths` on these paths just before (the CLI does), so the folders are
-    not probed again.
+    not probed again.  Outputs that are inputs (band files, the catalog, the model) are
+    refused, and existing outputs too unless ``overwrite`` (see :func:`output_paths`).
 
     On every way out (done, interrupted, an error) the journal's lock is released
     and a mosaic opened for the scan (paths given, or bands put in the model's
@@ -132,10 +205,12 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     from pyengine.output.journal import Journal
 
     t0 = time.perf_counter()
-    if source.kind == "grid" and scoremap is None:
-        scoremap = default_scoremap_path(Path(out))
     # A default score map lies beside the catalog, in a folder probed with it.
-    paths = output_paths(out, regions, scoremap, probe=not outputs_probed)
+    bands = mosaic.paths if hasattr(mosaic, "paths") else [str(p) for p in mosaic]
+    inputs = scan_inputs(bands, getattr(source, "spec", None) if source.kind == "catalog"
+                         else None, engine.model)
+    paths = output_paths(out, regions, scoremap, grid=source.kind == "grid", inputs=inputs,
+                         overwrite=overwrite, probe=not outputs_probed)
     with engine.prepared(mosaic, source) as (mosaic, source, plan):
         journal = Journal(paths["catalog"])
         try:
@@ -224,8 +299,9 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
     return ScanSummary(
         positions=len(table), scored=scored,
         candidates=int(np.count_nonzero(table["is_candidate"])),
-        flagged=int(np.count_nonzero(flags & (BLANK | OFF_IMAGE))),
+        flagged=int(np.count_nonzero(flags)),
         off_image=int(np.count_nonzero(flags & OFF_IMAGE)), bad_positions=source.n_bad_positions,
+        blank=int(np.count_nonzero(flags & BLANK)), edge=int(np.count_nonzero(flags & EDGE)),
         tiles=len(done), tiles_resumed=len(done) - state["tiles_done"], wall_s=wall,
         rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs)
 

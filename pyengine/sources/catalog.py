@@ -72,6 +72,11 @@ class CatalogSource(Source):
                                "choose the one to cut on with --mag-col")
         return found[0]
 
+    def check_columns(self, table) -> None:
+        """Refuse ``table`` (the catalog, or its first rows) lacking the magnitude column
+        this source needs; the position columns are :func:`catalog_positions`' to check."""
+        self._mag_column(table)
+
     def bind(self, mosaic, plan) -> None:
         from pyengine.io.catalog import (
             UNUSABLE,
