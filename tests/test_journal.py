@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pyengine.errors import ResumeError
+from pyengine.hashing import arrays_sha256
 from pyengine.output.journal import Journal
 
 FP = {"inputs": ["g.fits", "i.fits"], "model": "ab12" * 16, "cutout": 64, "threshold": 0.669}
@@ -55,7 +56,10 @@ def test_start_record_load_round_trip(tmp_path):
     j.record(5, {"score": np.zeros(2, np.float32)})   # a tile recorded again is replaced
     assert_same(j.load(5), {"score": np.zeros(2, np.float32)})
     with np.load(j.path / "tile-000000.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["flags", "id", "label", "score"]
+        assert sorted(z.files) == ["__entry__", "flags", "id", "label", "score"]
+        identity = json.loads(z["__entry__"].tobytes())
+    assert identity["tile"] == 0 and identity["format"] == 1
+    assert identity["sha256"] == arrays_sha256(tile_arrays(0))
     with pytest.raises(ResumeError, match=r"tile-000007\.npz: tile 7 is not in the journal"):
         j.load(7)
     j.finish()
@@ -87,9 +91,9 @@ def test_mismatched_fingerprint_names_the_keys(tmp_path):
         Journal(tmp_path / "scan.fits").start(changed, resume=True)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg.startswith(f"{tmp_path / 'scan.fits.journal'}: resume refused: ")
-    assert "model changed (was sha256 ab12ab12…, now sha256 cd34cd34…)" in msg
-    assert "cutout is gone (was 64)" in msg and "stride is new (now 8)" in msg
+    assert msg.startswith(f"{tmp_path / 'scan.fits.journal'}: resume refused, ")
+    assert "model: sha256 ab12ab12… → sha256 cd34cd34…" in msg
+    assert "cutout: 64 → (none)" in msg and "stride: (none) → 8" in msg
     assert "inputs" not in msg and "threshold" not in msg
     assert msg.endswith("to start over")
     # The refused resume left the journal as it was.
@@ -115,7 +119,8 @@ def test_resume_without_journal_is_refused(tmp_path):
 def test_second_process_or_object_cannot_share_a_journal(tmp_path):
     j = Journal(tmp_path / "scan.fits")
     j.start(FP, resume=False)
-    with pytest.raises(ResumeError, match="another running scan is using this journal"):
+    with pytest.raises(ResumeError, match=rf"another scan \(PID {os.getpid()}\) is running on "
+                                          "this output"):
         Journal(tmp_path / "scan.fits").start(FP, resume=True)
     j.close()
     Journal(tmp_path / "scan.fits").start(FP, resume=True)
@@ -178,7 +183,8 @@ def test_damaged_tile_is_reported(tmp_path):
     j = Journal(tmp_path / "scan.fits")
     j.start(FP, resume=False)
     (j.path / "tile-000002.npz").write_bytes(b"not a zip")
-    with pytest.raises(ResumeError, match=r"tile-000002\.npz: damaged journal entry"):
+    with pytest.raises(ResumeError, match=r"tile-000002\.npz: damaged journal entry .*; delete "
+                                          "this file and rerun with --resume"):
         j.load(2)
 
 
