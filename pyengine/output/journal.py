@@ -490,7 +490,7 @@ class Journal:
             while dest.exists():
                 dest = folder / f"{path.name}.{n}"
                 n += 1
-            os.replace(path, dest)
+            publish([(path, dest)])  # the package's one rename (pyengine.atomic)
         except OSError as exc:
             self._release()
             raise ResumeError(f"{path}: {reason}, and it cannot be moved aside "

@@ -65,6 +65,7 @@ class ScanSummary:
     wall_s: float
     rate: float  # cutouts scored per second in this run
     outputs: dict
+    journal_rejected: list = field(default_factory=list)  # entries a resume set aside
 
     def line(self) -> str:
         return (f"{self.positions:,} positions, {self.scored:,} scored, {self.candidates:,} "
