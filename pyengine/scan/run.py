@@ -210,7 +210,7 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
     state = {"tiles_done": resumed, "tiles_total": len(scan_tiles), "positions_done": 0,
              "positions_total": total_pos, "candidates": 0, "t0": time.perf_counter()}
 
-    def report(kind):
+    def report(kind, tile=None):
         if progress is None:
             return
         elapsed = time.perf_counter() - state["t0"]
@@ -221,11 +221,14 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
             eta = (total_pos - state["positions_done"]) / rate
         elif ran:
             eta = elapsed * (state["tiles_total"] - state["tiles_done"]) / ran
-        progress({"event": kind, "tiles_done": state["tiles_done"],
-                  "tiles_total": state["tiles_total"], "positions_done": state["positions_done"],
-                  "positions_total": total_pos, "candidates": state["candidates"],
-                  "elapsed_s": round(elapsed, 3), "rate": round(rate, 1),
-                  "eta_s": None if eta is None else round(eta, 1)})
+        event = {"event": kind, "tiles_done": state["tiles_done"],
+                 "tiles_total": state["tiles_total"], "positions_done": state["positions_done"],
+                 "positions_total": total_pos, "candidates": state["candidates"],
+                 "elapsed_s": round(elapsed, 3), "rate": round(rate, 1),
+                 "eta_s": None if eta is None else round(eta, 1)}
+        if tile is not None:
+            event["tile"] = tile
+        progress(event)
 
     def on_batch(n):
         state["positions_done"] += n
@@ -249,7 +252,7 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
             state["tiles_done"] += 1
             state["candidates"] += int(np.count_nonzero(
                 candidates(engine, result.score, result.flags)))
-            report("tile")
+            report("tile", result.tile)
     except OutputError as exc:
         if not done:
             raise  # nothing journalled: run_scan removes the journal it made
