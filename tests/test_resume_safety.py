@@ -216,8 +216,7 @@ def test_a_damaged_entry_at_assembly_is_one_line_naming_the_file(journalled, tmp
     out = tmp_path / "o.fits"
     folder = _copy_journal(journalled, out)
     j = Journal(out)
-    assert j.start(journalled["fingerprint"], resume=True,
-                   tiles=journalled["tiles"]) == set(journalled["done"])
+    assert j.start(journalled["fingerprint"], resume=True) == set(journalled["done"])
     victim = folder / f"tile-{journalled['done'][0]:06d}.npz"
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(ResumeError) as info:
