@@ -6,6 +6,15 @@ instead (a start event, one per tile, then the summary) for pipelines.  SIGINT o
 the batch in flight finish, keeps completed tiles in the journal, prints how
 to resume and exits 130; a second signal exits at once (the journal is
 always consistent).
+
+On ``--resume`` the start event counts the whole scan (``tiles_total``) and splits it
+into ``tiles_resumed`` and ``tiles_todo``; journal entries the resume set aside
+(damaged, or not this scan's) are printed as ``pyengine scan: warning: ...`` lines on
+stderr before any tile is scanned, even with ``--quiet`` or ``--log-json``.  A
+``--threshold`` other than the journalled one is accepted (candidates are decided
+when the catalog is assembled) and the start line says so.  A journal or output
+write that fails after tiles were journalled (a full disk) is one ``Error:`` line
+giving the exact command to resume.
 """
 
 from __future__ import annotations
