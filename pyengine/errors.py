@@ -21,6 +21,7 @@ __all__ = [
     "PyEngineError",
     "ResumeError",
     "RunnerUnavailable",
+    "ScanOutputError",
     "WCSError",
 ]
 
@@ -59,6 +60,17 @@ class CatalogError(InputFileError):
 
 class OutputError(PyEngineError):
     """An output cannot be written (directory missing, not writable, bad extension)."""
+
+
+class ScanOutputError(OutputError):
+    """A journal tile or final output could not be written after tiles were journalled:
+    they are kept, and ``--resume`` continues once the cause (say, a full disk) is fixed.
+    ``reason`` is the write's own message, ``journal`` the folder, ``done`` the tiles kept."""
+
+    def __init__(self, reason: str, journal, done: int, resume: str = "rerun with --resume"):
+        super().__init__(f"{reason}; the {done} completed tiles are kept in {journal}; fix "
+                         f"that (e.g. free disk space), then {resume}")
+        self.reason, self.journal, self.done = reason, journal, done
 
 
 class ResumeError(PyEngineError):

@@ -3,6 +3,8 @@
 * :func:`file_sha256`: the hex SHA-256 of every byte, read in 1 MiB blocks.
   Model files, training catalogs and ONNX graphs are named by it (catalog
   ``MODELSHA``, engine and export caches, training fingerprints).
+* :func:`arrays_sha256`: the hex SHA-256 of named arrays (names, dtypes, shapes
+  and bytes): the checksum of a resume journal entry.
 * :func:`file_identity`: resolved path, size, mtime (ns) and the SHA-256 of the
   first and last MiB only.  A resume fingerprint of a 22 GB band cannot afford
   a full hash (minutes); size + mtime catch a rewrite, and the two end blocks
@@ -22,7 +24,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["BLOCK", "file_identity", "file_sha256"]
+__all__ = ["BLOCK", "arrays_sha256", "file_identity", "file_sha256"]
 
 #: Read size, and the size of each end block that :func:`file_identity` hashes.
 BLOCK = 1 << 20
@@ -52,3 +54,17 @@ def file_identity(path) -> dict:
             h.update(fh.read(BLOCK))
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "sha256_ends": h.hexdigest()}
+
+
+def arrays_sha256(arrays) -> str:
+    """Hex SHA-256 of a mapping name -> NumPy array: every name (in sorted order), its
+    dtype, its shape and its bytes (C order), so renaming, retyping or reshaping an
+    array changes the hash as surely as changing a value."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
 
 from pyengine.errors import ResumeError
+from pyengine.hashing import arrays_sha256
 from pyengine.output.journal import Journal
 
 FP = {"inputs": ["g.fits", "i.fits"], "model": "ab12" * 16, "cutout": 64, "threshold": 0.669}
@@ -55,7 +57,10 @@ def test_start_record_load_round_trip(tmp_path):
     j.record(5, {"score": np.zeros(2, np.float32)})   # a tile recorded again is replaced
     assert_same(j.load(5), {"score": np.zeros(2, np.float32)})
     with np.load(j.path / "tile-000000.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["flags", "id", "label", "score"]
+        assert sorted(z.files) == ["__entry__", "flags", "id", "label", "score"]
+        identity = json.loads(z["__entry__"].tobytes())
+    assert identity["tile"] == 0 and identity["format"] == 1
+    assert identity["sha256"] == arrays_sha256(tile_arrays(0))
     with pytest.raises(ResumeError, match=r"tile-000007\.npz: tile 7 is not in the journal"):
         j.load(7)
     j.finish()
@@ -87,9 +92,9 @@ def test_mismatched_fingerprint_names_the_keys(tmp_path):
         Journal(tmp_path / "scan.fits").start(changed, resume=True)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg.startswith(f"{tmp_path / 'scan.fits.journal'}: resume refused: ")
-    assert "model changed (was sha256 ab12ab12…, now sha256 cd34cd34…)" in msg
-    assert "cutout is gone (was 64)" in msg and "stride is new (now 8)" in msg
+    assert msg.startswith(f"{tmp_path / 'scan.fits.journal'}: resume refused, ")
+    assert "model: sha256 ab12ab12… → sha256 cd34cd34…" in msg
+    assert "cutout: 64 → (none)" in msg and "stride: (none) → 8" in msg
     assert "inputs" not in msg and "threshold" not in msg
     assert msg.endswith("to start over")
     # The refused resume left the journal as it was.
@@ -115,7 +120,8 @@ def test_resume_without_journal_is_refused(tmp_path):
 def test_second_process_or_object_cannot_share_a_journal(tmp_path):
     j = Journal(tmp_path / "scan.fits")
     j.start(FP, resume=False)
-    with pytest.raises(ResumeError, match="another running scan is using this journal"):
+    with pytest.raises(ResumeError, match=rf"another scan \(PID {os.getpid()}\) is running on "
+                                          "this output"):
         Journal(tmp_path / "scan.fits").start(FP, resume=True)
     j.close()
     Journal(tmp_path / "scan.fits").start(FP, resume=True)
@@ -178,7 +184,8 @@ def test_damaged_tile_is_reported(tmp_path):
     j = Journal(tmp_path / "scan.fits")
     j.start(FP, resume=False)
     (j.path / "tile-000002.npz").write_bytes(b"not a zip")
-    with pytest.raises(ResumeError, match=r"tile-000002\.npz: damaged journal entry"):
+    with pytest.raises(ResumeError, match=r"tile-000002\.npz: damaged journal entry .*; delete "
+                                          "this file and rerun with --resume"):
         j.load(2)
 
 
@@ -239,3 +246,86 @@ def test_dropped_journal_releases_its_lock(tmp_path):
     j.record(0, tile_arrays(0))
     del j   # an interrupted scan drops its journal without close()
     assert Journal(tmp_path / "scan.fits").start(FP, resume=True) == {0}
+
+
+def _rewrite(path, arrays):
+    """Write ``arrays`` (identity member included, as given) as the tile file ``path``."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, a in arrays.items():
+            with zf.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(a), allow_pickle=False)
+
+
+def test_resume_sets_aside_every_entry_it_cannot_trust(tmp_path):
+    fp = {**FP, "plan_id": "7f" * 32}
+    j = Journal(tmp_path / "scan.fits")
+    j.start(fp, resume=False)
+    for tile in range(6):
+        j.record(tile, tile_arrays(tile))
+    j.close()
+    path = {t: j.path / f"tile-{t:06d}.npz" for t in range(6)}
+    with np.load(path[1], allow_pickle=False) as z:
+        members = {name: z[name] for name in z.files}
+    _rewrite(path[1], {**members, "score": members["score"] + 1})  # sound zip, wrong values
+    _rewrite(path[2], tile_arrays(2))                                # an older pyengine's entry
+    (j.path / "tile-3.npz").write_bytes(path[3].read_bytes())        # not the canonical name
+    other = Journal(tmp_path / "other.fits")                         # another scan's tile 4
+    other.start({**fp, "cutout": 32}, resume=False)
+    other.record(4, tile_arrays(4))
+    other.close()
+    path[4].write_bytes((other.path / "tile-000004.npz").read_bytes())
+    again = Journal(tmp_path / "scan.fits")
+    assert again.start(fp, resume=True, tiles=range(5)) == {0, 3}
+    got = {r.path.name: r for r in again.rejected}
+    assert sorted(got) == ["tile-000001.npz", "tile-000002.npz", "tile-000004.npz",
+                           "tile-000005.npz", "tile-3.npz"]
+    assert "fail their SHA-256 checksum" in got["tile-000001.npz"].reason
+    assert "without identity (written by an older pyengine)" in got["tile-000002.npz"].reason
+    assert "not a journal tile name" in got["tile-3.npz"].reason
+    assert "journal entry of another scan" in got["tile-000004.npz"].reason
+    assert got["tile-000005.npz"].reason == "tile 5 is not one of the 5 tiles this scan has to do"
+    assert not got["tile-000005.npz"].rescanned and got["tile-000001.npz"].rescanned
+    msg = got["tile-000001.npz"].message()
+    assert msg == (f"{path[1]}: damaged journal entry (its arrays fail their SHA-256 "
+                   f"checksum); moved to {j.path / 'rejected' / 'tile-000001.npz'}; tile 1 "
+                   "will be scanned again")
+    assert sorted(p.name for p in (j.path / "rejected").iterdir()) == sorted(got)
+    assert_same(again.load(0), tile_arrays(0))
+    again.finish()
+    assert not j.path.exists()
+
+
+def test_refusal_names_every_leaf_that_differs_by_its_option(tmp_path):
+    fp = {"source": {"kind": "catalog", "mag_limit": 20.0, "file": {"path": "/a/" + "c" * 80}},
+          "band_files": [{"size": 10}, {"size": 20}], "model_sha256": "ab" * 32}
+    j = Journal(tmp_path / "scan.fits")
+    j.start(fp, resume=False)
+    j.close()
+    changed = {"source": {"kind": "catalog", "mag_limit": 19.5,
+                          "file": {"path": "/b/" + "c" * 80}},
+               "band_files": [{"size": 10}, {"size": 21}], "model_sha256": "cd" * 32}
+    labels = {"source.mag_limit": "--mag-limit", "band_files": "BAND_FITS",
+              "model_sha256": "--model"}
+    with pytest.raises(ResumeError) as info:
+        Journal(tmp_path / "scan.fits").start(changed, resume=True, labels=labels)
+    msg = str(info.value)
+    assert "--mag-limit: 20 → 19.5" in msg
+    assert "BAND_FITS [band_files[1].size]: 20 → 21" in msg and "band_files[0]" not in msg
+    assert "--model: sha256 abababab… → sha256 cdcdcdcd…" in msg
+    assert f'source.file.path: "/a/{"c" * 80}" → "/b/{"c" * 80}"' in msg  # whole, not cut
+
+
+def test_discard_if_empty_only_removes_a_journal_it_created_without_tiles(tmp_path):
+    j = Journal(tmp_path / "scan.fits")
+    j.start(FP, resume=False)
+    assert j.discard_if_empty() and not j.path.exists()
+    j = Journal(tmp_path / "scan.fits")
+    j.start(FP, resume=False)
+    j.record(0, tile_arrays(0))
+    assert not j.discard_if_empty() and j.completed() == {0}
+    j.close()
+    again = Journal(tmp_path / "scan.fits")
+    again.start(FP, resume=True)
+    (again.path / "tile-000000.npz").unlink()
+    assert not again.discard_if_empty() and again.path.is_dir()  # a resumed journal stays
+    again.close()

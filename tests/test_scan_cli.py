@@ -179,7 +179,7 @@ def test_sigint_finishes_the_batch_prints_resume_and_exits_130(field, model, cac
     changed = subprocess.run(_scan_cmd(field, model, out, "--resume", "--max-nan", "0.9"),
                              env=env, capture_output=True, text=True)
     assert changed.returncode == 1
-    assert changed.stderr.startswith("Error: ") and "max_nan" in changed.stderr
+    assert changed.stderr.startswith("Error: ") and "--max-nan: 0.5 → 0.9" in changed.stderr
     done = subprocess.run(_scan_cmd(field, model, out, "--resume"), env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

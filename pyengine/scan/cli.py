@@ -6,6 +6,15 @@ instead (a start event, one per tile, then the summary) for pipelines.  SIGINT o
 the batch in flight finish, keeps completed tiles in the journal, prints how
 to resume and exits 130; a second signal exits at once (the journal is
 always consistent).
+
+On ``--resume`` the start event counts the whole scan (``tiles_total``) and splits it
+into ``tiles_resumed`` and ``tiles_todo``; journal entries the resume set aside
+(damaged, or not this scan's) are printed as ``pyengine scan: warning: ...`` lines on
+stderr before any tile is scanned, even with ``--quiet`` or ``--log-json``.  A
+``--threshold`` other than the journalled one is accepted (candidates are decided
+when the catalog is assembled) and the start line says so.  A journal or output
+write that fails after tiles were journalled (a full disk) is one ``Error:`` line
+giving the exact command to resume.
 """
 
 from __future__ import annotations
@@ -47,14 +56,22 @@ class _Progress:
         if self.log_json and event["event"] in ("start", "tile"):
             click.echo(json.dumps(event, sort_keys=True))
         if event["event"] == "start":
+            # Set-aside journal entries are data warnings: shown even with --quiet/--log-json.
+            for note in event["journal_rejected"]:
+                click.echo(f"pyengine scan: warning: {note}", err=True)
             if not self.quiet and not self.log_json:
-                resumed = (f", {event['tiles_resumed']} done before"
-                           if event["tiles_resumed"] else "")
+                todo = (f"{event['tiles_todo']} of {event['tiles_total']} tiles to scan, "
+                        f"{event['tiles_resumed']} done before" if event["tiles_resumed"]
+                        else f"{event['tiles_total']} tiles to scan")
+                threshold = ""
+                if event["threshold_before"] is not None:
+                    threshold = (f"; threshold {event['threshold']:g} (was "
+                                 f"{event['threshold_before']:g}: candidates of every tile, "
+                                 "resumed ones too, use the new threshold)")
                 click.echo(f"pyengine scan: {event['width']} x {event['height']} px, bands "
                            f"{', '.join(event['bands'])}; {event['source']}; runner "
                            f"{event['runner']} {event['precision']}, batch "
-                           f"{event['batch_size']}; {event['tiles_total']} tiles to scan"
-                           f"{resumed}", err=True)
+                           f"{event['batch_size']}; {todo}{threshold}", err=True)
             return
         if not self.tty:
             return
@@ -150,7 +167,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
          detect_band, tile_size, max_nan):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits) for
     star-cluster candidates.  Sources: --catalog, --grid, or detection (default)."""
-    from pyengine.errors import ConfigError
+    from pyengine.errors import ConfigError, ScanOutputError
     from pyengine.io.mosaic import Mosaic
 
     if catalog is not None and grid is not None:
@@ -243,6 +260,10 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         show.close()
         click.echo(f"Interrupted: {exc}. Resume with:\n  {_resume_command()}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except ScanOutputError as exc:
+        show.close()
+        raise ScanOutputError(exc.reason, exc.journal, exc.done,
+                              f"resume with: {_resume_command()}") from None
     except KeyboardInterrupt:
         show.close()
         click.echo(f"Interrupted. Completed tiles are journalled; resume with:\n  "

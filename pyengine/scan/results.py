@@ -71,6 +71,7 @@ class ScanSummary:
     bad_positions: int = 0  # of off_image: catalog rows with unusable positions (NaN, null, ...)
     blank: int = 0
     edge: int = 0
+    journal_rejected: list = field(default_factory=list)  # entries a resume set aside
 
     def line(self) -> str:
         bad = (f", {self.bad_positions:,} of them with unusable positions"

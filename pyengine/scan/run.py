@@ -15,6 +15,8 @@ are called from one thread.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine import __version__
-from pyengine.errors import OutputError
+from pyengine.errors import OutputError, ScanOutputError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
@@ -32,8 +34,8 @@ from pyengine.scan.assembly import assemble_catalog, candidates
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
 from pyengine.sources.base import tiles_to_do
 
-__all__ = ["default_scoremap_path", "output_paths", "refuse_inputs", "run_scan", "scan_fingerprint",
-           "scan_inputs"]
+__all__ = ["FINGERPRINT_OPTIONS", "default_scoremap_path", "output_paths", "plan_id",
+           "refuse_inputs", "run_scan", "scan_fingerprint", "scan_inputs"]
 
 
 # -- resume fingerprint -------------------------------------------------------------------
@@ -56,9 +58,33 @@ def _graph_identity(model) -> dict:
     return {"size": ident["size"], "sha256_ends": ident["sha256_ends"]}
 
 
+def plan_id(plan) -> str:
+    """The tile plan's identity: SHA-256 of its image shape, core and halo.  Every journal
+    entry carries it, so a tile file of another plan is never merged."""
+    text = json.dumps({"shape": list(plan.shape), "core": plan.core, "halo": plan.halo})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: Fingerprint keys (or their start) -> the ``pyengine scan`` option they come from, to name
+#: what changed when a resume is refused (``--mag-limit: 20 → 19``).
+FINGERPRINT_OPTIONS = {
+    "band_files": "BAND_FITS", "bands": "--bands", "model_sha256": "--model",
+    "model_file": "--model", "runner": "--runner", "precision": "--precision",
+    "tile_core": "--tile-size", "max_nan_fraction": "--max-nan",
+    "source.kind": "--catalog/--grid/detection", "source.file": "--catalog",
+    "source.stride": "--grid", "source.mag_limit": "--mag-limit", "source.mag_col": "--mag-col",
+    "source.columns": "--ra-col/--dec-col/--x-col/--y-col",
+    "source.threshold": "--detect-threshold", "source.min_area": "--min-area",
+    "source.band": "--detect-band", "source.mag_band": "--mag-band",
+    "source.zero_point": "--zero-point", "source.aperture": "--aperture",
+}
+
+
 def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) -> dict:
-    """Everything that determines a scan's per-tile results (not threads or batch size)."""
+    """Everything that determines a scan's per-tile results (not threads, batch size or the
+    candidate threshold, which is applied when the catalog is assembled)."""
     fp = {
+        "plan_id": plan_id(plan),
         "pyengine": __version__,
         "bands": list(mosaic.bands),
         "band_files": [_file_identity(p) for p in mosaic.paths],
@@ -200,7 +226,16 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
 
     On every way out (done, interrupted, an error) the journal's lock is released
     and a mosaic opened for the scan (paths given, or bands put in the model's
-    order) is closed; a Mosaic the caller passed stays open.
+    order) is closed; a Mosaic the caller passed stays open.  An error before the
+    first tile is journalled (runner activation, allocation, the first batch) removes
+    the journal this call created, so the next run needs no ``--resume``; a resumed
+    journal, or one holding tiles, is kept.  A journal or output write that fails
+    once tiles are journalled raises :class:`pyengine.errors.ScanOutputError`, which
+    says the tiles are kept and that ``--resume`` continues.
+
+    A resume first verifies every journal entry (:meth:`Journal.start`); entries set
+    aside are in the ``start`` event (``journal_rejected``) and their tiles are
+    scanned again.
     """
     from pyengine.output.journal import Journal
 
@@ -216,6 +251,11 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
         try:
             return _journalled_scan(engine, mosaic, source, plan, paths, journal, t0=t0,
                                     resume=resume, stop=stop, progress=progress)
+        except ScanInterrupted:
+            raise  # stopped on request: the journal stays, as the resume message says
+        except Exception:
+            journal.discard_if_empty()  # a failed start must not block the next run
+            raise
         finally:
             journal.close()  # after finish() (success) a no-op; else keeps the journal
 
@@ -229,30 +269,40 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
 
         scoremap_wcs(mosaic.wcs, source.stride, source.offset)
     fingerprint = scan_fingerprint(engine, mosaic, source, plan)
-    done = set(journal.start(fingerprint, resume=resume))
+    scan_tiles = [t.index for t in tiles_to_do(plan, source)]
+    done = set(journal.start(fingerprint, resume=resume, tiles=scan_tiles,
+                             labels=FINGERPRINT_OPTIONS,
+                             settings={"threshold": engine.threshold}))
+    resumed = len(done)
     wanted = tiles_to_do(plan, source, done)
     total_pos = None
     counts = [source.count(t) for t in wanted]
     if all(c is not None for c in counts):
         total_pos = int(sum(counts))
-    state = {"tiles_done": 0, "tiles_total": len(wanted), "positions_done": 0,
+    # tiles_done/tiles_total: of the whole scan (resumed tiles count as done); positions:
+    # of this run.
+    state = {"tiles_done": resumed, "tiles_total": len(scan_tiles), "positions_done": 0,
              "positions_total": total_pos, "candidates": 0, "t0": time.perf_counter()}
 
-    def report(kind):
+    def report(kind, tile=None):
         if progress is None:
             return
         elapsed = time.perf_counter() - state["t0"]
         rate = state["positions_done"] / elapsed if elapsed > 0 else 0.0
         eta = None
+        ran = state["tiles_done"] - resumed
         if total_pos and rate > 0:
             eta = (total_pos - state["positions_done"]) / rate
-        elif state["tiles_done"] and state["tiles_total"]:
-            eta = elapsed * (state["tiles_total"] - state["tiles_done"]) / state["tiles_done"]
-        progress({"event": kind, "tiles_done": state["tiles_done"],
-                  "tiles_total": state["tiles_total"], "positions_done": state["positions_done"],
-                  "positions_total": total_pos, "candidates": state["candidates"],
-                  "elapsed_s": round(elapsed, 3), "rate": round(rate, 1),
-                  "eta_s": None if eta is None else round(eta, 1)})
+        elif ran:
+            eta = elapsed * (state["tiles_total"] - state["tiles_done"]) / ran
+        event = {"event": kind, "tiles_done": state["tiles_done"],
+                 "tiles_total": state["tiles_total"], "positions_done": state["positions_done"],
+                 "positions_total": total_pos, "candidates": state["candidates"],
+                 "elapsed_s": round(elapsed, 3), "rate": round(rate, 1),
+                 "eta_s": None if eta is None else round(eta, 1)}
+        if tile is not None:
+            event["tile"] = tile
+        progress(event)
 
     def on_batch(n):
         state["positions_done"] += n
@@ -260,18 +310,27 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
 
     if progress is not None:
         ny, nx = mosaic.shape
+        was = journal.previous_settings.get("threshold")
         progress({"event": "start", "width": nx, "height": ny, "bands": list(mosaic.bands),
-                  "source": source.describe(), **engine.describe(), "tiles_total": len(wanted),
-                  "tiles_resumed": len(done), "journal": str(journal.path)})
+                  "source": source.describe(), **engine.describe(),
+                  "tiles_total": len(scan_tiles), "tiles_resumed": resumed,
+                  "tiles_todo": len(wanted), "journal": str(journal.path),
+                  "journal_rejected": [r.message() for r in journal.rejected],
+                  "threshold_before": was if resume and was != engine.threshold else None})
     stop = stop if stop is not None else threading.Event()
-    for result in engine.iter_results(mosaic, source, plan, skip=done, stop=stop,
-                                      on_batch=on_batch):
-        journal.record(result.tile, result.to_arrays())
-        done.add(result.tile)
-        state["tiles_done"] += 1
-        state["candidates"] += int(np.count_nonzero(
-            candidates(engine, result.score, result.flags)))
-        report("tile")
+    try:
+        for result in engine.iter_results(mosaic, source, plan, skip=done, stop=stop,
+                                          on_batch=on_batch):
+            journal.record(result.tile, result.to_arrays())
+            done.add(result.tile)
+            state["tiles_done"] += 1
+            state["candidates"] += int(np.count_nonzero(
+                candidates(engine, result.score, result.flags)))
+            report("tile", result.tile)
+    except OutputError as exc:
+        if not done:
+            raise  # nothing journalled: run_scan removes the journal it made
+        raise ScanOutputError(str(exc), journal.path, len(done)) from None
     remaining = tiles_to_do(plan, source, done)
     if remaining:
         if stop.is_set():
@@ -279,17 +338,11 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         raise RuntimeError(f"scan ended with {len(remaining)} tiles not done")  # a bug
     results = [TileResult.from_arrays(t, journal.load(t)) for t in sorted(done)]
     table = assemble_catalog(engine, mosaic, source, results)
-    outputs = {"catalog": str(write_catalog(table, paths["catalog"]))}
-    if "regions" in paths:
-        from pyengine.output.regions import write_regions
-
-        cand = np.asarray(table["is_candidate"], bool)
-        outputs["regions"] = str(write_regions(paths["regions"], np.asarray(table["ra"])[cand],
-                                               np.asarray(table["dec"])[cand],
-                                               np.asarray(table["score"])[cand]))
-    if grid:
-        outputs["scoremap"] = str(_write_scoremap(paths["scoremap"], engine, mosaic, source,
-                                                  table))
+    try:
+        outputs = _write_outputs(engine, mosaic, source, table, paths)
+    except (OutputError, OSError) as exc:
+        text = str(exc) if isinstance(exc, OutputError) else f"cannot write ({exc})"
+        raise ScanOutputError(text, journal.path, len(done)) from None
     journal.finish()
     flags = np.asarray(table["flags"])
     scored = int(np.count_nonzero(np.isfinite(np.asarray(table["score"]))))
@@ -302,8 +355,25 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         flagged=int(np.count_nonzero(flags)),
         off_image=int(np.count_nonzero(flags & OFF_IMAGE)), bad_positions=source.n_bad_positions,
         blank=int(np.count_nonzero(flags & BLANK)), edge=int(np.count_nonzero(flags & EDGE)),
-        tiles=len(done), tiles_resumed=len(done) - state["tiles_done"], wall_s=wall,
-        rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs)
+        tiles=len(done), tiles_resumed=resumed, wall_s=wall,
+        rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs,
+        journal_rejected=[r.message() for r in journal.rejected])
+
+
+def _write_outputs(engine, mosaic, source, table, paths) -> dict:
+    """Write the catalog, regions and (grid mode) score map; their paths by kind."""
+    outputs = {"catalog": str(write_catalog(table, paths["catalog"]))}
+    if "regions" in paths:
+        from pyengine.output.regions import write_regions
+
+        cand = np.asarray(table["is_candidate"], bool)
+        outputs["regions"] = str(write_regions(paths["regions"], np.asarray(table["ra"])[cand],
+                                               np.asarray(table["dec"])[cand],
+                                               np.asarray(table["score"])[cand]))
+    if source.kind == "grid":
+        outputs["scoremap"] = str(_write_scoremap(paths["scoremap"], engine, mosaic, source,
+                                                  table))
+    return outputs
 
 
 def _write_scoremap(path, engine, mosaic, source, table):
