@@ -27,7 +27,7 @@ from pyengine.errors import OutputError
 from pyengine.flags import BLANK, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import check_output, check_writable, write_catalog
-from pyengine.scan.assembly import assemble_catalog, candidates
+from pyengine.scan.assembly import assemble_catalog, candidates, scan_warnings
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
 from pyengine.sources.base import tiles_to_do
 
@@ -227,7 +227,8 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         flagged=int(np.count_nonzero(flags & (BLANK | OFF_IMAGE))),
         off_image=int(np.count_nonzero(flags & OFF_IMAGE)),
         tiles=len(done), tiles_resumed=len(done) - state["tiles_done"], wall_s=wall,
-        rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs)
+        rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs,
+        warnings=scan_warnings(mosaic, results, table))
 
 
 def _write_scoremap(path, engine, mosaic, source, table):
