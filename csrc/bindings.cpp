@@ -66,14 +66,15 @@ bool output_dtype(const py::handle& obj, pyengine::Dtype* dtype) {
   return false;
 }
 
-// A writable C-contiguous int32 array of length n, or None (null).
-int32_t* nan_count_ptr(const py::object& obj, int64_t n, const std::string& name) {
+// A writable C-contiguous int32 array of shape (n, nband), or None (null): NaN pixels
+// per window and band.
+int32_t* nan_count_ptr(const py::object& obj, int64_t n, int64_t nband, const std::string& name) {
   if (obj.is_none()) return nullptr;
   const bool ok = py::isinstance<i32_array>(obj);
   auto a = ok ? py::reinterpret_borrow<i32_array>(obj) : i32_array();
-  require(ok && a.writeable() && a.ndim() == 1 && a.shape(0) == n,
-          name + " must be None or a writable C-contiguous int32 array of shape (" +
-              std::to_string(n) + ",), got " + describe(obj));
+  require(ok && a.writeable() && a.ndim() == 2 && a.shape(0) == n && a.shape(1) == nband,
+          name + " must be None or a writable C-contiguous int32 array of shape " +
+              shape_str({n, nband}) + ", got " + describe(obj));
   return a.mutable_data();
 }
 
@@ -124,7 +125,7 @@ void gather(const py::array& tile_in, const py::array& cx_in, const py::array& c
               out_in.shape(3) == size,
           "out must be a writable C-contiguous float32 or float16 array of shape " +
               shape_str({w.n, w.nband, size, size}) + ", got " + describe(out_in));
-  int32_t* nan_p = nan_count_ptr(nan_count_in, w.n, "nan_count");
+  int32_t* nan_p = nan_count_ptr(nan_count_in, w.n, w.nband, "nan_count");
 
   const float* tile_p = w.tile.data();
   const int64_t* cx_p = w.cx.data();
@@ -177,7 +178,8 @@ std::unique_ptr<pyengine::BatchRing> make_ring(const py::sequence& slots,
                 std::to_string(seq.size()));
     for (int64_t i = 0; i < k; ++i) {
       const std::string name = "nan_counts[" + std::to_string(i) + "]";
-      counts[static_cast<size_t>(i)] = nan_count_ptr(seq[static_cast<size_t>(i)], shape[0], name);
+      counts[static_cast<size_t>(i)] =
+          nan_count_ptr(seq[static_cast<size_t>(i)], shape[0], shape[1], name);
     }
   }
   return std::make_unique<pyengine::BatchRing>(std::move(ptrs), std::move(counts), dtype, shape[0],
@@ -206,8 +208,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("offset"), py::arg("scale"), py::arg("out"), py::arg("nan_count") = py::none(),
         "Copy size x size windows centred on (cx, cy) from tile (nband, h, w) float32 into\n"
         "out (n, nband, size, size) float32 or float16 as (tile - offset[b]) * scale[b];\n"
-        "outside pixels are NaN. nan_count (n,) int32, if given, receives the NaN pixels per\n"
-        "window. The GIL is released during the copy.");
+        "outside pixels are NaN. nan_count (n, nband) int32, if given, receives the NaN\n"
+        "pixels of each window in each band. The GIL is released during the copy.");
 
   py::class_<pyengine::BatchRing>(
       m, "BatchRing",

@@ -95,14 +95,15 @@ PYENGINE_INLINE void gather_windows(const float* tile, int64_t nband, int64_t he
     int64_t col_first, ncol, row_first, nrow;
     clip_span(x0, size, width, &col_first, &ncol);
     clip_span(y0, size, height, &row_first, &nrow);
-    int64_t nans = 0;
     for (int64_t b = 0; b < nband; ++b) {
       T* dst = out + (i * nband + b) * plane;
       const float off = offset[b];
       const float sc = scale[b];
+      // This band's NaN pixels of window i: at most 4096^2, so int64 never overflows.
+      int64_t nans = 0;
       if (nrow == 0 || ncol == 0) {
         std::fill(dst, dst + plane, nan);
-        nans += plane;
+        if (kCount) nan_count[i * nband + b] = static_cast<int32_t>(plane);
         continue;
       }
       const float* src_band = tile + b * height * width;
@@ -135,10 +136,8 @@ PYENGINE_INLINE void gather_windows(const float* tile, int64_t nband, int64_t he
         }
         std::fill(drow + col_first + ncol, drow + size, nan);
       }
-    }
-    if (kCount) {
-      const int64_t most = std::numeric_limits<int32_t>::max();
-      nan_count[i] = static_cast<int32_t>(std::min(nans, most));
+      // plane <= 4096^2 < INT32_MAX: the count always fits.
+      if (kCount) nan_count[i * nband + b] = static_cast<int32_t>(nans);
     }
   }
 }

@@ -47,8 +47,9 @@ uint16_t float_to_half(float value);
 //   offset     nband per-band offsets (background), e.g. 0
 //   scale      nband per-band scales (1/noise), e.g. 1
 //   out        (n, nband, size, size), C-contiguous, fully written
-//   nan_count  null, or n counters: nan_count[i] = NaN pixels of window i, all bands
-//              (saturating at INT32_MAX)
+//   nan_count  null, or n * nband counters, C-ordered (n, nband): nan_count[i * nband + b]
+//              = NaN pixels of window i in band b (at most size^2, so never saturating),
+//              counted in the same pass as the copy
 //
 // Pixels of a window that fall outside the tile are NaN; NaN pixels of the
 // tile stay NaN.  Throws ArgumentError on a bad size or negative extents.
@@ -68,8 +69,8 @@ enum class Dtype { float32, float16 };
 // A ring of K batch slots filled by a pool of worker threads.
 //
 // The caller owns the K slot buffers, each (capacity, nband, size, size) of
-// `dtype`, and the optional per-slot int32 nan_count buffers of `capacity`
-// entries (null: none).  They, and every tile/cx/cy/offset/scale passed to
+// `dtype`, and the optional per-slot int32 nan_count buffers of `capacity * nband`
+// entries, (capacity, nband) C-ordered as gather_windows_f32's (null: none).  They, and every tile/cx/cy/offset/scale passed to
 // fill(), must stay alive until the slot's wait() has returned (or close()).
 //
 // Slot life cycle, guarded by one mutex:

@@ -182,7 +182,7 @@ void BatchRing::fill(int64_t slot, int64_t start, const float* tile, int64_t nba
   const Dtype dtype = r.dtype;
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t first = c * chunk, count = std::min(chunk, n - first), row = start + first;
-    int32_t* nan = counts ? counts + row : nullptr;
+    int32_t* nan = counts ? counts + row * nband : nullptr;  // (capacity, nband) counts
     const int64_t* x = cx + first;
     const int64_t* y = cy + first;
     std::function<void()> run;

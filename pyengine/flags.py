@@ -11,7 +11,8 @@ __all__ = ["BLANK", "EDGE", "FLAG_BITS", "NOT_CANDIDATE", "OFF_IMAGE", "OFF_IMAG
 
 #: Centre pixel off the image, or position not finite: not scored (score NaN).
 OFF_IMAGE = 1
-#: More than the allowed share of the cutout is NaN: scored, but never a candidate.
+#: In some band, more than the allowed share of the cutout is NaN, or no pixel has data:
+#: scored, but never a candidate.
 BLANK = 2
 #: Some cutout pixels are NaN (the image edge or blank pixels).
 EDGE = 4
@@ -19,7 +20,8 @@ EDGE = 4
 #: Flag name -> (bit, meaning).
 FLAG_BITS = {
     "OFF_IMAGE": (OFF_IMAGE, "centre pixel off the image or position not finite; not scored"),
-    "BLANK": (BLANK, "too much of the cutout is NaN; scored but never a candidate"),
+    "BLANK": (BLANK, "too much of the cutout is NaN in some band; scored but never a "
+                      "candidate"),
     "EDGE": (EDGE, "some cutout pixels are NaN (image edge or blank pixels)"),
 }
 
@@ -32,14 +34,26 @@ OFF_IMAGE_FLAGS = OFF_IMAGE | BLANK
 
 
 def cutout_flags(nan_fraction, max_nan: float):
-    """int32 flags of scored cutouts from their NaN fraction: EDGE where any pixel is NaN,
-    BLANK where the fraction exceeds ``max_nan`` (the rule ``is_candidate`` relies on)."""
+    """int32 flags of scored cutouts from their per-band NaN shares.
+
+    ``nan_fraction``: (n, nband) shares of NaN pixels of each cutout in each band (an (n,)
+    array is one band).  Blankness is judged per band, never pooled over bands, so one
+    band with no data cannot hide behind another that has some:
+
+    * BLANK where any band's share exceeds ``max_nan``, and where any band has no data at
+      all in the cutout (share 1), whatever ``max_nan`` (a limit of 1.0 included);
+    * EDGE where any pixel of any band is NaN.
+
+    ``is_candidate`` relies on BLANK (:data:`NOT_CANDIDATE`).
+    """
     import numpy as np  # here, not at import: the flag bits stay importable without NumPy
 
     frac = np.asarray(nan_fraction)
-    flags = np.zeros(frac.shape, np.int32)
-    flags[frac > 0] |= EDGE
-    flags[frac > max_nan] |= BLANK
+    if frac.ndim < 2:
+        frac = frac.reshape(-1, 1)
+    flags = np.zeros(frac.shape[0], np.int32)
+    flags[np.any(frac > 0, axis=1)] |= EDGE
+    flags[np.any((frac > max_nan) | (frac >= 1), axis=1)] |= BLANK
     return flags
 
 

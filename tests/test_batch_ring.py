@@ -38,7 +38,7 @@ def positions(rng, n, tile, size):
 
 
 def expected(tile, cx, cy, size, dtype, offset=None, scale=None):
-    counts = np.zeros(len(cx), np.int32)
+    counts = np.zeros((len(cx), tile.shape[0]), np.int32)
     out = gather_reference(tile, cx, cy, size, offset=offset, scale=scale, dtype=dtype,
                            nan_count=counts)
     return out, counts
@@ -199,10 +199,13 @@ def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="slots must hold at least one array"):
         BatchRing([])
     with pytest.raises(ValueError, match=r"nan_counts\[1\] must be None or a writable C-contiguous "
-                                         r"int32 array of shape \(4,\)"):
-        BatchRing(good, nan_counts=[np.zeros(4, np.int32), np.zeros(4, np.int64)])
+                                         r"int32 array of shape \(4, 2\)"):
+        BatchRing(good, nan_counts=[np.zeros((4, 2), np.int32), np.zeros((4, 2), np.int64)])
+    with pytest.raises(ValueError, match=r"nan_counts\[0\] must be None .* shape \(4, 2\), "
+                                         r"got int32 \(4,\)"):
+        BatchRing(good, nan_counts=[np.zeros(4, np.int32), np.zeros((4, 2), np.int32)])
     with pytest.raises(ValueError, match="nan_counts must hold one array per slot: 2, got 1"):
-        BatchRing(good, nan_counts=[np.zeros(4, np.int32)])
+        BatchRing(good, nan_counts=[np.zeros((4, 2), np.int32)])
     with pytest.raises(ValueError, match=r"threads must be in 1\.\.1024, got 0"):
         BatchRing(good, threads=0)
 
@@ -257,15 +260,21 @@ def test_worker_error_surfaces_on_wait():
         ring.release(slot)
 
 
-def test_user_nan_counts_are_used():
-    counts = [np.full(4, -1, np.int32) for _ in range(2)]
-    tile = np.full((1, 6, 6), np.nan, np.float32)
-    with BatchRing(make_slots(2, 4, 1, 4), nan_counts=counts) as ring:
+def test_user_nan_counts_are_used_per_band():
+    """Counts are (capacity, nband): a band with no data is counted alone, the other
+    band's counts are its own (the ring's workers fill rows from `start` on)."""
+    counts = [np.full((4, 2), -1, np.int32) for _ in range(2)]
+    tile = np.ones((2, 6, 6), np.float32)
+    tile[1] = np.nan  # band 1 has no data
+    tile[0, 0, 0] = np.nan
+    with BatchRing(make_slots(2, 4, 2, 4), nan_counts=counts, threads=2) as ring:
         assert ring.nan_counts[1] is counts[1]
         slot = ring.acquire()
-        ring.fill(slot, 1, tile, [3, 100], [3, 3])
+        # Centres (3, 3): band 0 all there; (1, 1): rows/cols -1 off, one NaN pixel;
+        # (100, 3): off the tile.
+        ring.fill(slot, 1, tile, [3, 1, 100], [3, 1, 3])
         ring.wait(slot)
-        np.testing.assert_array_equal(counts[slot], [-1, 16, 16, -1])
+        np.testing.assert_array_equal(counts[slot], [[-1, -1], [0, 16], [8, 16], [16, 16]])
         ring.release(slot)
 
 

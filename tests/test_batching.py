@@ -85,16 +85,19 @@ def test_gather_dtypes_and_nan_count_equal_reference(size, dtype, scale):
     cy = np.concatenate([rng.integers(-size - 3, 41 + size + 3, 120), [0, 40, 10**15, -10**15]])
     offset = np.array([0.5, -2.0], np.float32)
     scales = np.array([scale, 0.25 * scale], np.float32)
-    counts = np.full(len(cx), -1, np.int32)
-    ref_counts = np.full(len(cx), -1, np.int32)
+    counts = np.full((len(cx), 2), -1, np.int32)
+    ref_counts = np.full((len(cx), 2), -1, np.int32)
     ours = gather(tile, cx, cy, size, offset=offset, scale=scales, dtype=dtype, nan_count=counts)
     ref = gather_reference(tile, cx, cy, size, offset=offset, scale=scales, dtype=dtype,
                            nan_count=ref_counts)
     assert ours.dtype == ref.dtype == np.dtype(dtype)
     assert same_bits(ours, ref)
     np.testing.assert_array_equal(counts, ref_counts)
-    np.testing.assert_array_equal(counts, np.isnan(ours).sum(axis=(1, 2, 3)))
-    assert counts[-1] == 2 * size * size  # entirely outside
+    np.testing.assert_array_equal(counts, np.isnan(ours).sum(axis=(2, 3)))
+    assert counts[-1].tolist() == [size * size] * 2  # entirely outside
+    # Band 0's NaN block is counted in band 0 alone (band 1 has none there).
+    inside = (np.abs(cx - 21) < size // 2) & (np.abs(cy - 11) < size // 2)
+    assert np.all(counts[inside, 0] > counts[inside, 1]) or not inside.any()
 
 
 def test_float16_rounding_matches_numpy_everywhere():
@@ -134,10 +137,12 @@ def test_out_dtype_decides_and_dtype_is_checked():
         gather(tile, [4], [4], 4, dtype=np.float64)
     with pytest.raises(ValueError, match="out must be a writable C-contiguous float32 or float16"):
         gather(tile, [4], [4], 4, out=np.zeros((1, 1, 4, 4), np.float64))
-    with pytest.raises(ValueError, match=r"nan_count must be None or a writable .* int32 array of shape \(1,\)"):
+    with pytest.raises(ValueError, match=r"nan_count must be None or a writable .* int32 array of shape \(1, 1\)"):
         gather(tile, [4], [4], 4, nan_count=np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"shape \(1, 1\), got int32 \(1,\)"):
+        gather(tile, [4], [4], 4, nan_count=np.zeros(1, np.int32))  # one count per band
     with pytest.raises(ValueError, match="nan_count must be None"):
-        gather(tile, [4], [4], 4, nan_count=np.zeros(1, np.int64))
+        gather(tile, [4], [4], 4, nan_count=np.zeros((1, 1), np.int64))
 
 
 def test_concurrent_gathers_equal_serial():

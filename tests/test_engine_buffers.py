@@ -83,7 +83,9 @@ def _scan(model, field, source, *, core, batch, dtype=np.float32, prefetch=2, sl
                                    scale=scale, dtype=engine.transfer_dtype)
             expected.append(cut)
             nan_fraction.append(np.isnan(cut).mean(axis=(1, 2, 3)))
-    sent = np.concatenate(runner.batches)
+    # Every batch has the full batch size: the last one is padded (pipeline._padded).
+    assert {b.shape[0] for b in runner.batches} == {batch}
+    sent = np.concatenate(runner.batches)[: sum(len(r) for r in results)]
     return engine, results, sent, np.concatenate(expected), np.concatenate(nan_fraction)
 
 

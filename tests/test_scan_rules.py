@@ -14,7 +14,8 @@ def test_cutout_flags_from_nan_fraction():
     flags = cutout_flags(frac, 0.5)
     assert flags.dtype == np.int32
     assert flags.tolist() == [0, EDGE, EDGE, EDGE | BLANK, EDGE | BLANK]
-    assert cutout_flags(frac, 1.0).tolist() == [0, EDGE, EDGE, EDGE, EDGE]
+    # No data at all is BLANK whatever the limit, 1.0 included.
+    assert cutout_flags(frac, 1.0).tolist() == [0, EDGE, EDGE, EDGE, EDGE | BLANK]
     assert OFF_IMAGE_FLAGS == OFF_IMAGE | BLANK and OFF_IMAGE_FLAGS & NOT_CANDIDATE
 
 

@@ -2,9 +2,12 @@
 
 :func:`assemble_catalog` turns per-tile results into one row per position
 (off-image positions flagged, not dropped), ``id, ra, dec, x, y, score,
-is_candidate, flags, tile``, the source's own columns and the input catalog's
-columns (renamed ``in_<name>`` where they collide), with metadata in
-``table.meta``; :func:`tile_table` is one tile's rows, for ``Engine.iter_scan``.
+is_candidate, flags, tile``, one ``nan_frac_<band>`` per model band (the share of the
+cutout's pixels that are NaN in that band; 1 off the image), the source's own columns
+and the input catalog's columns (renamed ``in_<name>`` where they collide), with
+metadata in ``table.meta``; :func:`tile_table` is one tile's rows, for
+``Engine.iter_scan``.  :func:`scan_warnings` names whole-field problems (a band with no
+data, a band that is all zero, every position off the image) for the scan's summary.
 
 Thread safety: pure functions of their arguments; called from one thread per scan.
 """
@@ -20,7 +23,8 @@ from pyengine.flags import NOT_CANDIDATE, OFF_IMAGE_FLAGS, describe_flags
 from pyengine.io.skyframe import pixel_to_icrs
 from pyengine.scan.results import TileResult
 
-__all__ = ["STANDARD", "assemble_catalog", "candidates", "catalog_meta", "tile_table"]
+__all__ = ["STANDARD", "assemble_catalog", "band_nan", "candidates", "catalog_meta",
+           "scan_warnings", "tile_table"]
 
 STANDARD = ("id", "ra", "dec", "x", "y", "score", "is_candidate", "flags", "tile")
 
@@ -29,6 +33,18 @@ STANDARD = ("id", "ra", "dec", "x", "y", "score", "is_candidate", "flags", "tile
 def _sky(mosaic, x, y):
     """ICRS RA/Dec, whatever the frame of the mosaic's WCS (the catalog says RADESYS ICRS)."""
     return pixel_to_icrs(mosaic.wcs, x, y)
+
+
+def band_nan(result: TileResult, nband: int) -> np.ndarray:
+    """(n, nband) float32 NaN share per band of a result; a result journalled without
+    them (an older pyengine) repeats its pooled ``nan_fraction`` in every band."""
+    if result.band_nan is not None:
+        return np.asarray(result.band_nan, np.float32).reshape(len(result), nband)
+    return np.repeat(np.asarray(result.nan_fraction, np.float32).reshape(-1, 1), nband, 1)
+
+
+def _band_columns(engine, values: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"nan_frac_{b}": values[:, k] for k, b in enumerate(engine.spec.bands)}
 
 
 def candidates(engine, score, flags):
@@ -48,6 +64,8 @@ def tile_table(engine, mosaic, result: TileResult):
     table["is_candidate"] = candidates(engine, result.score, result.flags)
     table["flags"] = result.flags
     table["tile"] = np.full(len(result), result.tile, np.int64)
+    for name, values in _band_columns(engine, band_nan(result, mosaic.nband)).items():
+        table[name] = values
     for name, values in result.columns.items():
         table[name] = values
     if np.any(result.row >= 0):
@@ -55,7 +73,7 @@ def tile_table(engine, mosaic, result: TileResult):
     return table
 
 
-def _off_image_result(source) -> TileResult | None:
+def _off_image_result(source, nband: int) -> TileResult | None:
     off = source.off_image()
     n = len(off.x)
     if n == 0:
@@ -63,7 +81,8 @@ def _off_image_result(source) -> TileResult | None:
     return TileResult(-1, np.asarray(off.x, np.float64), np.asarray(off.y, np.float64),
                       np.asarray(off.row, np.int64), np.full(n, np.nan, np.float32),
                       np.ones(n, np.float32), np.full(n, OFF_IMAGE_FLAGS, np.int32),
-                      {k: np.asarray(v) for k, v in off.columns.items()})
+                      {k: np.asarray(v) for k, v in off.columns.items()},
+                      np.ones((n, nband), np.float32), np.zeros((n, nband), bool))
 
 
 def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
@@ -72,7 +91,7 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
     from astropy.table import Table
 
     results = sorted(results, key=lambda r: r.tile)
-    off = _off_image_result(source)
+    off = _off_image_result(source, mosaic.nband)
     if off is not None:
         results.append(off)
     names = sorted({k for r in results for k in r.columns})
@@ -85,6 +104,8 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
     row = cat(lambda r: r.row, np.int64)
     score, flags = cat(lambda r: r.score, np.float32), cat(lambda r: r.flags, np.int32)
     tile = cat(lambda r: np.full(len(r), r.tile, np.int64), np.int64)
+    nans = (np.concatenate([band_nan(r, mosaic.nband) for r in results]) if results
+            else np.zeros((0, mosaic.nband), np.float32))
     extra = {}
     for name in names:
         dtypes = [r.columns[name].dtype for r in results if name in r.columns]
@@ -95,7 +116,8 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
     passthrough = source.passthrough()
     # Catalog mode: input order.  Otherwise tile order, then each tile's own order.
     order = np.argsort(row, kind="stable") if passthrough is not None else np.arange(x.size)
-    x, y, row, score, flags, tile = (a[order] for a in (x, y, row, score, flags, tile))
+    x, y, row, score, flags, tile, nans = (a[order] for a in
+                                           (x, y, row, score, flags, tile, nans))
     extra = {k: v[order] for k, v in extra.items()}
     ra, dec = _sky(mosaic, x, y)
     table = Table()
@@ -104,6 +126,8 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
     table["score"] = score
     table["is_candidate"] = candidates(engine, score, flags)
     table["flags"], table["tile"] = flags, tile
+    for name, values in _band_columns(engine, nans).items():
+        table[name] = values
     for name, values in extra.items():
         table[name if name not in STANDARD else f"det_{name}"] = values
     if passthrough is not None:
@@ -143,3 +167,40 @@ def catalog_meta(engine, mosaic, source, table) -> dict:
     for i, path in enumerate(mosaic.paths, 1):
         meta[f"BANDFIL{i}"] = str(path)
     return meta
+
+
+def scan_warnings(mosaic, results: list[TileResult], table) -> list[str]:
+    """One line per whole-field problem of a finished scan, naming the band and its file:
+    every position off the image; a band with no data (NaN) in every cutout scanned; a
+    band that is exactly 0 (or NaN) at the centre pixel of every position scanned, a
+    broken stack's usual symptom.  ``results``: the scan's tile results (all tiles,
+    journalled ones included); ``table``: its catalog.  Empty when all is well."""
+    from pyengine.flags import OFF_IMAGE
+
+    total = len(table)
+    off = int(np.count_nonzero(np.asarray(table["flags"]) & OFF_IMAGE)) if total else 0
+    files = ", ".join(str(p) for p in mosaic.paths)
+    if total and off == total:
+        return [f"all {total:,} positions are off the image of {files}: nothing was "
+                "scored; check the positions (catalog columns, their units and frame) "
+                "against the images' WCS and size"]
+    scanned = [r for r in results if r.tile >= 0 and len(r)]
+    if not scanned:
+        return []
+    nband = mosaic.nband
+    nans = np.concatenate([band_nan(r, nband) for r in scanned])
+    zero = np.concatenate([np.zeros((len(r), nband), bool) if r.band_zero is None else
+                           np.asarray(r.band_zero, bool).reshape(len(r), nband)
+                           for r in scanned])
+    out = []
+    for b, (name, path) in enumerate(zip(mosaic.bands, mosaic.paths, strict=True)):
+        blank = nans[:, b] >= 1
+        if blank.all():
+            out.append(f"band {name} ({path}) has no data (all NaN) in every one of the "
+                       f"{blank.size:,} cutouts scanned: all are flagged BLANK and none is "
+                       "a candidate")
+        elif (zero[:, b] | blank).all():
+            out.append(f"band {name} ({path}) is exactly 0 at every one of the "
+                       f"{blank.size:,} positions scanned (an empty or broken stack?): "
+                       "its scores are not meaningful")
+    return out

@@ -75,8 +75,8 @@ def gather(tile, cx, cy, size, *, offset=None, scale=None, out=None, dtype=np.fl
 
     Returns ``out`` (n, nband, size, size), allocated with ``dtype`` (float32 or
     float16) when not given; a given ``out`` (float32 or float16, C-contiguous)
-    decides the dtype itself.  ``nan_count``, an int32 array (n,), receives the
-    number of NaN pixels of each window over all bands.
+    decides the dtype itself.  ``nan_count``, an int32 array (n, nband), receives the
+    number of NaN pixels of each window in each band (counted in the copy's own pass).
     """
     tile, cx, cy, size, offset, scale = _prepare(tile, cx, cy, size, offset, scale)
     if out is None:
@@ -102,7 +102,7 @@ def gather_reference(tile, cx, cy, size, *, offset=None, scale=None, out=None,
                 res[i] = (window - offset[:, None, None]) * scale[:, None, None]
         res = res.astype(_out_dtype(dtype if out is None else out.dtype), copy=False)
     if nan_count is not None:
-        nan_count[...] = np.isnan(res).sum(axis=(1, 2, 3))
+        nan_count[...] = np.isnan(res).sum(axis=(2, 3))
     if out is None:
         return res
     out[...] = res
@@ -122,9 +122,10 @@ class BatchRing:
 
     ``slots``: C-contiguous writable arrays, all (capacity, nband, S, S) of one
     dtype, float32 or float16 (see :func:`make_slots`; for pinned torch tensors
-    pass ``tensor.numpy()``).  ``nan_counts``: one int32 array (capacity,) per
-    slot, allocated when not given; row i receives the NaN pixels of the window
-    filled into row i.  Rows not filled since ``acquire`` keep old contents.
+    pass ``tensor.numpy()``).  ``nan_counts``: one int32 array (capacity, nband)
+    per slot, allocated when not given; row i receives the NaN pixels of the
+    window filled into row i, per band.  Rows not filled since ``acquire`` keep
+    old contents.
 
     Protocol per slot: ``acquire`` -> ``fill`` (any number, rows of one slot
     from several tiles) -> ``wait`` -> read ``slots[i]`` -> ``release``.  The
@@ -137,8 +138,8 @@ class BatchRing:
         slots = tuple(slots)
         if nan_counts is None:
             first = slots[0] if slots else None
-            capacity = first.shape[0] if isinstance(first, np.ndarray) and first.ndim == 4 else 0
-            nan_counts = [np.zeros(capacity, np.int32) for _ in slots]
+            shape = first.shape[:2] if isinstance(first, np.ndarray) and first.ndim == 4 else 0
+            nan_counts = [np.zeros(shape, np.int32) for _ in slots]
         nan_counts = tuple(nan_counts)
         self._lock = threading.Lock()
         self._keep = {}  # slot -> arrays of its fills, alive until wait(slot) returns
@@ -154,7 +155,8 @@ class BatchRing:
     threads = property(lambda self: self._ring.threads, doc="Worker threads.")
     dtype = property(lambda self: self._dtype, doc="Slot dtype, float32 or float16.")
     slots = property(lambda self: self._slots, doc="The slot arrays, by index.")
-    nan_counts = property(lambda self: self._nan_counts, doc="Per-slot int32 NaN counts.")
+    nan_counts = property(lambda self: self._nan_counts,
+                          doc="Per-slot int32 NaN counts (capacity, nband).")
 
     def acquire(self, timeout=None):
         """Index of a free slot, now filling; raises TimeoutError after ``timeout`` s."""

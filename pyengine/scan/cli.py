@@ -280,3 +280,5 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         click.echo(summary.line())
         for kind, path in summary.outputs.items():
             click.echo(f"  {kind}: {path}")
+    for line in summary.warnings:  # whole-field problems (scan.assembly.scan_warnings)
+        click.echo(f"Warning: {line}", err=True)

@@ -23,9 +23,10 @@ waiting for pixels (DESIGN.md §2):
    buffers, and calls ``runner.submit`` with up to two batches in flight (the
    copy of one overlaps the compute of the other on a GPU);
 4. **collect** (the thread consuming :meth:`Engine.iter_results`, which
-   ``scan`` and ``iter_scan`` wrap): copies each batch's scores and NaN counts
-   into its tiles' arrays, calls ``on_batch``, and yields a tile's
-   :class:`TileResult` (NaN fraction and flags made here) once every position of
+   ``scan`` and ``iter_scan`` wrap): copies each batch's scores and per-band NaN
+   counts into its tiles' arrays, calls ``on_batch``, and yields a tile's
+   :class:`TileResult` (per-band NaN shares and the flags they give, judged band by
+   band, made here) once every position of
    it and of every tile read before it is scored, so results come in file order
    (a tile read but owning no position, as detection may find, gives an empty
    result).
@@ -44,7 +45,9 @@ read but not yet complete.
 
 Determinism: positions, their order and coordinates depend only on the inputs,
 the tile plan and the source, never on thread count, batch size or resume.
-Scores agree across batch sizes to float rounding of the runner.
+Scores agree across batch sizes to float rounding of the runner; for one batch size
+they are bit-identical wherever the batches were cut (a resumed scan's included),
+because every batch sent is padded to the batch size (``pipeline._padded``).
 
 Thread safety: an Engine owns one runner and runs one scan at a time (a lock
 serialises ``scan``/``iter_scan``/``classify``); use one Engine per thread for

@@ -53,8 +53,9 @@ class _TileWork:
     columns: dict
     offset: np.ndarray
     scale: np.ndarray
+    band_zero: np.ndarray  # (n, nband) bool: centre pixel exactly 0, per band
     scores: np.ndarray = None
-    nan_counts: np.ndarray = None
+    nan_counts: np.ndarray = None  # (n, nband) NaN pixels of each cutout, per band
     filled: int = 0
 
 
@@ -79,6 +80,25 @@ def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.nda
             scale[b] = 1.0 / mad
     return offset, scale
 
+
+
+def _padded(slot: np.ndarray, n: int) -> np.ndarray:
+    """The whole slot (batch rows), rows n.. filled with copies of row n - 1: every batch a runner
+    sees has the scan's batch size.
+
+    A runner's kernels may depend on the batch size (measured: ONNX Runtime fp32 on a
+    CPU scores a batch of 2 differently from batches of 1 or 32, by up to 1.2e-7; GPU
+    libraries pick algorithms per shape), and the short batches of a scan (the last one,
+    the one completed when it is interrupted) fall differently in a resumed run.  With
+    one batch size, a cutout's score no longer depends on where the batches were cut,
+    so a resumed scan is bit-identical to an uninterrupted one.  The cost is one batch
+    of padding per scan (and per interruption).  Copies of a real cutout, not zeros:
+    the padding rows' own preprocessing stays well defined.
+    """
+    if n == 0:
+        return slot[:0]  # nothing gathered (stopped at a batch boundary): nothing to run
+    slot[n:] = slot[n - 1]
+    return slot
 
 
 class Pipeline:
@@ -149,6 +169,9 @@ class Pipeline:
             # C-contiguous, so the gather stage uses it as it is.
             self.mosaic.read(y0, y1, x0, x1, out=pixels)
             pos = self.source.positions(tile, pixels if self.source.needs_pixels else None)
+            x, y = np.asarray(pos.x, np.float64), np.asarray(pos.y, np.float64)
+            # Positions lie in the tile core, so their centre pixels are in the window.
+            band_zero = (pixels[:, centre_pixel(y) - y0, centre_pixel(x) - x0] == 0).T
             if self.dtype == np.float16:
                 offset, scale = tile_affine(pixels)
             else:
@@ -156,9 +179,8 @@ class Pipeline:
         except BaseException:
             self.buffers.drop(buffer)
             raise
-        return _TileWork(tile, pixels, buffer, np.asarray(pos.x, np.float64),
-                         np.asarray(pos.y, np.float64), np.asarray(pos.row, np.int64),
-                         dict(pos.columns), offset, scale)
+        return _TileWork(tile, pixels, buffer, x, y, np.asarray(pos.row, np.int64),
+                         dict(pos.columns), offset, scale, band_zero)
 
     def read(self):
         tiles = self._wanted()
@@ -192,7 +214,7 @@ class Pipeline:
                 break
             n = work.x.size
             work.scores = np.full(n, np.nan, np.float32)
-            work.nan_counts = np.zeros(n, np.int64)
+            work.nan_counts = np.zeros((n, self.mosaic.nband), np.int64)
             self.collect_q.put(("tile", work))
             wy0, _, wx0, _ = work.tile.window
             cx = centre_pixel(work.x) - wx0
@@ -266,7 +288,7 @@ class Pipeline:
             ring.wait(slot)
             for buffer in pinned:  # the slot's fills are done: its tiles may be reused
                 self.buffers.drop(buffer)
-            flight.append((slot, n, segments, runner.submit(ring.slots[slot][:n])))
+            flight.append((slot, n, segments, runner.submit(_padded(ring.slots[slot][: self.batch], n))))
             if len(flight) > 1:
                 retire()
         while flight:
@@ -275,11 +297,13 @@ class Pipeline:
 
     # -- stage 4: collect, in the caller's thread -------------------------------------------
     def _finish(self, work: _TileWork) -> TileResult:
-        npix = self.mosaic.nband * self.size * self.size
-        frac = (work.nan_counts / npix).astype(np.float32)
-        flags = cutout_flags(frac, self.engine.max_nan_fraction)
-        return TileResult(work.tile.index, work.x, work.y, work.row, work.scores, frac, flags,
-                          work.columns)
+        # Blankness per band (pyengine.flags.cutout_flags): a band with no data at a
+        # position flags it whatever the other bands hold.
+        band_nan = (work.nan_counts / (self.size * self.size)).astype(np.float32)
+        flags = cutout_flags(band_nan, self.engine.max_nan_fraction)
+        return TileResult(work.tile.index, work.x, work.y, work.row, work.scores,
+                          band_nan.max(axis=1, initial=0.0), flags, work.columns, band_nan,
+                          work.band_zero)
 
     def run(self) -> Iterator[TileResult]:
         # The runner's own memory (pinned on a GPU), in the dtype this scan sends.

@@ -16,16 +16,25 @@ __all__ = ["ScanInterrupted", "ScanSummary", "TileResult"]
 
 @dataclass
 class TileResult:
-    """Everything a scan learned about one tile's positions (all arrays length n)."""
+    """Everything a scan learned about one tile's positions (all arrays length n).
+
+    ``band_nan`` holds each band's share of NaN cutout pixels, (n, nband) in the model's
+    band order; ``nan_fraction`` is its maximum over bands, the share the flags judge
+    (:func:`pyengine.flags.cutout_flags`).  ``band_zero`` (n, nband) is whether the
+    position's centre pixel is exactly 0 in each band (a broken stack's symptom, for the
+    whole-field warnings of :func:`pyengine.scan.assembly.scan_warnings`).
+    """
 
     tile: int
     x: np.ndarray  # float64, 0-based mosaic pixels
     y: np.ndarray
     row: np.ndarray  # int64 input catalog row, -1 otherwise
     score: np.ndarray  # float32 (NaN: not scored)
-    nan_fraction: np.ndarray  # float32 share of NaN cutout pixels
-    flags: np.ndarray  # int32 bitmask (pyengine.output.catalog)
+    nan_fraction: np.ndarray  # float32 share of NaN cutout pixels, the maximum over bands
+    flags: np.ndarray  # int32 bitmask (pyengine.flags)
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    band_nan: np.ndarray | None = None  # float32 (n, nband) NaN share per band
+    band_zero: np.ndarray | None = None  # bool (n, nband) centre pixel exactly 0 per band
 
     def __len__(self) -> int:
         return int(self.x.size)
@@ -34,14 +43,20 @@ class TileResult:
         """Flat dict for the resume journal (numeric arrays only)."""
         out = {"x": self.x, "y": self.y, "row": self.row, "score": self.score,
                "nan_fraction": self.nan_fraction, "flags": self.flags}
+        if self.band_nan is not None:
+            out["band_nan"] = self.band_nan
+        if self.band_zero is not None:
+            out["band_zero"] = self.band_zero
         out.update({f"col_{k}": v for k, v in self.columns.items()})
         return out
 
     @classmethod
     def from_arrays(cls, tile: int, arrays: dict[str, np.ndarray]) -> TileResult:
+        """The inverse of :meth:`to_arrays`."""
         columns = {k[4:]: v for k, v in arrays.items() if k.startswith("col_")}
         return cls(tile, arrays["x"], arrays["y"], arrays["row"], arrays["score"],
-                   arrays["nan_fraction"], arrays["flags"], columns)
+                   arrays["nan_fraction"], arrays["flags"], columns,
+                   arrays.get("band_nan"), arrays.get("band_zero"))
 
 
 class ScanInterrupted(Exception):
@@ -72,6 +87,9 @@ class ScanSummary:
     blank: int = 0
     edge: int = 0
     journal_rejected: list = field(default_factory=list)  # entries a resume set aside
+    #: Whole-field problems, one line each (a blank or all-zero band, every position off
+    #: the image): :func:`pyengine.scan.assembly.scan_warnings`.  The CLI prints them.
+    warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         bad = (f", {self.bad_positions:,} of them with unusable positions"

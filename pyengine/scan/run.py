@@ -30,7 +30,7 @@ from pyengine.errors import OutputError, ScanOutputError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
-from pyengine.scan.assembly import assemble_catalog, candidates
+from pyengine.scan.assembly import assemble_catalog, candidates, scan_warnings
 from pyengine.scan.results import ScanInterrupted, ScanSummary, TileResult
 from pyengine.sources.base import tiles_to_do
 
@@ -357,7 +357,8 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
         blank=int(np.count_nonzero(flags & BLANK)), edge=int(np.count_nonzero(flags & EDGE)),
         tiles=len(done), tiles_resumed=resumed, wall_s=wall,
         rate=run_positions / rate_time if rate_time > 0 else 0.0, outputs=outputs,
-        journal_rejected=[r.message() for r in journal.rejected])
+        journal_rejected=[r.message() for r in journal.rejected],
+        warnings=scan_warnings(mosaic, results, table))
 
 
 def _write_outputs(engine, mosaic, source, table, paths) -> dict:
