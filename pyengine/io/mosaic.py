@@ -48,6 +48,7 @@ import mmap
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,9 @@ _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much around a page fault
 # Mapped file pages allowed per mosaic (split between its bands) before a full release.
 MAPPED_BUDGET = 320 << 20
-# (file, HDU, band given) already warned about in this process: a mosaic reopened in
-# another band order (Engine.prepared, pickling) does not say it again.
-_WARNED: set = set()
+# (file, HDU, band given) -> the open mosaics that carry that contradiction: while one
+# is open, a mosaic reopened from it (Engine.prepared's band order) does not warn again.
+_WARNED: dict[tuple, weakref.WeakSet] = {}
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,8 @@ class Mosaic:
         ``bands`` names the bands (default: FILTER or BAND header keys, else file
         stems, or EXTNAMEs for several extensions of one file: the rule of
         :mod:`pyengine.bands`); a name that contradicts the image's own FILTER/BAND
-        key is used but warned about (:class:`pyengine.errors.BandWarning`, once per
-        file, HDU and name in a process).  One image (file and HDU, whatever the path)
+        key is used but warned about (:class:`pyengine.errors.BandWarning`; not again
+        while a mosaic that warned so is open, e.g. one reopened in the model's band order).  One image (file and HDU, whatever the path)
         given twice is refused (ConfigError).  Bands must share one pixel grid: same
         shape and celestial WCS agreeing within ``wcs_tolerance`` pixels over the image.
         """
@@ -384,9 +385,9 @@ class Mosaic:
             if bands is not None:
                 names = bands
                 check_band_names(names, "given")
-                for key, message in band_contradictions(names, images, specs):
-                    if key not in _WARNED:
-                        _WARNED.add(key)
+                contradictions = band_contradictions(names, images, specs)
+                for key, message in contradictions:
+                    if not _WARNED.get(key):
                         warnings.warn(message, BandWarning, stacklevel=2)
             else:
                 names = default_band_names(images)
@@ -395,7 +396,10 @@ class Mosaic:
             for reader in readers:
                 reader.close()
             raise
-        return cls(specs, names, readers, headers, wcses[0])
+        mosaic = cls(specs, names, readers, headers, wcses[0])
+        for key, _ in contradictions if bands is not None else ():
+            _WARNED.setdefault(key, weakref.WeakSet()).add(mosaic)
+        return mosaic
 
     @staticmethod
     def _check_distinct(spec: str, path: Path, index: int, seen: dict) -> None:
@@ -522,6 +526,8 @@ class Mosaic:
             for reader in self._readers:
                 reader.close()
             self._readers = None
+            for live in _WARNED.values():
+                live.discard(self)
 
     def __enter__(self):
         return self
