@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "pyengine_core.hpp"
+#include "sigbus.hpp"
 
 namespace py = pybind11;
 
@@ -203,6 +204,16 @@ void ring_fill(pyengine::BatchRing& ring, int64_t slot, int64_t start, const py:
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyengine's compiled core (see csrc/pyengine_core.hpp). Thread-safe; releases the GIL.";
+  // The SIGBUS handler for mapped inputs (csrc/sigbus.hpp); pyengine.io.mosaic uses these.
+  m.def("sigbus_register", [](std::uintptr_t start, std::size_t length, const std::string& path) {
+    return pyengine::sigbus::register_region(start, length, path.c_str());
+  }, py::arg("start"), py::arg("length"), py::arg("path"),
+        "Record a mapping of file path at [start, start + length); its slot, -1 if full.");
+  m.def("sigbus_unregister", &pyengine::sigbus::unregister_region, py::arg("slot"),
+        "Forget a slot of sigbus_register.");
+  m.def("sigbus_install", &pyengine::sigbus::install, py::arg("exit_code"),
+        "Install the SIGBUS handler: one line naming the file, then _exit(exit_code).");
+  m.def("sigbus_installed", &pyengine::sigbus::installed, "Whether sigbus_install has run.");
   py::register_exception<pyengine::ArgumentError>(m, "ArgumentError", PyExc_ValueError);
   m.def("gather", &gather, py::arg("tile"), py::arg("cx"), py::arg("cy"), py::arg("size"),
         py::arg("offset"), py::arg("scale"), py::arg("out"), py::arg("nan_count") = py::none(),

@@ -22,6 +22,11 @@ order), and detection's ``band`` / ``mag_band`` options.  An exact name wins
 over a key match, and a mosaic's keys must be unique (two bands that compare
 equal are refused when the mosaic opens), so a lookup never has two answers.
 
+Checking.  Names given by the user win, but one that contradicts its image's
+header (``--bands g`` for a file with ``FILTER = 'i'``; keys compared as above,
+so ``g`` for ``g.MP9401`` agrees) is reported by :func:`band_contradictions`
+(``Mosaic.open`` warns: FILTER values vary between surveys, so it is no refusal).
+
 Display.  Names are shown as written (the header's, the user's, the model's);
 the key is only ever compared, never shown, so catalogs, fingerprints and
 messages keep the spelling their reader knows.
@@ -38,9 +43,9 @@ from pathlib import Path
 
 from pyengine.errors import ConfigError
 
-__all__ = ["BANDS_HELP", "HEADER_KEYS", "BandImage", "band_index", "band_key", "check_band_names",
-           "default_band_names", "file_band_name", "header_band_name", "match_order",
-           "parse_band_list"]
+__all__ = ["BANDS_HELP", "HEADER_KEYS", "BandImage", "band_contradictions", "band_index",
+           "band_key", "check_band_names", "default_band_names", "file_band_name",
+           "header_band_card", "header_band_name", "match_order", "parse_band_list"]
 
 #: Header keys naming an image's band, in the order they are tried.
 HEADER_KEYS = ("FILTER", "BAND")
@@ -70,13 +75,34 @@ def band_key(name: str) -> str:
     return megacam.group(1) if megacam else key
 
 
-def header_band_name(header: Mapping) -> str | None:
-    """The band named by the header (first non-empty :data:`HEADER_KEYS` value), or None."""
+def header_band_card(header: Mapping) -> tuple[str, str] | None:
+    """``(key, value)`` of the first non-empty :data:`HEADER_KEYS` card, or None."""
     for key in HEADER_KEYS:
         value = header.get(key)
         if value is not None and str(value).strip():
-            return str(value).strip()
+            return key, str(value).strip()
     return None
+
+
+def header_band_name(header: Mapping) -> str | None:
+    """The band named by the header (first non-empty :data:`HEADER_KEYS` value), or None."""
+    card = header_band_card(header)
+    return card[1] if card else None
+
+
+def band_contradictions(names: Sequence[str], images: Sequence[BandImage],
+                        specs: Sequence[str]) -> list[tuple[tuple, str]]:
+    """Given band names that their images' headers contradict: ``(key, message)`` for
+    each, ``key`` naming the file, HDU and name (for saying it once), ``message`` one
+    line naming the image ``specs[k]``, its header card and the name given."""
+    found = []
+    for name, image, spec in zip(names, images, specs, strict=True):
+        card = header_band_card(image.header)
+        if card is not None and band_key(card[1]) != band_key(name):
+            found.append(((str(Path(image.path).resolve()), image.hdu, name),
+                          f"{spec}: {card[0]} = {card[1]!r} but given as band {name!r}; "
+                          f"scanning it as {name!r} (check the order of --bands)"))
+    return found
 
 
 def file_band_name(path) -> str:

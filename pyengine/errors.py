@@ -10,10 +10,12 @@ traceback.
 from __future__ import annotations
 
 __all__ = [
+    "BandWarning",
     "CatalogError",
     "ConfigError",
     "ExportCheckError",
     "FitsFormatError",
+    "InputChangedError",
     "InputFileError",
     "ModelFileError",
     "MosaicMismatchError",
@@ -32,6 +34,10 @@ class PyEngineError(Exception):
 
 class InputFileError(PyEngineError):
     """A file is missing, unreadable or not what was asked for."""
+
+
+class InputChangedError(InputFileError):
+    """An input file shrank or was modified after it was opened (mid-scan)."""
 
 
 class FitsFormatError(InputFileError):
@@ -83,3 +89,7 @@ class RunnerUnavailable(ConfigError):
 
 class ExportCheckError(PyEngineError):
     """An exported graph disagrees with its model beyond the stated tolerance."""
+
+
+class BandWarning(UserWarning):
+    """Band names that contradict the images' own FILTER/BAND keys (accepted, but said)."""

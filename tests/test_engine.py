@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from pyengine.errors import ConfigError, MosaicMismatchError, ResumeError
+from pyengine.errors import BandWarning, ConfigError, MosaicMismatchError, ResumeError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.io.mosaic import Mosaic
 from pyengine.io.tiles import TilePlan
@@ -149,7 +149,9 @@ def test_iter_scan_yields_tile_tables_in_order(engine, field, catalog):
 
 
 def test_model_bands_must_match_the_mosaic(engine, field, tmp_path):
-    with Mosaic.open(field["paths"], bands=["g", "r"]) as mosaic, \
+    with pytest.warns(BandWarning, match="FILTER = 'i' but given as band 'r'"):
+        named_r = Mosaic.open(field["paths"], bands=["g", "r"])
+    with named_r as mosaic, \
             pytest.raises(MosaicMismatchError,
                           match="model needs bands g, i but the mosaic has g, r"):
         engine.scan(mosaic, GridSource(50))

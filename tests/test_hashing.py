@@ -3,10 +3,20 @@
 import hashlib
 import json
 import os
+import shutil
 
+import numpy as np
 import pytest
 
-from pyengine.hashing import BLOCK, file_identity, file_sha256
+from pyengine.hashing import (
+    BLOCK,
+    SAMPLE,
+    SAMPLES,
+    WHOLE,
+    file_identity,
+    file_sha256,
+    sample_offsets,
+)
 from pyengine.runners.loaders import model_identity
 
 
@@ -19,27 +29,58 @@ def test_file_sha256_matches_hashlib(tmp_path):
     assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
-def test_file_identity_hashes_the_two_ends_only(tmp_path):
+def _sampled(data: bytes) -> str:
+    h = hashlib.sha256()
+    for offset, length in sample_offsets(len(data)):
+        h.update(data[offset : offset + length])
+    return h.hexdigest()
+
+
+def test_sample_offsets_cover_the_ends_and_spread_evenly():
+    assert sample_offsets(WHOLE) == [(0, WHOLE)] and sample_offsets(0) == [(0, 0)]
+    size = 22 * 10**9 + 7  # a 22 GB band: 6 MiB read at fixed offsets
+    ranges = sample_offsets(size)
+    assert len(ranges) == SAMPLES + 2 and ranges[0] == (0, BLOCK)
+    assert ranges[-1] == (size - BLOCK, BLOCK)
+    assert ranges[1] == (BLOCK, SAMPLE) and ranges[-2][0] + SAMPLE == size - BLOCK
+    starts = [o for o, _ in ranges[1:-1]]
+    gaps = np.diff(starts)
+    assert gaps.min() >= SAMPLE and gaps.max() - gaps.min() <= 1  # evenly, no overlap
+    assert sum(n for _, n in ranges) == 2 * BLOCK + SAMPLES * SAMPLE
+    assert sample_offsets(size) == ranges  # deterministic
+
+
+def test_file_identity_is_content_only(tmp_path):
+    """Size and sampled bytes: a copy with a new mtime and another path is the same file;
+    other bytes at a sampled offset or at either end are not (a change between samples
+    is the price of reading 6 MiB of a 22 GB file)."""
     path = tmp_path / "band.fits"
-    data = bytearray(os.urandom(4 * BLOCK))
+    data = bytearray(os.urandom(WHOLE + 5 * BLOCK + 3))
     path.write_bytes(data)
     ident = file_identity(path)
-    assert ident["path"] == str(path.resolve())
-    assert ident["size"] == 4 * BLOCK and ident["mtime_ns"] == path.stat().st_mtime_ns
-    assert ident["sha256_ends"] == hashlib.sha256(data[:BLOCK] + data[-BLOCK:]).hexdigest()
-    # A change in the middle keeps the ends' hash (that is the price of being cheap);
-    # a change at either end does not.
-    st = path.stat()
-    data[2 * BLOCK] ^= 0xFF
-    path.write_bytes(data)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert file_identity(path) == ident
-    data[-1] ^= 0xFF
-    path.write_bytes(data)
-    assert file_identity(path)["sha256_ends"] != ident["sha256_ends"]
+    assert ident == {"size": len(data), "sha256_sampled": _sampled(data)}
+    copy = tmp_path / "elsewhere" / "copy.fits"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    os.utime(copy, ns=(0, 10**18))
+    assert file_identity(copy) == ident
+    ranges = sample_offsets(len(data))
+    for at in (0, ranges[SAMPLES // 2][0] + 7, len(data) - 1):  # start, a middle sample, end
+        changed = bytearray(data)
+        changed[at] ^= 0xFF
+        copy.write_bytes(changed)
+        assert file_identity(copy) != ident, at
+    between = ranges[SAMPLES // 2][0] + SAMPLE + 1  # not sampled
+    changed = bytearray(data)
+    changed[between] ^= 0xFF
+    copy.write_bytes(changed)
+    assert file_identity(copy) == ident
+    assert file_identity(copy)["size"] == len(data)
+    copy.write_bytes(data[:-1])
+    assert file_identity(copy) != ident
     small = tmp_path / "small"
     small.write_bytes(b"abc")
-    assert file_identity(small)["sha256_ends"] == hashlib.sha256(b"abc").hexdigest()
+    assert file_identity(small) == {"size": 3, "sha256_sampled": hashlib.sha256(b"abc").hexdigest()}
 
 
 def test_model_identity_follows_the_source_model(tmp_path, model):

@@ -14,6 +14,7 @@ from astropy.io import fits
 
 from pyengine import Mosaic
 from pyengine.errors import (
+    BandWarning,
     ConfigError,
     FitsFormatError,
     InputFileError,
@@ -205,7 +206,8 @@ def test_mosaic_names_two_extensions_of_one_file(tmp_path):
                   fits.ImageHDU(data + 1, header, name="I")]).writeto(tmp_path / "e.fits")
     with Mosaic.open([f"{tmp_path}/e.fits[1]", f"{tmp_path}/e.fits[I]"]) as m:
         assert m.bands == ("G", "I")
-    with pytest.raises(ConfigError, match="not unique"):  # one HDU twice
+    with pytest.raises(ConfigError, match=r"f\.fits\[1\]: the same image as .*f\.fits\[1\] "
+                       r"\(one file, HDU 1\)"):  # one HDU twice
         Mosaic.open([f"{tmp_path}/f.fits[1]", f"{tmp_path}/f.fits[1]"])
 
 
@@ -214,13 +216,20 @@ def test_mosaic_refuses_bands_equal_by_key(tmp_path):
     write_image(tmp_path / "b.fits", "f32", header_extra={"FILTER": "i.MP9703"})
     with pytest.raises(ConfigError, match=r"not unique when compared .*: i\.MP9702, i\.MP9703"):
         Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"])
-    with Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"], bands=["i1", "i2"]) as m:
+    with pytest.warns(BandWarning) as said:  # said, not refused
+        m = Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"], bands=["i1", "i2"])
+    assert [str(w.message).split(": ", 1)[1] for w in said] == [
+        "FILTER = 'i.MP9702' but given as band 'i1'; scanning it as 'i1' (check the order of "
+        "--bands)", "FILTER = 'i.MP9703' but given as band 'i2'; scanning it as 'i2' (check "
+        "the order of --bands)"]
+    with m:
         assert m.bands == ("i1", "i2")  # --bands overrides
 
 
 def test_out_buffer_is_filled_in_place(tmp_path):
     write_image(tmp_path / "a.fits", "f32")
-    with Mosaic.open([tmp_path / "a.fits", tmp_path / "a.fits"], bands=["x", "y"]) as m:
+    write_image(tmp_path / "b.fits", "f32", seed=1)
+    with Mosaic.open([tmp_path / "a.fits", tmp_path / "b.fits"], bands=["x", "y"]) as m:
         big = np.zeros((2, 50, 60), np.float32)
         view = big[:, 5:25, 10:40]
         got = m.read(-5, 15, 30, 60, out=view)
@@ -398,7 +407,7 @@ def test_non_celestial_wcs(tmp_path):
 
 def test_duplicate_or_miscounted_band_names(tmp_path):
     write_image(tmp_path / "a.fits", "f32", header_extra={"FILTER": "g"})
-    with pytest.raises(ConfigError, match="not unique"):
+    with pytest.raises(ConfigError, match="the same image as"):
         Mosaic.open([tmp_path / "a.fits", tmp_path / "a.fits"])
     with pytest.raises(ConfigError, match="1 band names"):
         Mosaic.open([tmp_path / "a.fits", tmp_path / "a.fits"], bands=["g"])

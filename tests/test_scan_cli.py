@@ -106,11 +106,18 @@ def test_bad_inputs_give_one_line(field, model, catalog, cache, tmp_path):
         (["--catalog", catalog, "--runner", "fast"], "runner 'fast' is not known"),
         (["--catalog", catalog, "--precision", "fp8"], "precision 'fp8'"),
         (["--catalog", catalog, "--runner", "tensorrt"], "tensorrt"),
-        (["--catalog", catalog, "--bands", "g,r"], "needs bands g, i but the mosaic has g, r"),
     ]
     for extra, expect in cases:
         line = _error_line(_run([*bands, "--model", model, "--out", out, *extra], cache))
         assert expect in line, line
+    # i.fits (FILTER = 'i') named r: said in a warning line, then refused by the model.
+    res = _run([*bands, "--model", model, "--out", out, "--catalog", catalog, "--bands", "g,r"],
+               cache)
+    warning, error = [line for line in res.output.splitlines() if line.strip()]
+    assert warning == (f"Warning: {bands[1]}: FILTER = 'i' but given as band 'r'; scanning it "
+                       "as 'r' (check the order of --bands)")
+    assert res.exit_code == 1 and error.startswith("Error: ") and \
+        "needs bands g, i but the mosaic has g, r" in error, res.output
     line = _error_line(_run([*bands, "--model", model, "--out", "/nonexistent/dir/o.fits"], cache))
     assert "/nonexistent/dir" in line
     line = _error_line(_run([*bands, "--model", model, "--out", tmp_path / "o.txt"], cache))

@@ -21,6 +21,18 @@ Two paths, one decode (pyengine.kernels.decode):
     subset reads through fitsio with scaling switched off, one handle per
     thread, then the same decode kernel.
 
+Inputs that change under a read.  Every band keeps a descriptor of its file
+and checks it (``fstat``) before and after each read: a file shorter than when
+it was opened, or written since (mtime), stops the read with a one-line
+:class:`pyengine.errors.InputChangedError` naming the file, instead of a
+SIGBUS on a mapped page past the new end (which kills the process without a
+word) or a window of mixed old and new pixels (:mod:`pyengine.io.inputguard`).
+A truncation racing with a read can still fault: ``install_sigbus_handler``
+there (``pyengine scan`` calls it; importing the library does not) turns that
+fault into one line naming the file.  A file replaced by a rename is
+harmless to a map (it keeps the old bytes); a compressed band refuses to open a
+new per-thread handle on a replaced file.
+
 Thread safety: ``read`` may be called from any number of threads at once.
 Memory-mapped bands share one read-only map; compressed bands open one fitsio
 handle per thread.  One call at a time decodes on Numba's thread pool
@@ -36,6 +48,7 @@ import mmap
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +57,18 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from pyengine.bands import BandImage, check_band_names, default_band_names
+from pyengine.bands import BandImage, band_contradictions, check_band_names, default_band_names
 from pyengine.errors import (
+    BandWarning,
     ConfigError,
     FitsFormatError,
+    InputChangedError,
     InputFileError,
     MosaicMismatchError,
     WCSError,
 )
 from pyengine.io.fitsfile import HDUInfo, image_header, parse_spec, scan_hdus, select_image
+from pyengine.io.inputguard import FileGuard, register_map, unregister_map
 from pyengine.kernels.decode import (
     MODE_PLAIN,
     MODE_SCALED,
@@ -72,6 +88,9 @@ _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much around a page fault
 # Mapped file pages allowed per mosaic (split between its bands) before a full release.
 MAPPED_BUDGET = 320 << 20
+# (file, HDU, band given) -> the open mosaics that carry that contradiction: while one
+# is open, a mosaic reopened from it (Engine.prepared's band order) does not warn again.
+_WARNED: dict[tuple, weakref.WeakSet] = {}
 
 
 @dataclass(frozen=True)
@@ -128,8 +147,13 @@ class _MemmapBand:
         self._start = info.data_offset - info.data_offset % _PAGE
         self._skip = info.data_offset - self._start
         length = self._skip + shape[0] * shape[1] * itemsize
-        with open(path, "rb") as fh:
-            self._map = mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=self._start)
+        self._guard = FileGuard(path)
+        try:
+            self._map = mmap.mmap(self._guard.fd, length, access=mmap.ACCESS_READ,
+                                  offset=self._start)
+        except BaseException:
+            self._guard.close()
+            raise
         self._row_bytes = shape[1] * itemsize
         self._itemsize = itemsize
         self._lock = threading.Lock()
@@ -138,10 +162,16 @@ class _MemmapBand:
         self.mapped_budget = MAPPED_BUDGET  # Mosaic.open divides it between the bands
         self._raw = np.frombuffer(self._map, dtype=native_view_dtype(scaling.bitpix),
                                   count=shape[0] * shape[1], offset=self._skip).reshape(shape)
+        # Where the map lies, for the SIGBUS handler's message (install_sigbus_handler).
+        self._slot = register_map(self._raw.ctypes.data - self._skip, length, path)
 
     def read_into(self, y0, y1, x0, x1, out, oy, ox, parallel):
+        # Checked before (a page past a shrunk file's end would fault) and after (a
+        # window decoded while the file was rewritten is not used).
+        self._guard.check()
         self.scaling.decode(self._raw, y0, x0, out, oy, ox, y1 - y0, x1 - x0, swap=True,
                             parallel=parallel)
+        self._guard.check()
         self._release(y0, y1, x1 - x0)
 
     def _release(self, y0, y1, ncol):
@@ -178,8 +208,11 @@ class _MemmapBand:
         self._map.madvise(mmap.MADV_DONTNEED, lo, self._skip + y1 * self._row_bytes - lo)
 
     def close(self):
+        unregister_map(self._slot)
+        self._slot = -1
         self._raw = None
         self._map.close()
+        self._guard.close()
 
 
 class _CompressedBand:
@@ -193,7 +226,12 @@ class _CompressedBand:
         self._local = threading.local()
         self._handles: list = []
         self._lock = threading.Lock()
-        self._hdu()  # open once now so errors surface at open time
+        self._guard = FileGuard(path)
+        try:
+            self._hdu()  # open once now so errors surface at open time
+        except BaseException:
+            self._guard.close()
+            raise
 
     def _hdu(self):
         hdu = getattr(self._local, "hdu", None)
@@ -201,9 +239,14 @@ class _CompressedBand:
             import fitsio
 
             try:
+                st = os.stat(self.path)
                 handle = fitsio.FITS(str(self.path))
             except OSError as exc:
                 raise InputFileError(f"{self.path}: cfitsio cannot open it ({exc})") from None
+            if (st.st_dev, st.st_ino) != self._guard.inode:  # a handle opens the path anew
+                handle.close()
+                raise InputChangedError(f"{self.path}: the file was replaced by another while "
+                                        "it was being read; restore it as it was")
             with self._lock:
                 self._handles.append(handle)
             hdu = handle[self._index]
@@ -212,7 +255,14 @@ class _CompressedBand:
         return hdu
 
     def read_into(self, y0, y1, x0, x1, out, oy, ox, parallel):
-        raw = self._hdu()[y0:y1, x0:x1]
+        self._guard.check()  # as _MemmapBand: before, and after the read
+        try:
+            raw = self._hdu()[y0:y1, x0:x1]
+        except OSError as exc:
+            self._guard.check()
+            raise InputFileError(f"{self.path}: cfitsio cannot read rows {y0}..{y1 - 1}, "
+                                 f"columns {x0}..{x1 - 1} ({exc})") from None
+        self._guard.check()
         if raw.dtype.kind == "f":
             raw = raw.view(np.uint32 if raw.dtype.itemsize == 4 else np.uint64)
         self.scaling.decode(raw, 0, 0, out, oy, ox, y1 - y0, x1 - x0, swap=False,
@@ -224,6 +274,7 @@ class _CompressedBand:
                 handle.close()
             self._handles.clear()
         self._local = threading.local()
+        self._guard.close()
 
 
 def _celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
@@ -294,8 +345,11 @@ class Mosaic:
 
         ``bands`` names the bands (default: FILTER or BAND header keys, else file
         stems, or EXTNAMEs for several extensions of one file: the rule of
-        :mod:`pyengine.bands`).  Bands must share one pixel grid: same shape and
-        celestial WCS agreeing within ``wcs_tolerance`` pixels over the image.
+        :mod:`pyengine.bands`); a name that contradicts the image's own FILTER/BAND
+        key is used but warned about (:class:`pyengine.errors.BandWarning`; not again
+        while a mosaic that warned so is open, e.g. one reopened in the model's band order).  One image (file and HDU, whatever the path)
+        given twice is refused (ConfigError).  Bands must share one pixel grid: same
+        shape and celestial WCS agreeing within ``wcs_tolerance`` pixels over the image.
         """
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
@@ -310,12 +364,14 @@ class Mosaic:
                     "give one name per image"
                 )
         readers, headers, images, wcses = [], [], [], []
+        seen: dict[tuple, str] = {}  # (device, inode, HDU) -> the spec that named it
         try:
             for spec in specs:
                 path, ext = parse_spec(spec)
                 where = spec
                 hdus = scan_hdus(path)
                 info, shape = select_image(path, hdus, ext)
+                cls._check_distinct(spec, path, info.index, seen)
                 header = image_header(info)
                 scaling = _Scaling.from_header(header, where)
                 kind = _CompressedBand if info.kind == "compressed" else _MemmapBand
@@ -329,6 +385,10 @@ class Mosaic:
             if bands is not None:
                 names = bands
                 check_band_names(names, "given")
+                contradictions = band_contradictions(names, images, specs)
+                for key, message in contradictions:
+                    if not _WARNED.get(key):
+                        warnings.warn(message, BandWarning, stacklevel=2)
             else:
                 names = default_band_names(images)
                 check_band_names(names, "from FILTER/BAND keys or file names")
@@ -336,7 +396,23 @@ class Mosaic:
             for reader in readers:
                 reader.close()
             raise
-        return cls(specs, names, readers, headers, wcses[0])
+        mosaic = cls(specs, names, readers, headers, wcses[0])
+        for key, _ in contradictions if bands is not None else ():
+            _WARNED.setdefault(key, weakref.WeakSet()).add(mosaic)
+        return mosaic
+
+    @staticmethod
+    def _check_distinct(spec: str, path: Path, index: int, seen: dict) -> None:
+        """Refuse an image given twice: the same HDU of one file, whatever the path
+        (``g.fits`` twice, ``g.fits[0]``, a symlink or hard link to it)."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, index)
+        if key in seen:
+            raise ConfigError(
+                f"{spec}: the same image as {seen[key]} (one file, HDU {index}) given as a "
+                "second band; each band needs its own image (a model cannot score one "
+                "band's pixels as another band's)")
+        seen[key] = spec
 
     @staticmethod
     def _check_grid(specs, readers, wcses, tolerance):
@@ -450,6 +526,8 @@ class Mosaic:
             for reader in self._readers:
                 reader.close()
             self._readers = None
+            for live in _WARNED.values():
+                live.discard(self)
 
     def __enter__(self):
         return self

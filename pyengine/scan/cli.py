@@ -100,6 +100,24 @@ def _open_quietly(engine) -> None:
         return
 
 
+def _open_mosaic(mosaic_class, paths, names):
+    """``Mosaic.open``, its BandWarnings (names contradicting FILTER keys) shown as one
+    ``Warning: ...`` line each on stderr; other warnings go on as usual."""
+    import warnings
+
+    from pyengine.errors import BandWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BandWarning)
+        mosaic = mosaic_class.open(paths, bands=names)
+    for w in caught:
+        if issubclass(w.category, BandWarning):
+            click.echo(f"Warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return mosaic
+
+
 def _resume_command() -> str:
     argv = ["pyengine", *sys.argv[1:]]
     if "--resume" not in argv:
@@ -188,6 +206,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if grid is not None and mag_limit is not None:
         raise ConfigError("--mag-limit does not apply to --grid (grid points have no "
                           "magnitudes)")
+    from pyengine.io.inputguard import install_sigbus_handler
     from pyengine.scan.engine import Engine, capped_threads
     from pyengine.scan.inputs import check_catalog, check_model_file
     from pyengine.scan.results import ScanInterrupted
@@ -207,7 +226,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     output_paths(out, regions, scoremap, grid=grid is not None,
                  inputs=scan_inputs(bands, catalog, model), overwrite=overwrite)
     check_model_file(model)
-    mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
+    install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
+    mosaic = _open_mosaic(Mosaic, list(bands), parse_band_list(band_names))
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
         try:

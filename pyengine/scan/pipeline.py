@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.coords import centre_pixel
+from pyengine.errors import PyEngineError
 from pyengine.flags import cutout_flags
 from pyengine.io.tiles import Tile
 from pyengine.scan.batching import BatchRing, gather
@@ -111,6 +112,9 @@ class Pipeline:
         self.on_batch = on_batch
         self.abort = threading.Event()  # teardown: every stage leaves at once
         self.error: BaseException | None = None
+        # A user error of the read stage (an input shrank, say): reading stops, the tiles
+        # read before it are still scored and yielded, then ``run`` raises it.
+        self.read_error: BaseException | None = None
         self.size = engine.spec.cutout_size
         self.dtype = engine.transfer_dtype
         self.batch = engine.batch_size
@@ -197,7 +201,11 @@ class Pipeline:
                         pending.append(pool.submit(self._load, tile))
                     if not pending:
                         break
-                    work = pending.popleft().result()
+                    try:
+                        work = pending.popleft().result()
+                    except PyEngineError as exc:  # a bad input: finish what was read first
+                        self.read_error = exc
+                        break
                     self._put(self.tiles_q, work)
             finally:
                 for fut in pending:
@@ -344,6 +352,8 @@ class Pipeline:
                     yield self._finish(work)
             if self.error is not None:
                 raise self.error
+            if self.read_error is not None:
+                raise self.read_error
         finally:
             self.abort.set()
             for t in stages:

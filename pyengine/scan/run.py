@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine import __version__
-from pyengine.errors import OutputError, ScanOutputError
+from pyengine.errors import InputFileError, OutputError, ScanOutputError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
@@ -40,8 +40,10 @@ __all__ = ["FINGERPRINT_OPTIONS", "default_scoremap_path", "output_paths", "plan
 
 # -- resume fingerprint -------------------------------------------------------------------
 def _file_identity(spec: str) -> dict:
-    """A band file's cheap identity (:func:`pyengine.hashing.file_identity`: a full hash
-    of a 22 GB band would cost minutes) and the HDU its spec names."""
+    """A band file's cheap content identity (:func:`pyengine.hashing.file_identity`:
+    size and a hash of sampled bytes; a full hash of a 22 GB band would cost minutes)
+    and the HDU its spec names.  No path or mtime: a band restored with a plain ``cp``
+    of the same bytes, or moved, resumes; other bytes of the same size are refused."""
     from pyengine.io.fitsfile import parse_spec
 
     path, ext = parse_spec(spec)
@@ -49,13 +51,11 @@ def _file_identity(spec: str) -> dict:
 
 
 def _graph_identity(model) -> dict:
-    """Size and SHA-256 of the first and last MiB of the file scanned (None: the shipped
-    demo model); no path or time, so a copy of the same file resumes."""
-    from pyengine.hashing import file_identity
+    """The content identity (:func:`pyengine.hashing.file_identity`) of the file scanned
+    (None: the shipped demo model); no path or time, so a copy of the same file resumes."""
     from pyengine.models.checkpoint import DEMO_MODEL
 
-    ident = file_identity(model if model is not None else DEMO_MODEL)
-    return {"size": ident["size"], "sha256_ends": ident["sha256_ends"]}
+    return file_identity(model if model is not None else DEMO_MODEL)
 
 
 def plan_id(plan) -> str:
@@ -319,8 +319,9 @@ def _journalled_scan(engine, mosaic, source, plan, paths, journal, *, t0, resume
                   "threshold_before": was if resume and was != engine.threshold else None})
     stop = stop if stop is not None else threading.Event()
     try:
-        for result in engine.iter_results(mosaic, source, plan, skip=done, stop=stop,
-                                          on_batch=on_batch):
+        for result in _keeping_journal(engine.iter_results(mosaic, source, plan, skip=done,
+                                                           stop=stop, on_batch=on_batch),
+                                       journal, done, len(done) + len(wanted)):
             journal.record(result.tile, result.to_arrays())
             done.add(result.tile)
             state["tiles_done"] += 1
@@ -375,6 +376,18 @@ def _write_outputs(engine, mosaic, source, table, paths) -> dict:
         outputs["scoremap"] = str(_write_scoremap(paths["scoremap"], engine, mosaic, source,
                                                   table))
     return outputs
+
+
+def _keeping_journal(results, journal, done: set, total: int):
+    """``results``, with an input error met mid-scan (a band shrank or was modified,
+    :class:`pyengine.errors.InputChangedError`) raised again as the same one-line error
+    saying what was kept and how to go on; ``done`` is read when it is raised."""
+    try:
+        yield from results
+    except InputFileError as exc:
+        raise type(exc)(f"{exc}; the {len(done)} of {total} completed tiles are kept in "
+                        f"{journal.path}: resume (pyengine scan --resume) once it is "
+                        "restored") from None
 
 
 def _write_scoremap(path, engine, mosaic, source, table):
