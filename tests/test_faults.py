@@ -189,8 +189,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def _fill(folder: Path) -> Path:
-    """Fill the file system of ``folder`` to the last byte."""
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``folder`` to the last byte, then give back ``leave`` bytes."""
     filler = folder / "filler"
     with open(filler, "wb", buffering=0) as fh:
         for block in (b"\0" * 65536, b"\0" * 4096, b"\0"):
@@ -199,6 +199,8 @@ def _fill(folder: Path) -> Path:
                     fh.write(block)
             except OSError:
                 pass
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler
 
 
@@ -217,6 +219,24 @@ def test_disk_full_mid_scan_keeps_the_tiles_and_resumes_exactly(bands, model, en
     assert set(kept) <= set(_tiles(out))
     filler.unlink()
     _resume(bands, model, out, env)
+    _assert_same_as(reference, out)
+
+
+def test_disk_full_writing_the_catalog_keeps_every_tile_and_resumes_exactly(
+        bands, model, env, reference, small_disk):
+    out = small_disk / "last.fits"
+    proc = _start(bands, model, out, env)
+    _freeze_after(proc, out, 19)  # of the field's 20 tiles
+    biggest = max(p.stat().st_size for p in _tiles(out))
+    filler = _fill(small_disk, leave=2 * biggest + 8192)  # the last tile fits, the catalog not
+    proc.send_signal(signal.SIGCONT)
+    code, _, stderr = _finish(proc)
+    line = _one_line_failure(code, stderr)
+    assert "--resume" in line, line
+    assert not out.exists() and len(_tiles(out)) == 20
+    filler.unlink()
+    done = _resume(bands, model, out, env)
+    assert "(20 resumed)" in done.stdout
     _assert_same_as(reference, out)
 
 
