@@ -126,7 +126,7 @@ def test_threads_are_capped_and_the_summary_counts_every_flag(files, cache, tmp_
                cache)
     assert res.exit_code == 0, res.output
     cpus = len(os.sched_getaffinity(0))
-    assert (f"warning: --threads 1000 exceeds the {cpus} CPUs available; using {cpus}"
+    assert (f"Warning: --threads 1000 exceeds the {cpus} CPUs available; using {cpus}"
             in res.stderr)
     flags = np.asarray(Table.read(out)["flags"])
     counts = [np.count_nonzero(flags), np.count_nonzero(flags & 1), np.count_nonzero(flags & 2),

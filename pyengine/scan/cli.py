@@ -9,7 +9,7 @@ always consistent).
 
 On ``--resume`` the start event counts the whole scan (``tiles_total``) and splits it
 into ``tiles_resumed`` and ``tiles_todo``; journal entries the resume set aside
-(damaged, or not this scan's) are printed as ``pyengine scan: warning: ...`` lines on
+(damaged, or not this scan's) are printed as ``Warning: ...`` lines on
 stderr before any tile is scanned, even with ``--quiet`` or ``--log-json``.  A
 ``--threshold`` other than the journalled one is accepted (candidates are decided
 when the catalog is assembled) and the start line says so.  A journal or output
@@ -58,7 +58,7 @@ class _Progress:
         if event["event"] == "start":
             # Set-aside journal entries are data warnings: shown even with --quiet/--log-json.
             for note in event["journal_rejected"]:
-                click.echo(f"pyengine scan: warning: {note}", err=True)
+                click.echo(f"Warning: {note}", err=True)
             if not self.quiet and not self.log_json:
                 todo = (f"{event['tiles_todo']} of {event['tiles_total']} tiles to scan, "
                         f"{event['tiles_resumed']} done before" if event["tiles_resumed"]

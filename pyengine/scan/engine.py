@@ -360,7 +360,7 @@ def capped_threads(threads) -> int:
                       whole_floats=True)
     cpus = usable_threads()
     if threads > cpus:
-        print(f"warning: --threads {threads} exceeds the {cpus} CPUs available; using {cpus}",
+        print(f"Warning: --threads {threads} exceeds the {cpus} CPUs available; using {cpus}",
               file=sys.stderr)
         return cpus
     return threads
