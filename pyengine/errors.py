@@ -4,7 +4,9 @@ Every mistake a user can make (a bad file, a bad value, an impossible request)
 raises a :class:`PyEngineError` subclass whose message names the file or
 option, the bad value and what is accepted.  The CLI prints such errors as one
 ``Error: ...`` line and exits 1; anything else escaping is a bug and keeps its
-traceback.
+traceback.  Warnings of something a user should know but that does not stop the
+work are :class:`PyEngineWarning` subclasses (``warnings.warn``); the CLI prints
+each one once as a ``Warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ __all__ = [
     "FitsFormatError",
     "InputFileError",
     "ModelFileError",
+    "ModelFileWarning",
     "MosaicMismatchError",
     "OutputError",
     "PyEngineError",
+    "PyEngineWarning",
     "ResumeError",
     "RunnerUnavailable",
     "WCSError",
@@ -71,3 +75,11 @@ class RunnerUnavailable(ConfigError):
 
 class ExportCheckError(PyEngineError):
     """An exported graph disagrees with its model beyond the stated tolerance."""
+
+
+class PyEngineWarning(UserWarning):
+    """Base class of pyengine's warnings to users (printed by the CLI as one line)."""
+
+
+class ModelFileWarning(PyEngineWarning):
+    """A model file loads but cannot be fully checked (written before its checksum existed)."""

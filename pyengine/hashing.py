@@ -3,6 +3,9 @@
 * :func:`file_sha256`: the hex SHA-256 of every byte, read in 1 MiB blocks.
   Model files, training catalogs and ONNX graphs are named by it (catalog
   ``MODELSHA``, engine and export caches, training fingerprints).
+* :func:`stream_sha256`: the hex SHA-256 of the next bytes of an open file, read
+  in the same blocks: the checksums stored inside model files (a safetensors
+  file's tensor data, an ONNX file's graph) are computed and checked by it.
 * :func:`file_identity`: resolved path, size, mtime (ns) and the SHA-256 of the
   first and last MiB only.  A resume fingerprint of a 22 GB band cannot afford
   a full hash (minutes); size + mtime catch a rewrite, and the two end blocks
@@ -22,7 +25,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["BLOCK", "file_identity", "file_sha256"]
+__all__ = ["BLOCK", "file_identity", "file_sha256", "stream_sha256"]
 
 #: Read size, and the size of each end block that :func:`file_identity` hashes.
 BLOCK = 1 << 20
@@ -30,10 +33,24 @@ BLOCK = 1 << 20
 
 def file_sha256(path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(BLOCK):
-            h.update(block)
+        return stream_sha256(fh)
+
+
+def stream_sha256(fh, length: int | None = None) -> str:
+    """Hex SHA-256 of the next ``length`` bytes of the binary file ``fh`` (to its end when
+    None), which is left after them; ``ValueError`` when the file ends first."""
+    h = hashlib.sha256()
+    left = length
+    while left is None or left > 0:
+        block = fh.read(BLOCK if left is None else min(BLOCK, left))
+        if not block:
+            if left is None:
+                break
+            raise ValueError(f"the file ends {left} bytes early")
+        h.update(block)
+        if left is not None:
+            left -= len(block)
     return h.hexdigest()
 
 
