@@ -191,15 +191,15 @@ def test_onnx_with_flipped_weight_bytes_fails_the_scan(field, catalog, exported,
 def test_int8_exports_carry_the_checksum_and_refuse_altered_weights(exported, tmp_path):
     """int8 QDQ graphs get their checksum from the same writer (finish_onnx); a damaged
     fp32 graph is not quantised into a freshly checksummed int8 one."""
-    from pyengine.export.onnx import GRAPH_SHA256_KEY, graph_sha256, onnx_metadata
+    import onnx
+
     from pyengine.export.quantize import quantize_int8
     from pyengine.runners.onnxrt import OnnxRuntimeRunner
 
     rng = np.random.default_rng(0)
     cutouts = rng.normal(1000.0, 10.0, (8, 2, 32, 32)).astype(np.float32)
     int8 = quantize_int8(exported, tmp_path / "m8.onnx", cutouts)
-    assert onnx_metadata(int8)[GRAPH_SHA256_KEY] == graph_sha256(int8)
-    import onnx
+    OnnxRuntimeRunner(int8)  # intact: accepted
 
     proto = onnx.load(str(int8))
     q = max((t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8),
@@ -214,16 +214,18 @@ def test_int8_exports_carry_the_checksum_and_refuse_altered_weights(exported, tm
     with pytest.raises(ModelFileError, match=r"bad\.onnx: the graph's weights do not match"):
         quantize_int8(bad, tmp_path / "b8.onnx", cutouts)
     assert not (tmp_path / "b8.onnx").exists()
+    from pyengine.export.onnx import GRAPH_SHA256_KEY, graph_sha256, onnx_metadata
+
+    good = quantize_int8(exported, tmp_path / "g8.onnx", cutouts)
+    assert onnx_metadata(good)[GRAPH_SHA256_KEY] == graph_sha256(good)
 
 
 def _strip_checksum(src, dst):
     """``src`` as pyengine exported ONNX before the graph checksum existed."""
     import onnx
 
-    from pyengine.export.onnx import GRAPH_SHA256_KEY
-
     proto = onnx.load(str(src))
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != GRAPH_SHA256_KEY]
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != "pyengine_graph_sha256"]
     del proto.metadata_props[:]
     for key, value in keep:
         proto.metadata_props.add(key=key, value=value)
@@ -345,21 +347,26 @@ def test_engine_sidecar_carries_the_engine_hash_checked_before_deserializing(tmp
                                                                              exported):
     import hashlib
 
-    from pyengine.export.tensorrt import build_engine, read_engine, sidecar_path
+    from pyengine.export.tensorrt import build_engine, sidecar_path
     from tests.test_tensorrt_runner import fake_tensorrt
 
     trt = fake_tensorrt()
     engine = build_engine(exported, tmp_path, batch=(1, 8, 16), trt=trt, identity=GPU)
     side = json.loads(sidecar_path(engine).read_text())
     assert side["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
-    assert read_engine(engine) == b"ENGINE"
     engine.write_bytes(b"ENGINX")  # one byte changed on disk
-    with pytest.raises(ModelFileError, match=r"\.engine: the engine does not match its checksum "
-                                             r"in .*\.json \(SHA-256 .*the file is damaged"):
-        read_engine(engine)
     # The cache never hands the damaged engine out again: it is built anew.
     assert build_engine(exported, tmp_path, batch=(1, 8, 16), trt=trt, identity=GPU) == engine
     assert engine.read_bytes() == b"ENGINE" and trt.calls.count(("build",)) == 2
+    # The runner reads an engine through read_engine, before TensorRT deserializes it.
+    from pyengine.export.tensorrt import read_engine
+
+    assert read_engine(engine) == b"ENGINE"
+    engine.write_bytes(b"ENGINX")
+    with pytest.raises(ModelFileError, match=r"\.engine: the engine does not match its checksum "
+                                             r"in .*\.json \(SHA-256 .*the file is damaged"):
+        read_engine(engine)
+    engine.write_bytes(b"ENGINE")
     # A sidecar of an older pyengine (no engine_sha256): the engine runs, with a warning.
     del side["engine_sha256"]
     sidecar_path(engine).write_text(json.dumps(side))

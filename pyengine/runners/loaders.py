@@ -1,7 +1,12 @@
 """What a runner given a model file (not an exported graph) loads: Polygraphy-style
-loaders below the runners, which call the exporters and never the reverse.
+loaders below the runners, which call the exporters and never the reverse.  The
+model file's tensors are checked against their checksum before anything is
+exported, and a cached export is reused only when it was made from that very file
+and passes its own checksum.
 
-Thread safety: pure functions of their arguments.
+Thread safety: pure functions of their arguments, except that :func:`cached_export`
+writes its cache entry (atomically; two concurrent exports of one entry both succeed,
+the later rename wins).
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """The ONNX Runtime runner: the default on a CPU.
 
 Takes an exported ONNX file (``pyengine export``: fp32, fp16 or int8 QDQ; its
-spec and precision come from its metadata) or a pyengine model file, which is
-exported to fp32 ONNX once and cached by the model's SHA-256 (needs torch).
-An int8 graph is calibrated on cutouts, so it is never made silently here:
-export it with ``pyengine export MODEL --precision int8`` and give the .onnx.
+spec and precision come from its metadata, its graph is checked against its
+stored checksum) or a pyengine model file (its tensors checked against theirs),
+which is exported to fp32 ONNX once and cached by the model's SHA-256 (needs
+torch; a cache entry that is damaged or made from another file is exported
+again: :func:`pyengine.runners.loaders.cached_export`).  A file ONNX Runtime
+cannot load (``InvalidProtobuf``, ``InvalidGraph``, ...) is a one-line
+``ModelFileError``.  An int8 graph is calibrated on cutouts, so it is never made
+silently here: export it with ``pyengine export MODEL --precision int8`` and give
+the .onnx.
 
 ``submit`` computes synchronously (ONNX Runtime's CPU session); batches may be
 float16, converted to float32 on the host; slots are page-aligned NumPy arrays.

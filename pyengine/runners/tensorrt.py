@@ -12,6 +12,8 @@ ONNX file's hash.  The optimisation profile built is (1, batch_size, batch_size)
 or ``pyengine export``'s default (1, 256, 1024) when no batch size is given.
 
 Activation: ``import tensorrt`` (only here: this module imports without it),
+the engine's bytes checked against the SHA-256 in its sidecar
+(:func:`pyengine.export.tensorrt.read_engine`),
 ``trt.Runtime.deserialize_cuda_engine``, a check of the engine's inputs and
 outputs against the model spec (one float32/float16 input ``cutouts`` (batch,
 nband, S, S); float32 outputs ``probabilities`` (batch, classes) and ``score``
