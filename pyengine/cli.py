@@ -3,17 +3,20 @@
 Importing this module must stay cheap: no torch, onnxruntime, tensorrt, numba
 or astropy at import time.  Subcommands import what they need when they run.
 User errors (:class:`pyengine.errors.PyEngineError`) print one ``Error: ...``
-line and exit 1; usage errors exit 2 (click's convention).
+line and exit 1; usage errors exit 2 (click's convention).  Warnings to users
+(:class:`pyengine.errors.PyEngineWarning`) print one ``Warning: ...`` line each,
+once per command, whichever thread raised them.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from pyengine import __version__
-from pyengine.errors import PyEngineError
+from pyengine.errors import PyEngineError, PyEngineWarning
 
 __all__ = ["main"]
 
@@ -22,11 +25,30 @@ class _Group(click.Group):
     """A click group that turns PyEngineError into one line and exit code 1."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except PyEngineError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PyEngineWarning)
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            try:
+                return super().invoke(ctx)
+            except PyEngineError as exc:
+                click.echo(f"Error: {exc}", err=True)
+                ctx.exit(1)
+
+
+def _one_line_warnings(other):
+    """A ``warnings.showwarning`` printing each distinct PyEngineWarning once as one
+    ``Warning: ...`` line on stderr; other warnings go to ``other``."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, PyEngineWarning):
+            return other(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            click.echo(f"Warning: {message}", err=True)
+        return None
+
+    return show
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,7 +4,9 @@ Every mistake a user can make (a bad file, a bad value, an impossible request)
 raises a :class:`PyEngineError` subclass whose message names the file or
 option, the bad value and what is accepted.  The CLI prints such errors as one
 ``Error: ...`` line and exits 1; anything else escaping is a bug and keeps its
-traceback.
+traceback.  Warnings of something a user should know but that does not stop the
+work are :class:`PyEngineWarning` subclasses (``warnings.warn``); the CLI prints
+each one once as a ``Warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ __all__ = [
     "InputChangedError",
     "InputFileError",
     "ModelFileError",
+    "ModelFileWarning",
     "MosaicMismatchError",
     "OutputError",
     "PyEngineError",
+    "PyEngineWarning",
     "ResumeError",
     "RunnerUnavailable",
     "ScanOutputError",
@@ -91,5 +95,13 @@ class ExportCheckError(PyEngineError):
     """An exported graph disagrees with its model beyond the stated tolerance."""
 
 
-class BandWarning(UserWarning):
+class PyEngineWarning(UserWarning):
+    """Base class of pyengine's warnings to users (printed by the CLI as one line)."""
+
+
+class ModelFileWarning(PyEngineWarning):
+    """A model file loads but cannot be fully checked (written before its checksum existed)."""
+
+
+class BandWarning(PyEngineWarning):
     """Band names that contradict the images' own FILTER/BAND keys (accepted, but said)."""

@@ -5,6 +5,9 @@
   ``MODELSHA``, engine and export caches, training fingerprints).
 * :func:`arrays_sha256`: the hex SHA-256 of named arrays (names, dtypes, shapes
   and bytes): the checksum of a resume journal entry.
+* :func:`stream_sha256`: the hex SHA-256 of the next bytes of an open file, read
+  in the same blocks: the checksums stored inside model files (a safetensors
+  file's tensor data, an ONNX file's graph) are computed and checked by it.
 * :func:`file_identity`: size and a SHA-256 of sampled content: the first and
   last MiB plus :data:`SAMPLES` blocks of :data:`SAMPLE` bytes at offsets spread
   evenly between them (a file of up to :data:`WHOLE` bytes is hashed whole).
@@ -30,7 +33,7 @@ import hashlib
 import os
 
 __all__ = ["BLOCK", "SAMPLE", "SAMPLES", "WHOLE", "arrays_sha256", "file_identity",
-           "file_sha256", "sample_offsets"]
+           "file_sha256", "sample_offsets", "stream_sha256"]
 
 #: Read size, and the size of each end block that :func:`file_identity` hashes.
 BLOCK = 1 << 20
@@ -42,10 +45,24 @@ WHOLE = 2 * BLOCK + SAMPLES * SAMPLE
 
 def file_sha256(path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(BLOCK):
-            h.update(block)
+        return stream_sha256(fh)
+
+
+def stream_sha256(fh, length: int | None = None) -> str:
+    """Hex SHA-256 of the next ``length`` bytes of the binary file ``fh`` (to its end when
+    None), which is left after them; ``ValueError`` when the file ends first."""
+    h = hashlib.sha256()
+    left = length
+    while left is None or left > 0:
+        block = fh.read(BLOCK if left is None else min(BLOCK, left))
+        if not block:
+            if left is None:
+                break
+            raise ValueError(f"the file ends {left} bytes early")
+        h.update(block)
+        if left is not None:
+            left -= len(block)
     return h.hexdigest()
 
 

@@ -11,42 +11,61 @@ precision flags) reads it.
 The model's spec, file hash and the export precision travel in the ONNX
 ``metadata_props`` (keys ``pyengine``, ``pyengine_model_sha256``,
 ``pyengine_precision``, and for int8 ``pyengine_int8_target``), so a runner of the
-ONNX file alone knows its bands, cutout size and threshold.
+ONNX file alone knows its bands, cutout size and threshold.  ``pyengine_graph_sha256``
+is the SHA-256 of the serialized graph (ModelProto field 7: its nodes and their
+constants, and the initializers, which are the weights), written by
+:func:`set_metadata` for every export (fp32, fp16 and int8 alike) and checked by
+:func:`read_export` (and so by every runner of an ``.onnx``) from the wire format,
+without the onnx package: altered weights raise ``ModelFileError``; exports made
+before the key existed run with a ``ModelFileWarning``.
 
 Thread safety: export functions write their own files; run one per output path.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 from pyengine.atomic import publish, temporary_beside
-from pyengine.errors import ConfigError, ModelFileError
+from pyengine.errors import ConfigError, ModelFileError, ModelFileWarning
+from pyengine.hashing import stream_sha256
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
+    "GRAPH_SHA256_KEY",
     "ONNX_PRECISIONS",
     "OPSET",
     "export_onnx",
     "finish_onnx",
+    "graph_damage",
+    "graph_sha256",
     "onnx_metadata",
     "read_export",
     "set_metadata",
     "temporary_beside",
+    "verify_graph",
 ]
 
 ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
+#: The metadata key holding the SHA-256 of the serialized graph (weights included).
+GRAPH_SHA256_KEY = "pyengine_graph_sha256"
+_ACCEPTED = "accepted: an ONNX graph written by pyengine export"
 
 
 def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str,
                  extra: dict[str, str] | None = None) -> None:
-    """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values)."""
+    """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values),
+    with the SHA-256 of its graph as it stands now (so set it last)."""
     props = {p.key: p.value for p in onnx_model.metadata_props}
+    # The graph's bytes inside the saved file are its own serialization (no map fields,
+    # so the encoding is deterministic); finish_onnx checks that they agree.
+    graph = stream_sha256(io.BytesIO(onnx_model.graph.SerializeToString()))
     props.update(pyengine=model_spec_json, pyengine_model_sha256=sha256,
-                 pyengine_precision=precision, **(extra or {}))
+                 pyengine_precision=precision, **(extra or {}), **{GRAPH_SHA256_KEY: graph})
     del onnx_model.metadata_props[:]
     for key, value in sorted(props.items()):
         entry = onnx_model.metadata_props.add()
@@ -64,6 +83,9 @@ def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: s
         set_metadata(proto, spec_json, sha256, precision, extra)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
+        damage = graph_damage(tmp, onnx_metadata(tmp))
+        if damage is not None:
+            raise ModelFileError(f"{path}: the export does not pass its own checksum ({damage})")
         publish([(tmp, path)])
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -71,8 +93,10 @@ def finish_onnx(tmp: Path, path: Path, spec_json: str, sha256: str, precision: s
     return path
 
 
-# ModelProto field numbers (onnx/onnx.proto): metadata_props is field 14, a repeated
+# ModelProto field numbers (onnx/onnx.proto): graph is field 7 (a GraphProto: nodes,
+# initializers, inputs, outputs); metadata_props is field 14, a repeated
 # StringStringEntryProto {key = 1, value = 2}.
+_GRAPH = 7
 _METADATA_PROPS = 14
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -133,17 +157,65 @@ def onnx_metadata(path) -> dict[str, str]:
                             entry[field] = fh.read(size).decode("utf-8")
                     meta[entry.get(1, "")] = entry.get(2, "")
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ModelFileError(f"{path}: not a readable ONNX file ({exc})") from None
+        raise ModelFileError(f"{path}: not a readable ONNX file ({exc}); {_ACCEPTED}") from None
     return meta
 
 
+def graph_sha256(path) -> str:
+    """SHA-256 of the bytes of an ONNX file's graph field (every occurrence, in file order),
+    read from the wire format like :func:`onnx_metadata`."""
+    try:
+        with open(path, "rb") as fh:
+            end = os.fstat(fh.fileno()).st_size
+            parts = []
+            for number, wire, length in _fields(fh, end):
+                if number == _GRAPH and wire == _LENGTH:
+                    parts.append(fh.read(length))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable ONNX file ({exc}); {_ACCEPTED}") from None
+    return stream_sha256(io.BytesIO(b"".join(parts)))
+
+
+def graph_damage(path, meta: dict[str, str]) -> str | None:
+    """None when the graph of the ONNX file ``path`` matches the checksum in its metadata
+    ``meta``; otherwise why not (no checksum stored, or the two hashes)."""
+    stored = meta.get(GRAPH_SHA256_KEY)
+    if not stored:
+        return "no checksum stored"
+    got = graph_sha256(path)
+    if got != stored:
+        return f"SHA-256 {got[:16]}..., stored {stored[:16]}..."
+    return None
+
+
+def verify_graph(path, meta: dict[str, str] | None = None) -> None:
+    """``ModelFileError`` when the graph (weights included) of a pyengine ONNX export
+    differs from its stored checksum; a :class:`~pyengine.errors.ModelFileWarning` when
+    it was exported before pyengine stored one."""
+    meta = onnx_metadata(path) if meta is None else meta
+    damage = graph_damage(path, meta)
+    if damage is None:
+        return
+    if GRAPH_SHA256_KEY not in meta:
+        warnings.warn(f"{path}: this ONNX export has no checksum of its graph (made before "
+                      "pyengine stored one), so damage to its weights cannot be detected; "
+                      "export it again with pyengine export to add one", ModelFileWarning,
+                      stacklevel=3)
+        return
+    raise ModelFileError(f"{path}: the graph's weights do not match their checksum ({damage}): "
+                         "the file is damaged; export it again (pyengine export MODEL)")
+
+
 def read_export(path: Path, precision: str | None = None):
-    """(ModelSpec, stored precision) of a pyengine ONNX export; refuses other files and a
-    ``precision`` other than the one the graph was exported at."""
+    """(ModelSpec, stored precision) of a pyengine ONNX export; refuses other files, a
+    ``precision`` other than the one the graph was exported at, and a graph that does not
+    match its checksum (:func:`verify_graph`)."""
     from pyengine.models.spec import ModelSpec
 
     if not path.exists():
         raise ModelFileError(f"{path}: no such ONNX file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: an empty file (0 bytes), not an ONNX graph; {_ACCEPTED}")
     meta = onnx_metadata(path)
     if "pyengine" not in meta:
         raise ModelFileError(f"{path}: not a pyengine ONNX export (no pyengine "
@@ -152,7 +224,9 @@ def read_export(path: Path, precision: str | None = None):
     if precision is not None and precision != stored:
         raise ConfigError(f"{path} is a {stored} graph; --precision {precision} needs "
                           f"its own export (pyengine export MODEL --precision {precision})")
-    return ModelSpec.from_json(meta["pyengine"], where=str(path)), stored
+    spec = ModelSpec.from_json(meta["pyengine"], where=str(path))
+    verify_graph(path, meta)
+    return spec, stored
 
 
 def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,

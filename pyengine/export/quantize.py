@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.export.onnx import finish_onnx, onnx_metadata, temporary_beside
+from pyengine.export.onnx import finish_onnx, onnx_metadata, temporary_beside, verify_graph
 from pyengine.models.spec import INPUT_NAME
 
 __all__ = ["INT8_TARGETS", "int8_target", "quantize_int8"]
@@ -74,6 +74,7 @@ def quantize_int8(fp32_path, out_path, calibration: np.ndarray, *, target: str =
 
     out_path = Path(out_path)
     meta = onnx_metadata(fp32_path)
+    verify_graph(fp32_path, meta)  # a damaged fp32 graph must not become a checksummed int8 one
     tmp = temporary_beside(out_path)
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"

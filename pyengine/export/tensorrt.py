@@ -20,8 +20,13 @@ compute capability, TensorRT and CUDA versions, precision, the optimisation
 profile's shapes and the ONNX file's SHA-256 (which covers the model: its
 weights, spec and hash are in the file): an engine is never reused on a GPU,
 driver stack or model it was not built for.  Beside each engine a JSON sidecar
-(same name, ``.json``) holds that key and the model's spec (``pyengine``), so
-the TensorRT runner can run an engine file alone (:func:`engine_metadata`).
+(same name, ``.json``) holds that key, the model's spec (``pyengine``) and the
+engine file's SHA-256 (``engine_sha256``), so the TensorRT runner can run an
+engine file alone (:func:`engine_metadata`) and reads it through
+:func:`read_engine`, which refuses an engine whose bytes differ from that hash
+(an engine whose sidecar predates the hash is run with a ``ModelFileWarning``).
+A cached engine that fails its hash is built again; one whose sidecar is missing
+or predates the hash gets a sidecar with its current hash.
 
 Thread safety: one build per cache entry at a time (the write is atomic; two
 concurrent builds of one key both succeed, the later rename wins).
@@ -30,19 +35,21 @@ concurrent builds of one key both succeed, the later rename wins).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyengine.atomic import atomic_write_bytes, atomic_write_text
 from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
-from pyengine.errors import ConfigError, ModelFileError, PyEngineError
-from pyengine.export.onnx import onnx_metadata
-from pyengine.hashing import file_sha256
+from pyengine.errors import ConfigError, ModelFileError, ModelFileWarning, PyEngineError
+from pyengine.export.onnx import onnx_metadata, verify_graph
+from pyengine.hashing import file_sha256, stream_sha256
 from pyengine.models.spec import INPUT_NAME, ModelSpec
 
 __all__ = ["EngineKey", "build_engine", "engine_key", "engine_metadata", "import_tensorrt",
-           "sidecar_path"]
+           "read_engine", "sidecar_path"]
 
 
 class TensorRTUnavailable(PyEngineError):
@@ -119,6 +126,7 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     if "pyengine" not in meta:
         raise ModelFileError(f"{onnx_path}: not a pyengine ONNX export (no pyengine metadata)")
     spec = ModelSpec.from_json(meta["pyengine"], where=str(onnx_path))
+    verify_graph(onnx_path, meta)  # damaged weights are never built into an engine
     precision = meta.get("pyengine_precision", "fp32")
     from pyengine.export.quantize import int8_target
 
@@ -137,11 +145,9 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
     # model_sha256: the source model's identity (pyengine.runners.loaders.model_identity),
     # so a catalog scanned with the engine names the same model as one scanned with the file.
-    sidecar = json.dumps({**asdict(key), "pyengine": spec.to_json(),
-                          "model_sha256": meta.get("pyengine_model_sha256", "")},
-                         indent=2) + "\n"
-    if engine_path.exists():
-        _write_sidecar(engine_path, sidecar, only_if_missing=True)
+    sidecar = {**asdict(key), "pyengine": spec.to_json(),
+               "model_sha256": meta.get("pyengine_model_sha256", "")}
+    if engine_path.exists() and _cached_engine_ok(engine_path, sidecar):
         return engine_path
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -165,12 +171,36 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PyEngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    data = bytes(serialized)
     try:
-        atomic_write_bytes(engine_path, bytes(serialized))
+        atomic_write_bytes(engine_path, data)
     except OSError as exc:
         raise PyEngineError(f"{engine_path}: cannot write the engine ({exc.strerror})") from None
-    _write_sidecar(engine_path, sidecar)
+    _write_sidecar(engine_path, {**sidecar, "engine_sha256": _bytes_sha256(data)})
     return engine_path
+
+
+def _bytes_sha256(data: bytes) -> str:
+    return stream_sha256(io.BytesIO(data))
+
+
+def _cached_engine_ok(engine_path: Path, sidecar: dict) -> bool:
+    """Whether the cached ``engine_path`` may be reused: False when its sidecar stores an
+    ``engine_sha256`` the file no longer has (it is built again).  A sidecar that is
+    missing, unreadable or predates the hash is written (again) with the file's hash."""
+    try:
+        old = json.loads(sidecar_path(engine_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    stored = old.get("engine_sha256") if isinstance(old, dict) else None
+    try:
+        got = file_sha256(engine_path)
+    except OSError:
+        return False
+    if stored:
+        return stored == got and "pyengine" in old
+    _write_sidecar(engine_path, {**sidecar, "engine_sha256": got})
+    return True
 
 
 def sidecar_path(engine_path) -> Path:
@@ -178,16 +208,10 @@ def sidecar_path(engine_path) -> Path:
     return Path(engine_path).with_suffix(".json")
 
 
-def _write_sidecar(engine_path: Path, text: str, *, only_if_missing: bool = False) -> None:
+def _write_sidecar(engine_path: Path, sidecar: dict) -> None:
     path = sidecar_path(engine_path)
-    if only_if_missing:
-        try:
-            if "pyengine" in json.loads(path.read_text(encoding="utf-8")):
-                return
-        except (OSError, ValueError):
-            pass
     try:
-        atomic_write_text(path, text)
+        atomic_write_text(path, json.dumps(sidecar, indent=2) + "\n")
     except OSError as exc:
         raise PyEngineError(f"{path}: cannot write the engine's sidecar ({exc.strerror})"
                             ) from None
@@ -195,8 +219,9 @@ def _write_sidecar(engine_path: Path, text: str, *, only_if_missing: bool = Fals
 
 def engine_metadata(engine_path) -> dict:
     """The sidecar of an engine built by :func:`build_engine`: its key fields
-    (``precision``, ``input_shapes`` (min, opt, max), GPU, versions) and ``spec``, the
-    :class:`ModelSpec` it was built for."""
+    (``precision``, ``input_shapes`` (min, opt, max), GPU, versions), ``engine_sha256``
+    (absent in sidecars of an older pyengine) and ``spec``, the :class:`ModelSpec` it was
+    built for."""
     engine_path = Path(engine_path)
     path = sidecar_path(engine_path)
     how = ("give the .onnx or model file instead (the engine is built and cached), or "
@@ -211,4 +236,30 @@ def engine_metadata(engine_path) -> dict:
     if not isinstance(data, dict) or "pyengine" not in data:
         raise ModelFileError(f"{path}: has no model spec (written by an older pyengine); {how}")
     data["spec"] = ModelSpec.from_json(data["pyengine"], where=str(path))
+    return data
+
+
+def read_engine(engine_path) -> bytes:
+    """The bytes of a serialized engine, checked against the ``engine_sha256`` of its
+    sidecar before TensorRT deserializes them: ``ModelFileError`` when they differ; a
+    :class:`~pyengine.errors.ModelFileWarning` when the sidecar predates the hash."""
+    engine_path = Path(engine_path)
+    meta = engine_metadata(engine_path)
+    try:
+        data = engine_path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{engine_path}: cannot read the engine ({exc.strerror})") from None
+    stored = meta.get("engine_sha256")
+    if not stored:
+        warnings.warn(f"{engine_path}: its sidecar {sidecar_path(engine_path).name} has no "
+                      "engine_sha256 (written by an older pyengine), so damage to the engine "
+                      "cannot be detected; build it again with pyengine export MODEL --format "
+                      "tensorrt to add one", ModelFileWarning, stacklevel=2)
+        return data
+    got = _bytes_sha256(data)
+    if got != stored:
+        raise ModelFileError(f"{engine_path}: the engine does not match its checksum in "
+                             f"{sidecar_path(engine_path).name} (SHA-256 {got[:16]}..., stored "
+                             f"{str(stored)[:16]}...): the file is damaged; delete it and build "
+                             "it again (pyengine export MODEL --format tensorrt)")
     return data

@@ -1,7 +1,12 @@
 """What a runner given a model file (not an exported graph) loads: Polygraphy-style
-loaders below the runners, which call the exporters and never the reverse.
+loaders below the runners, which call the exporters and never the reverse.  The
+model file's tensors are checked against their checksum before anything is
+exported, and a cached export is reused only when it was made from that very file
+and passes its own checksum.
 
-Thread safety: pure functions of their arguments.
+Thread safety: pure functions of their arguments, except that :func:`cached_export`
+writes its cache entry (atomically; two concurrent exports of one entry both succeed,
+the later rename wins).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from pathlib import Path
 
 from pyengine.errors import RunnerUnavailable
 
-__all__ = ["model_file_export", "model_identity"]
+__all__ = ["cached_export", "model_file_export", "model_identity"]
 
 
 def model_identity(model: Path | None) -> str:
@@ -47,15 +52,49 @@ def model_file_export(model: Path | None, precision: str | None, cache_dir: Path
     """(source model file, its spec, precision, cached ONNX path) for a runner given a model
     file (None: the shipped demo model) rather than an exported graph.  The ONNX is named by
     the file's SHA-256 and the precision; precisions outside ``exportable`` (int8, which is
-    calibrated on real cutouts) are refused with the command that makes them."""
+    calibrated on real cutouts) are refused with the command that makes them.  The file's
+    tensors are checked against their checksum here, so a damaged model file is refused
+    before anything is exported or scanned."""
     from pyengine.hashing import file_sha256
     from pyengine.models.checkpoint import DEMO_MODEL, read_spec
 
     source = model if model is not None else DEMO_MODEL
-    spec, _ = read_spec(source)
+    spec, _ = read_spec(source, verify=True)
     precision = precision or "fp32"
     if precision not in exportable:
         raise RunnerUnavailable(
             f"{source}: an {precision} graph is calibrated on real cutouts; make it with "
             f"pyengine export {source} --precision {precision} --images ... and give the .onnx")
     return source, spec, precision, Path(cache_dir) / f"{file_sha256(source)[:32]}-{precision}.onnx"
+
+
+def cached_export(source: Path, onnx_path: Path, precision: str) -> Path:
+    """``onnx_path``, the cached ONNX export of the model file ``source``
+    (:func:`model_file_export` names it), exported now (needs torch) unless the file there
+    was made from this very file (its ``pyengine_model_sha256`` is ``source``'s SHA-256)
+    and its graph matches its checksum: a damaged, foreign or pre-checksum cache entry is
+    replaced (atomically), never run."""
+    from pyengine.errors import ModelFileError
+    from pyengine.export.onnx import graph_damage, onnx_metadata
+    from pyengine.hashing import file_sha256
+
+    if onnx_path.exists():
+        try:
+            meta = onnx_metadata(onnx_path)
+            if (meta.get("pyengine_model_sha256") == file_sha256(source)
+                    and meta.get("pyengine_precision", "fp32") == precision
+                    and graph_damage(onnx_path, meta) is None):
+                return onnx_path
+        except ModelFileError:
+            pass  # unreadable: exported again below
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise RunnerUnavailable(
+            f"{source}: exporting a model file to ONNX needs torch (pip install "
+            "pyengine[train]); or give an exported .onnx file") from None
+    from pyengine.export.onnx import export_onnx
+    from pyengine.models.checkpoint import load_model
+
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    return export_onnx(load_model(source), onnx_path, precision=precision)

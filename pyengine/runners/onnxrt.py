@@ -1,10 +1,15 @@
 """The ONNX Runtime runner: the default on a CPU.
 
 Takes an exported ONNX file (``pyengine export``: fp32, fp16 or int8 QDQ; its
-spec and precision come from its metadata) or a pyengine model file, which is
-exported to fp32 ONNX once and cached by the model's SHA-256 (needs torch).
-An int8 graph is calibrated on cutouts, so it is never made silently here:
-export it with ``pyengine export MODEL --precision int8`` and give the .onnx.
+spec and precision come from its metadata, its graph is checked against its
+stored checksum) or a pyengine model file (its tensors checked against theirs),
+which is exported to fp32 ONNX once and cached by the model's SHA-256 (needs
+torch; a cache entry that is damaged or made from another file is exported
+again: :func:`pyengine.runners.loaders.cached_export`).  A file ONNX Runtime
+cannot load (``InvalidProtobuf``, ``InvalidGraph``, ...) is a one-line
+``ModelFileError``.  An int8 graph is calibrated on cutouts, so it is never made
+silently here: export it with ``pyengine export MODEL --precision int8`` and give
+the .onnx.
 
 ``submit`` computes synchronously (ONNX Runtime's CPU session); batches may be
 float16, converted to float32 on the host; slots are page-aligned NumPy arrays.
@@ -20,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError, RunnerUnavailable
+from pyengine.errors import ConfigError, ModelFileError
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 from pyengine.runners.base import Runner
-from pyengine.runners.loaders import model_file_export
+from pyengine.runners.loaders import cached_export, model_file_export
 from pyengine.runners.probe import unavailable
 
 __all__ = ["OnnxRuntimeRunner", "decision_agreement", "default_cache_dir", "onnx_scores"]
@@ -49,6 +54,7 @@ class OnnxRuntimeRunner(Runner):
         self._threads = threads
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._session = None
+        self._source = None
         if model is not None and model.suffix.lower() == ".onnx":
             from pyengine.export.onnx import read_export
 
@@ -65,19 +71,9 @@ class OnnxRuntimeRunner(Runner):
         return self._ensure_onnx()
 
     def _ensure_onnx(self) -> Path:
-        if self._onnx.exists():
+        if self._source is None:  # an .onnx given: checked by read_export in __init__
             return self._onnx
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise RunnerUnavailable(
-                f"{self._source}: exporting a model file to ONNX needs torch (pip install "
-                "pyengine[train]); or give an exported .onnx file") from None
-        from pyengine.export.onnx import export_onnx
-        from pyengine.models.checkpoint import load_model
-
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        return export_onnx(load_model(self._source), self._onnx)
+        return cached_export(self._source, self._onnx, self.precision)
 
     def _activate(self) -> None:
         try:
@@ -97,14 +93,28 @@ class OnnxRuntimeRunner(Runner):
         # than one batch's compute.
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if ALLOW_SPINNING else "0")
-        self._session = ort.InferenceSession(str(path), options,
-                                             providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(str(path), options,
+                                                 providers=["CPUExecutionProvider"])
+        except _load_errors(ort) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: ONNX Runtime cannot load this graph ({reason}); "
+                                 "accepted: an ONNX graph written by pyengine export") from None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAMES[1]], {INPUT_NAME: batch})[0]
 
     def _deactivate(self) -> None:
         self._session = None
+
+
+def _load_errors(ort) -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's exceptions for a file it cannot parse or build a session from
+    (``InvalidProtobuf``, ``InvalidGraph``, ``Fail``, ...): a bad file, not a bug here."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "NoModel",
+             "NotImplemented", "InvalidArgument")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
 def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:

@@ -12,6 +12,8 @@ ONNX file's hash.  The optimisation profile built is (1, batch_size, batch_size)
 or ``pyengine export``'s default (1, 256, 1024) when no batch size is given.
 
 Activation: ``import tensorrt`` (only here: this module imports without it),
+the engine's bytes checked against the SHA-256 in its sidecar
+(:func:`pyengine.export.tensorrt.read_engine`),
 ``trt.Runtime.deserialize_cuda_engine``, a check of the engine's inputs and
 outputs against the model spec (one float32/float16 input ``cutouts`` (batch,
 nband, S, S); float32 outputs ``probabilities`` (batch, classes) and ``score``
@@ -48,7 +50,7 @@ from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError, RunnerUnavailable
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 from pyengine.runners.base import ENGINE_SUFFIXES, PRECISIONS, Pending, Runner
-from pyengine.runners.loaders import model_file_export
+from pyengine.runners.loaders import cached_export, model_file_export
 from pyengine.runners.probe import tensorrt_problem, unavailable
 from pyengine.runners.torch import CudaFeed, parse_device
 
@@ -274,12 +276,8 @@ class TensorRTRunner(Runner):
     def _engine_file(self, trt) -> Path:
         if self._engine is not None:
             return self._engine
-        if not self._onnx.exists():
-            from pyengine.export.onnx import export_onnx
-            from pyengine.models.checkpoint import load_model
-
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
-            export_onnx(load_model(self._source), self._onnx, precision=self.precision)
+        if self._source is not None:  # a model file: its cached export, checked
+            cached_export(self._source, self._onnx, self.precision)
         from pyengine.export.tensorrt import build_engine
 
         return build_engine(self._onnx, self._cache_dir, batch=self._build,
@@ -298,7 +296,9 @@ class TensorRTRunner(Runner):
         device = torch.device("cuda", self._gpu)
         with torch.cuda.device(device):
             path = self._engine_file(trt)
-            plan = open_engine(trt, path.read_bytes(), self.spec, self._batch_size, path)
+            from pyengine.export.tensorrt import read_engine  # checked against its sidecar
+
+            plan = open_engine(trt, read_engine(path), self.spec, self._batch_size, path)
             hi = plan.batches[2]
             feed = CudaFeed(torch, device, self.input_shape, hi)
             context = plan.context
