@@ -195,7 +195,7 @@ def test_bad_inputs_fail_before_the_model_loads(files, tmp_path):
         assert modules == "[]" and seconds < 3.0, (expect, modules, seconds)
     code, err, seconds, modules = _fresh_scan(
         [*bands, "--catalog", files["catalog"], "--model", bad_onnx, "-o", out], tmp_path)
-    assert code == 1 and f"--model {bad_onnx}: not an ONNX file" in err, err
+    assert code == 1 and f"{bad_onnx}: not an ONNX file" in err, err
     assert modules == "[]"
     assert not out.exists()
 

@@ -48,11 +48,13 @@ def check_model_file(model) -> None:
         return
     with open(path, "rb") as fh:
         head = fh.read(1)
+    accepted = ("accepted: an ONNX graph written by pyengine export" if suffix == ".onnx"
+                else "accepted: a TensorRT engine built by pyengine export --format tensorrt")
     if not head:
-        raise ModelFileError(f"--model {path}: the file is empty")
+        raise ModelFileError(f"{path}: an empty file (0 bytes); {accepted}")
     if suffix == ".onnx" and head != b"\x08":
-        raise ModelFileError(f"--model {path}: not an ONNX file (it does not start as an ONNX "
-                             "model does); export one with pyengine export")
+        raise ModelFileError(f"{path}: not an ONNX file (it does not start as an ONNX model "
+                             f"does); {accepted}")
 
 
 def check_catalog(source, wcs) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine import __version__
-from pyengine.errors import InputFileError, OutputError, ScanOutputError
+from pyengine.errors import InputChangedError, OutputError, ScanOutputError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
@@ -384,7 +384,7 @@ def _keeping_journal(results, journal, done: set, total: int):
     saying what was kept and how to go on; ``done`` is read when it is raised."""
     try:
         yield from results
-    except InputFileError as exc:
+    except InputChangedError as exc:
         raise type(exc)(f"{exc}; the {len(done)} of {total} completed tiles are kept in "
                         f"{journal.path}: resume (pyengine scan --resume) once it is "
                         "restored") from None
