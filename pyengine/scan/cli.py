@@ -178,7 +178,8 @@ def _resume_command() -> str:
 @click.option("--tile-size", type=int, default=DEFAULT_CORE, show_default=True,
               help="Tile core size in pixels (the unit of work and of resume).")
 @click.option("--max-nan", type=float, default=DEFAULT_MAX_NAN, show_default=True,
-              help="Flag cutouts with more than this share of blank/off-image pixels.")
+              help="Flag cutouts (BLANK, never candidates) where a band has more than this "
+                   "share of blank/off-image pixels, or no data at all.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,

@@ -104,7 +104,7 @@ class Engine:
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int = 4):
         if batch_size is not None:
-            integer(batch_size, "--batch-size", 1, 65536, whole_floats=True)
+            integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
             threads = capped_threads(threads)
         number(max_nan_fraction, "max NaN fraction", 0.0, 1.0, accepted="a fraction in [0, 1] "
