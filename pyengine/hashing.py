@@ -5,9 +5,10 @@
   ``MODELSHA``, engine and export caches, training fingerprints).
 * :func:`arrays_sha256`: the hex SHA-256 of named arrays (names, dtypes, shapes
   and bytes): the checksum of a resume journal entry.
-* :func:`stream_sha256`: the hex SHA-256 of the next bytes of an open file, read
-  in the same blocks: the checksums stored inside model files (a safetensors
-  file's tensor data, an ONNX file's graph) are computed and checked by it.
+* :func:`stream_sha256`, :func:`ranges_sha256`: the hex SHA-256 of the next bytes
+  of an open file, or of given byte ranges of it, read in the same blocks: the
+  checksums stored inside model files (a safetensors file's tensor data, an ONNX
+  file's graph) are computed and checked by them.
 * :func:`file_identity`: size and a SHA-256 of sampled content: the first and
   last MiB plus :data:`SAMPLES` blocks of :data:`SAMPLE` bytes at offsets spread
   evenly between them (a file of up to :data:`WHOLE` bytes is hashed whole).
@@ -33,7 +34,7 @@ import hashlib
 import os
 
 __all__ = ["BLOCK", "SAMPLE", "SAMPLES", "WHOLE", "arrays_sha256", "file_identity",
-           "file_sha256", "sample_offsets", "stream_sha256"]
+           "file_sha256", "ranges_sha256", "sample_offsets", "stream_sha256"]
 
 #: Read size, and the size of each end block that :func:`file_identity` hashes.
 BLOCK = 1 << 20
@@ -79,16 +80,30 @@ def sample_offsets(size: int) -> list[tuple[int, int]]:
     return [(0, BLOCK), *inner, (size - BLOCK, BLOCK)]
 
 
+def ranges_sha256(fh, ranges) -> str:
+    """Hex SHA-256 of the byte ranges ``(offset, length)`` of the open binary file ``fh``,
+    concatenated in the order given; read in blocks with ``pread`` (the file position is
+    left alone); ``ValueError`` when the file ends inside a range."""
+    h = hashlib.sha256()
+    fd = fh.fileno()
+    for offset, length in ranges:
+        while length > 0:
+            block = os.pread(fd, min(BLOCK, length), offset)
+            if not block:
+                raise ValueError(f"the file ends {length} bytes early")
+            h.update(block)
+            offset += len(block)
+            length -= len(block)
+    return h.hexdigest()
+
+
 def file_identity(path) -> dict:
     """``{"size", "sha256_sampled"}`` of a file: a cheap content identity for resume
     fingerprints (see the module docstring).  ``sha256_sampled`` is the SHA-256 of the
     ranges of :func:`sample_offsets`, concatenated; no path, no mtime."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        for offset, length in sample_offsets(size):
-            h.update(os.pread(fh.fileno(), length, offset))
-    return {"size": size, "sha256_sampled": h.hexdigest()}
+        return {"size": size, "sha256_sampled": ranges_sha256(fh, sample_offsets(size))}
 
 
 def arrays_sha256(arrays) -> str:

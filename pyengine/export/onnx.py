@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pyengine.atomic import publish, temporary_beside
 from pyengine.errors import ConfigError, ModelFileError, ModelFileWarning
-from pyengine.hashing import stream_sha256
+from pyengine.hashing import ranges_sha256, stream_sha256
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
@@ -163,17 +163,16 @@ def onnx_metadata(path) -> dict[str, str]:
 
 def graph_sha256(path) -> str:
     """SHA-256 of the bytes of an ONNX file's graph field (every occurrence, in file order),
-    read from the wire format like :func:`onnx_metadata`."""
+    found from the wire format like :func:`onnx_metadata` and hashed straight from the
+    file (no copy of the ~100 MB graph in memory)."""
     try:
         with open(path, "rb") as fh:
             end = os.fstat(fh.fileno()).st_size
-            parts = []
-            for number, wire, length in _fields(fh, end):
-                if number == _GRAPH and wire == _LENGTH:
-                    parts.append(fh.read(length))
+            ranges = [(fh.tell(), length) for number, wire, length in _fields(fh, end)
+                      if number == _GRAPH and wire == _LENGTH]
+            return ranges_sha256(fh, ranges)
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: not a readable ONNX file ({exc}); {_ACCEPTED}") from None
-    return stream_sha256(io.BytesIO(b"".join(parts)))
 
 
 def graph_damage(path, meta: dict[str, str]) -> str | None:
@@ -206,10 +205,11 @@ def verify_graph(path, meta: dict[str, str] | None = None) -> None:
                          "the file is damaged; export it again (pyengine export MODEL)")
 
 
-def read_export(path: Path, precision: str | None = None):
+def read_export(path: Path, precision: str | None = None, *, verify: bool = True):
     """(ModelSpec, stored precision) of a pyengine ONNX export; refuses other files, a
-    ``precision`` other than the one the graph was exported at, and a graph that does not
-    match its checksum (:func:`verify_graph`)."""
+    ``precision`` other than the one the graph was exported at, and (``verify``) a graph
+    that does not match its checksum (:func:`verify_graph`; a caller passing
+    ``verify=False`` runs it itself before using the graph)."""
     from pyengine.models.spec import ModelSpec
 
     if not path.exists():
@@ -225,7 +225,8 @@ def read_export(path: Path, precision: str | None = None):
         raise ConfigError(f"{path} is a {stored} graph; --precision {precision} needs "
                           f"its own export (pyengine export MODEL --precision {precision})")
     spec = ModelSpec.from_json(meta["pyengine"], where=str(path))
-    verify_graph(path, meta)
+    if verify:
+        verify_graph(path, meta)
     return spec, stored
 
 

@@ -55,10 +55,13 @@ class OnnxRuntimeRunner(Runner):
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._session = None
         self._source = None
+        self._verified = False
         if model is not None and model.suffix.lower() == ".onnx":
             from pyengine.export.onnx import read_export
 
-            spec, stored = read_export(model, precision)
+            # The graph's checksum (a full read of ~100 MB) is checked at activation, which
+            # pyengine scan overlaps with its own start-up (scan/cli.py).
+            spec, stored = read_export(model, precision, verify=False)
             self._onnx = model
             super().__init__(spec, stored, batch_size)
             return
@@ -71,7 +74,12 @@ class OnnxRuntimeRunner(Runner):
         return self._ensure_onnx()
 
     def _ensure_onnx(self) -> Path:
-        if self._source is None:  # an .onnx given: checked by read_export in __init__
+        if self._source is None:  # an .onnx given: its spec read in __init__, its weights here
+            if not self._verified:
+                from pyengine.export.onnx import verify_graph
+
+                verify_graph(self._onnx)
+                self._verified = True
             return self._onnx
         return cached_export(self._source, self._onnx, self.precision)
 

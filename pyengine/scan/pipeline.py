@@ -84,8 +84,8 @@ def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.nda
 
 
 def _padded(slot: np.ndarray, n: int) -> np.ndarray:
-    """The whole slot (batch rows), rows n.. filled with copies of row n - 1: every batch a runner
-    sees has the scan's batch size.
+    """The whole of ``slot`` (the run size's rows), rows n.. filled with copies of row n - 1:
+    every batch a runner sees has the scan's one size (``Pipeline.run_size``).
 
     A runner's kernels may depend on the batch size (measured: ONNX Runtime fp32 on a
     CPU scores a batch of 2 differently from batches of 1 or 32, by up to 1.2e-7; GPU
@@ -118,6 +118,13 @@ class Pipeline:
         self.size = engine.spec.cutout_size
         self.dtype = engine.transfer_dtype
         self.batch = engine.batch_size
+        # Every batch reaches the runner at one size (_padded): the batch size, or the
+        # scan's whole position count when that is known (catalog, grid) and smaller, so a
+        # scan of a few positions does not pay for a full batch.  Both depend only on the
+        # scan's inputs, never on what a resume skips.
+        counts = [source.count(tile) for tile in plan]
+        total = sum(counts) if all(c is not None for c in counts) else None
+        self.run_size = self.batch if total is None else max(1, min(self.batch, total))
         self.tiles_q: queue.Queue = queue.Queue(maxsize=engine.prefetch)
         self.infer_q: queue.Queue = queue.Queue(maxsize=engine.nslots)
         self.collect_q: queue.Queue = queue.Queue()
@@ -296,7 +303,7 @@ class Pipeline:
             ring.wait(slot)
             for buffer in pinned:  # the slot's fills are done: its tiles may be reused
                 self.buffers.drop(buffer)
-            flight.append((slot, n, segments, runner.submit(_padded(ring.slots[slot][: self.batch], n))))
+            flight.append((slot, n, segments, runner.submit(_padded(ring.slots[slot][: self.run_size], n))))
             if len(flight) > 1:
                 retire()
         while flight:
