@@ -37,6 +37,8 @@ __all__ = ["EXIT_INPUT_SHRANK", "FileGuard", "install_sigbus_handler", "register
 
 #: Exit status of a process killed by the SIGBUS handler (EX_TEMPFAIL: restore, retry).
 EXIT_INPUT_SHRANK = 75
+
+
 def install_sigbus_handler(exit_code: int = EXIT_INPUT_SHRANK) -> None:
     """Make a fault on a mapped input that shrank print one line and exit ``exit_code``.
 
