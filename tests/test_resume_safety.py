@@ -345,6 +345,31 @@ def test_disk_full_keeps_the_tiles_and_gives_the_resume_command(
     _assert_same_catalog(out, journalled["full"])
 
 
+def test_a_full_disk_after_the_catalog_resumes_without_overwrite(
+        journalled, field, model, catalog, cache, tmp_path, monkeypatch):
+    """The catalog is written, then the regions file hits a full disk: the resume the
+    message gives (no --overwrite) replaces the scan's own catalog and finishes."""
+    import pyengine.output.regions as regions_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out, reg = tmp_path / "o.fits", tmp_path / "o.reg"
+    monkeypatch.setattr(regions_module, "write_regions", full)
+    line = _error_line(_cli(field, model, catalog, out, "-q", "--regions", reg, cache=cache))
+    assert "No space left on device" in line and line.endswith("--resume"), line
+    assert out.exists() and not reg.exists()
+    monkeypatch.undo()
+    done = _cli(field, model, catalog, out, "-q", "--regions", reg, "--resume", cache=cache)
+    assert done.exit_code == 0, done.output
+    assert reg.exists() and not out.with_name(out.name + ".journal").exists()
+    _assert_same_catalog(out, journalled["full"])
+    # A finished scan has nothing to resume, and says so.
+    line = _error_line(_cli(field, model, catalog, out, "-q", "--resume", cache=cache))
+    assert line == (f"Error: nothing to resume at {out}.journal ({out} exists: the scan has "
+                    "finished); run without --resume (and with --overwrite to scan again)"), line
+
+
 def test_resume_progress_counts_the_whole_scan(journalled, field, model, catalog, cache,
                                                tmp_path):
     out = tmp_path / "o.fits"

@@ -225,7 +225,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if threads is not None:
         threads = capped_threads(threads)
     output_paths(out, regions, scoremap, grid=grid is not None,
-                 inputs=scan_inputs(bands, catalog, model), overwrite=overwrite)
+                 inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
     check_model_file(model)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
     mosaic = _open_mosaic(Mosaic, list(bands), parse_band_list(band_names))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine import __version__
-from pyengine.errors import InputChangedError, OutputError, ScanOutputError
+from pyengine.errors import InputChangedError, OutputError, ResumeError, ScanOutputError
 from pyengine.flags import BLANK, EDGE, OFF_IMAGE
 from pyengine.hashing import file_identity
 from pyengine.output.catalog import catalog_sidecar, check_output, check_writable, write_catalog
@@ -109,7 +109,7 @@ def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) ->
 
 # -- the whole job --------------------------------------------------------------------------
 def output_paths(out, regions=None, scoremap=None, *, grid: bool = False, inputs=None,
-                 overwrite: bool = False, probe: bool = True) -> dict:
+                 overwrite: bool = False, resume: bool = False, probe: bool = True) -> dict:
     """Check every output before work starts; returns the checked paths.  The one place
     that decides whether outputs are usable: ``pyengine scan`` calls it before loading
     anything, :func:`run_scan` again (cheaply, ``probe=False``, when told the caller did).
@@ -119,7 +119,10 @@ def output_paths(out, regions=None, scoremap=None, *, grid: bool = False, inputs
     catalog's sidecar or journal, may be one of them (:func:`refuse_inputs`).  An
     existing output (catalog, its CSV sidecar, regions, score map) is refused unless
     ``overwrite``, as astropy's ``overwrite=False``; a journal is the journal's business
-    (:class:`pyengine.output.journal.Journal`).  Raises :class:`OutputError`, one line.
+    (:class:`pyengine.output.journal.Journal`).  ``resume``: outputs that exist beside the
+    scan's journal are that scan's own, written before a failure at the end (a full disk
+    after the catalog, say), and are replaced; a resume with no journal is refused, saying
+    whether the scan finished.  Raises :class:`OutputError` or ``ResumeError``, one line.
     """
     if grid and scoremap is None:
         scoremap = default_scoremap_path(Path(out))
@@ -136,7 +139,13 @@ def output_paths(out, regions=None, scoremap=None, *, grid: bool = False, inputs
         written["sidecar"] = catalog_sidecar(paths["catalog"])
     if inputs:
         refuse_inputs(written, inputs)
-    if not overwrite:
+    journal = paths["catalog"].with_name(paths["catalog"].name + ".journal")
+    if resume and not journal.is_dir():
+        done = (f" ({paths['catalog']} exists: the scan has finished)"
+                if os.path.lexists(paths["catalog"]) else "")
+        raise ResumeError(f"nothing to resume at {journal}{done}; run without --resume"
+                          + (" (and with --overwrite to scan again)" if done else ""))
+    if not overwrite and not resume:
         existing = [str(p) for p in written.values() if os.path.lexists(p)]
         if existing:
             raise OutputError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}; "
@@ -245,7 +254,7 @@ def run_scan(engine, mosaic, source, out, *, regions=None, scoremap=None,
     inputs = scan_inputs(bands, getattr(source, "spec", None) if source.kind == "catalog"
                          else None, engine.model)
     paths = output_paths(out, regions, scoremap, grid=source.kind == "grid", inputs=inputs,
-                         overwrite=overwrite, probe=not outputs_probed)
+                         overwrite=overwrite, resume=resume, probe=not outputs_probed)
     with engine.prepared(mosaic, source) as (mosaic, source, plan):
         journal = Journal(paths["catalog"])
         try:
