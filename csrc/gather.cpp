@@ -47,7 +47,7 @@ inline uint16_t to_half(float value) {
   const uint32_t a = x & 0x7fffffffu;
   // |value| >= 2^-14, normal: rebias the exponent by 127 - 15 and drop 13 mantissa bits,
   // rounding to nearest even (0xfff plus the kept lowest bit carries exactly when needed;
-  // a carry into the exponent is right, up to 65520 -> inf).
+  // a carry into the exponent is right; from 65520 up, saturated below).
   const uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
   // |value| < 2^-14, subnormal or zero: in [0.5, 1) a float's ulp is 2^-24, the binary16
   // subnormal step, so the FPU's round-to-nearest-even addition does the rounding.
@@ -61,7 +61,11 @@ inline uint16_t to_half(float value) {
   const uint32_t payload = (a & 0x7fffffu) >> 13;
   const uint32_t nan = 0x7c00u | payload | static_cast<uint32_t>(payload == 0u);
   uint32_t h = select(a < 0x38800000u, subnormal, normal);
-  h = select(a >= 0x477ff000u, 0x7c00u, h);  // >= 65520, halfway past 65504, and inf: inf
+  // Finite values from 65520 (halfway past 65504) up saturate to the largest finite half,
+  // 65504: a very bright pixel after the tile affine stays the brightest value, where inf
+  // would read as a missing pixel to the in-graph finite mask.  inf stays inf, NaN NaN.
+  h = select(a >= 0x477ff000u, 0x7bffu, h);
+  h = select(a == 0x7f800000u, 0x7c00u, h);
   h = select(a > 0x7f800000u, nan, h);
   return static_cast<uint16_t>(((x >> 16) & 0x8000u) | h);
 }

@@ -34,7 +34,8 @@ class ArgumentError : public std::invalid_argument {
   explicit ArgumentError(const std::string& what) : std::invalid_argument(what) {}
 };
 
-// float32 -> IEEE binary16 bits: round to nearest even, overflow to +-inf,
+// float32 -> IEEE binary16 bits: round to nearest even, finite values beyond the range
+// saturated to +-65504 (not +-inf: a bright pixel must not read as missing), +-inf kept,
 // subnormals exact, NaN stays NaN (sign and top payload bits kept, as NumPy does).
 uint16_t float_to_half(float value);
 

@@ -6,7 +6,10 @@ kept for tests.  Both follow the DESIGN.md cutout contract: the window of
 centre pixel c is [c - S//2, c - S//2 + S) in each axis, pixels outside the
 tile are NaN, and each band is mapped as (value - offset) * scale, computed in
 float32; float16 output is that float32 value rounded to nearest even (as
-``ndarray.astype(np.float16)``), so both agree bit for bit.
+``ndarray.astype(np.float16)``), except that finite values beyond the float16
+range saturate to +-65504 instead of overflowing to inf (a bright pixel after the
+tile affine must stay bright: the model reads inf as a missing pixel); inf stays
+inf and NaN stays NaN.  Both agree bit for bit.
 
 ``BatchRing`` fills K caller-owned batch slots (capacity, nband, S, S) with a
 pool of C++ worker threads: acquire a free slot, fill rows of it from one or
@@ -85,6 +88,9 @@ def gather(tile, cx, cy, size, *, offset=None, scale=None, out=None, dtype=np.fl
     return out
 
 
+_HALF_MAX = np.float32(65504.0)  # the largest finite float16
+
+
 def gather_reference(tile, cx, cy, size, *, offset=None, scale=None, out=None,
                      dtype=np.float32, nan_count=None):
     """NumPy reference for :func:`gather` (slow; for tests)."""
@@ -100,7 +106,11 @@ def gather_reference(tile, cx, cy, size, *, offset=None, scale=None, out=None,
             if 0 <= y0 and y0 + size <= pad.shape[1] and 0 <= x0 and x0 + size <= pad.shape[2]:
                 window = pad[:, y0 : y0 + size, x0 : x0 + size]
                 res[i] = (window - offset[:, None, None]) * scale[:, None, None]
-        res = res.astype(_out_dtype(dtype if out is None else out.dtype), copy=False)
+        kind = _out_dtype(dtype if out is None else out.dtype)
+        if kind == np.float16:  # finite values saturate at +-65504, as the C++ conversion does
+            big = np.isfinite(res) & (np.abs(res) > _HALF_MAX)
+            res[big] = np.copysign(_HALF_MAX, res[big])
+        res = res.astype(kind, copy=False)
     if nan_count is not None:
         nan_count[...] = np.isnan(res).sum(axis=(2, 3))
     if out is None:
