@@ -18,7 +18,7 @@ import pyengine.scan.pipeline as pipeline_module
 from pyengine.coords import centre_pixel
 from pyengine.io.mosaic import Mosaic
 from pyengine.models.checkpoint import read_spec
-from pyengine.runners.base import Ready, Runner
+from pyengine.runners.base import Pending, Ready, Runner
 from pyengine.scan.batching import gather_reference
 from pyengine.scan.buffers import TileBuffers
 from pyengine.scan.engine import Engine
@@ -118,6 +118,50 @@ def test_tile_buffers_are_reused_bounded_and_all_given_back(model, field, monkey
     assert 1 <= pool.allocated <= pool.capacity and pool.peak <= pool.capacity
     assert pool.allocated < len(results)  # reused, not one per tile
     assert pool.in_use == 0  # every reference (tiles, pinned slots) was given back
+
+
+class _LatePending(Pending):
+    """A batch still being copied and computed (as on a GPU): ``result`` takes a while."""
+
+    def __init__(self, scores):
+        self.scores, self.waited = scores, False
+
+    def result(self):
+        import time
+
+        time.sleep(0.02)
+        self.waited = True
+        return self.scores
+
+
+class AsyncRunner(RecordingRunner):
+    """Every batch stays in flight until its ``result`` is asked for."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.pending: list[_LatePending] = []
+
+    def _submit(self, batch):
+        self.pending.append(_LatePending(self._infer(batch)))
+        return self.pending[-1]
+
+
+def test_a_scan_stopped_early_waits_for_every_batch_in_flight(model, field):
+    """A scan that ends before its last batch (the consumer stops, an error) must not leave
+    batches in flight: the next scan reuses the same slots, and a GPU copy still reading
+    one would race with its refill."""
+    runner = AsyncRunner(read_spec(model)[0])
+    engine = Engine(model, runner=runner, batch_size=8, core=64)
+    with Mosaic.open(field["paths"]) as mosaic:
+        mosaic_, source_, plan = engine.prepare(mosaic, GridSource(6))
+        results = engine.iter_results(mosaic_, source_, plan)
+        next(results)
+        results.close()  # the consumer stops after one tile: the pipeline is torn down
+        assert len(runner.pending) > 1
+        assert all(p.waited for p in runner.pending), \
+            f"{sum(not p.waited for p in runner.pending)} batches left in flight"
+        # The same engine (and slots) scans again, to the end.
+        assert sum(len(r) for r in engine.iter_results(mosaic_, source_, plan)) > 0
 
 
 def test_tile_buffers_take_hold_drop():

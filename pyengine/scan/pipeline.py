@@ -8,6 +8,7 @@ Thread safety: a Pipeline is one scan; its stages run on their own threads and i
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -295,20 +296,29 @@ class Pipeline:
             ring.release(slot)
             self.collect_q.put(("scores", segments, scores, counts))
 
-        while True:
-            item = self._get(self.infer_q)
-            if item is None:
-                break
-            slot, n, segments, pinned = item
-            ring.wait(slot)
-            for buffer in pinned:  # the slot's fills are done: its tiles may be reused
-                self.buffers.drop(buffer)
-            flight.append((slot, n, segments, runner.submit(_padded(ring.slots[slot][: self.run_size], n))))
-            if len(flight) > 1:
+        try:
+            while True:
+                item = self._get(self.infer_q)
+                if item is None:
+                    break
+                slot, n, segments, pinned = item
+                ring.wait(slot)
+                for buffer in pinned:  # the slot's fills are done: its tiles may be reused
+                    self.buffers.drop(buffer)
+                batch = _padded(ring.slots[slot][: self.run_size], n)
+                flight.append((slot, n, segments, runner.submit(batch)))
+                if len(flight) > 1:
+                    retire()
+            while flight:
                 retire()
-        while flight:
-            retire()
-        self.collect_q.put(("end",))
+            self.collect_q.put(("end",))
+        finally:
+            # Every other way out (the scan stopped or failed): wait for the batches still
+            # in flight, so that no copy or kernel is still reading a (pinned) slot when
+            # the next scan of this engine refills it.  Their scores are not wanted.
+            while flight:  # an error of theirs changes nothing: the scan's own is on its way
+                with contextlib.suppress(Exception):
+                    flight.popleft()[3].result()
 
     # -- stage 4: collect, in the caller's thread -------------------------------------------
     def _finish(self, work: _TileWork) -> TileResult:
