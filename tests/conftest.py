@@ -6,8 +6,15 @@ of the same names (e.g. the training tests) use their own.
 
 ``accept``: true with ``pytest --accept`` or ``PYENGINE_ACCEPT=1``; golden-output
 tests (tests/test_golden.py) then rewrite their files under tests/expect/ instead
-of comparing with them, as torchvision's test/expect does.  Nothing heavy is
-imported here (every test run loads this module).
+of comparing with them, as torchvision's test/expect does.
+
+Every test run loads this module, the GPU machine's too, whose image has torch
+and numpy but no astropy, fitsio or SEP and no built ``pyengine._core``.  So it
+imports only the standard library and pytest at module level; :mod:`tests.scanfield`
+(which needs astropy) is imported inside the fixtures that use it, which skip
+with a reason where astropy is absent.
+tests/test_gpu_collection.py checks that tests/test_runners_gpu.py collects with
+those imports made to fail.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ import os
 
 import pytest
 
-from tests import scanfield
+
+def _scanfield():
+    """:mod:`tests.scanfield`, imported on first use (it writes FITS with astropy)."""
+    pytest.importorskip("astropy", reason="the scan fixtures (field, model, catalog) "
+                                          "write FITS files with astropy")
+    from tests import scanfield
+
+    return scanfield
 
 
 def pytest_addoption(parser):
@@ -32,14 +46,14 @@ def accept(request) -> bool:
 
 @pytest.fixture(scope="session")
 def field(tmp_path_factory):
-    return scanfield.make_field(tmp_path_factory.mktemp("field"))
+    return _scanfield().make_field(tmp_path_factory.mktemp("field"))
 
 
 @pytest.fixture(scope="session")
 def model(tmp_path_factory):
-    return scanfield.make_model(tmp_path_factory.mktemp("model") / "m.safetensors")
+    return _scanfield().make_model(tmp_path_factory.mktemp("model") / "m.safetensors")
 
 
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory, field):
-    return scanfield.write_catalog(tmp_path_factory.mktemp("cat") / "cat.fits", field)
+    return _scanfield().write_catalog(tmp_path_factory.mktemp("cat") / "cat.fits", field)
