@@ -206,6 +206,9 @@ class _Recorder:
             def set_flag(self, flag):
                 rec.calls.append(("set_flag", flag))
 
+            def clear_flag(self, flag):
+                rec.calls.append(("clear_flag", flag))
+
             def add_optimization_profile(self, profile):
                 rec.calls.append(("add_profile",))
 
@@ -228,7 +231,7 @@ class _Recorder:
             __version__=self.version, Logger=logger_cls, Builder=Builder, OnnxParser=Parser,
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
             MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
-            BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"))
+            BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32"))
 
 
 GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.8")

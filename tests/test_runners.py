@@ -114,13 +114,95 @@ def test_torch_runner_refusals(tmp_path, model_file):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
 def test_torch_runner_on_cuda(model_file, precision):
     with make_runner("torch", model_file, precision=precision, device="cuda") as runner:
         got = runner.infer(_batch())
     with torch.no_grad():
         want = load_model(model_file)(torch.from_numpy(_batch()))[1].numpy()
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if precision == "fp32" else 5e-2)
+    atol = {"fp32": 1e-4, "tf32": 5e-3}.get(precision, 5e-2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+# -- what fp32 means on a GPU: IEEE float32, TF32 only when asked for ---------------------------
+def _fp32_settings():
+    return (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+
+
+def test_fp32_math_is_set_and_restored_without_deprecation_warnings():
+    """set_fp32_math uses torch's fp32_precision API (the strict configuration turns the
+    deprecated allow_tf32 setters' warning into an error)."""
+    from pyengine.runners.torch import fp32_math, restore_fp32_math, set_fp32_math
+
+    assert (fp32_math("fp32"), fp32_math("tf32"), fp32_math("fp16"), fp32_math("bf16")) == \
+        ("ieee", "tf32", None, None)
+    before = _fp32_settings()
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's own default for cuDNN
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        previous = set_fp32_math(torch, "ieee")
+        assert previous == ("tf32", "none")
+        assert _fp32_settings() == ("ieee", "ieee")
+        restore_fp32_math(torch, previous)
+        assert _fp32_settings() == ("tf32", "none")
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = \
+            before
+
+
+def test_cuda_runner_activation_sets_ieee_and_deactivate_restores(model_file, monkeypatch):
+    """A fp32 torch runner on CUDA (here: torch.cuda and the model's move to the device
+    stood in for, CudaFeed replaced by a recorder) sets IEEE math before its feed exists
+    and puts the previous values back on deactivate; tf32 sets TF32; fp16 leaves them."""
+    from pyengine.runners import torch as torch_runner
+    from pyengine.runners.torch import TorchRunner
+
+    seen = []
+
+    class Feed:
+        def __init__(self, *args):
+            seen.append(_fp32_settings())
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch_runner, "CudaFeed", Feed)
+    before = _fp32_settings()
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        for precision, during in [("fp32", ("ieee", "ieee")), ("tf32", ("tf32", "tf32")),
+                                  ("fp16", ("tf32", "none"))]:
+            runner = TorchRunner(model_file, precision=precision, device="cuda",
+                                 cuda_graphs=False)
+            with runner:
+                assert _fp32_settings() == during
+            assert seen[-1] == during
+            assert _fp32_settings() == ("tf32", "none")
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = \
+            before
+
+
+def test_tf32_is_refused_on_the_cpu_in_one_line(tmp_path, model_file, monkeypatch):
+    from pyengine.runners.torch import TorchRunner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    message = (r"^precision 'tf32' is a CUDA math mode \(TensorFloat-32 convolutions\) and is "
+               r"not accepted on the CPU; accepted on the CPU: fp32, fp16, bf16 \(tf32 needs a "
+               r"CUDA GPU\)$")
+    with pytest.raises(ConfigError, match=message):
+        TorchRunner(model_file, precision="tf32", device="cpu")
+    runner = TorchRunner(model_file, precision="tf32")  # auto: no GPU here
+    with pytest.raises(ConfigError, match=message):
+        runner.activate()
+    assert not runner.active
+    with pytest.raises(ConfigError, match="precision 'tf32' is not available with the "
+                                          "onnxruntime runner; accepted: fp32, int8"):
+        make_runner("onnxruntime", model_file, precision="tf32")
 
 
 # -- the scan engine's interface: slots, submit/result, dtypes, choosing ------------------------
@@ -238,7 +320,7 @@ def test_precision_and_model_kind_errors(tmp_path, model_file):
                                           "runner; accepted: fp32, fp16, int8"):
         make_runner("tensorrt", model_file, precision="bf16")
     with pytest.raises(ConfigError, match="precision 'fp8' is not known; accepted: bf16, fp16, "
-                                          "fp32, int8"):
+                                          "fp32, int8, tf32"):
         make_runner("auto", model_file, precision="fp8")
     with pytest.raises(ConfigError, match="device 'gpu' is not accepted; accepted: auto, cpu, "
                                           "cuda, cuda:N"):
@@ -254,3 +336,23 @@ def test_precision_and_model_kind_errors(tmp_path, model_file):
         with pytest.raises(RunnerUnavailable, match="runner auto: nothing here runs a TensorRT "
                                                     "engine: tensorrt: "):
             make_runner("auto", engine)
+
+
+def test_scan_cli_tf32_on_the_cpu_is_an_error_line(field, model, tmp_path, monkeypatch):
+    import os
+
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU host too
+    out = tmp_path / "c.ecsv"
+    res = CliRunner().invoke(main, ["scan", *map(str, field["paths"]), "--grid", "16",
+                                    "--model", str(model), "--runner", "torch", "--precision",
+                                    "tf32", "-o", str(out)],
+                             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert res.exit_code == 1, res.output  # the CLI's one-line user error (pyengine.cli)
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: precision 'tf32' is a CUDA math mode (TensorFloat-32 convolutions) and is not "
+        "accepted on the CPU; accepted on the CPU: fp32, fp16, bf16 (tf32 needs a CUDA GPU)")
+    assert "Traceback" not in res.output and not out.exists()

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 SPEC = ModelSpec(cutout_size=32)
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 5e-2}
+# fp32 is IEEE float32 on the GPU (TF32 switched off while the runner is active); tf32
+# asks for TensorFloat-32 convolutions, whose error against the CPU is ~5e-4..4e-3.
+TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 5e-2, "bf16": 5e-2}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def _reference(model_file, x):
 
 
 @pytest.mark.parametrize("graphs", [True, False])
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
 def test_cuda_scores_match_cpu_fp32(model_file, precision, graphs):
     x = _batch(40)
     with TorchRunner(model_file, precision=precision, device="cuda", batch_size=40,

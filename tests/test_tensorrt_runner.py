@@ -110,7 +110,8 @@ def fake_tensorrt(version="10.13.0", engine=None):
 
         def create_builder_config(self):
             return types.SimpleNamespace(set_memory_pool_limit=lambda *a: None,
-                                         set_flag=lambda f: None,
+                                         set_flag=lambda f: calls.append(("set_flag", f)),
+                                         clear_flag=lambda f: calls.append(("clear_flag", f)),
                                          add_optimization_profile=lambda p: None)
 
         def create_optimization_profile(self):
@@ -137,7 +138,7 @@ def fake_tensorrt(version="10.13.0", engine=None):
     module.DataType, module.TensorIOMode = _DataType, _Mode
     module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
     module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    module.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
+    module.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32")
     return module
 
 
@@ -490,3 +491,22 @@ def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
         runner.submit(_cutouts(17))
     runner.deactivate()
     assert runner._plan is None and runner._feed is None
+
+
+# -- what fp32 means in a TensorRT engine -------------------------------------------------------
+@pytest.mark.parametrize("version", ["10.13.0", "11.1.0"])
+def test_fp32_engines_clear_tf32_and_fp16_engines_keep_it(tmp_path, version):
+    """TensorRT's TF32 flag is on by default; an fp32 engine is IEEE float32, so its build
+    clears it; fp16 builds leave TensorRT's default alone."""
+    built = {}
+    for precision in ("fp32", "fp16"):
+        trt = fake_tensorrt(version)
+        build_engine(_onnx_file(tmp_path / f"m{precision}.onnx", precision), tmp_path / "e",
+                     trt=trt, identity=GPU)
+        built[precision] = [c for c in trt.calls if c[0] in ("set_flag", "clear_flag")]
+    assert built == {"fp32": [("clear_flag", "TF32")], "fp16": []}
+    old = fake_tensorrt(version)
+    del old.BuilderFlag.TF32  # a TensorRT without the flag: nothing to clear
+    build_engine(_onnx_file(tmp_path / "old.onnx", "fp32"), tmp_path / "old", trt=old,
+                 identity=GPU)
+    assert not [c for c in old.calls if c[0] == "clear_flag"]

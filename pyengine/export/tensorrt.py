@@ -14,6 +14,12 @@ its tensor types):
 * TensorRT 10: fp16 graphs are parsed into a STRONGLY_TYPED network (the same
   semantics); int8 QDQ graphs use a weakly typed network with the INT8 flag
   (explicit quantisation) plus FP16 for the layers left unquantised.
+* fp32 means IEEE float32, as for the torch runner: ``BuilderFlag.TF32`` is on by
+  default ("allow, not require, TF32 for FLOAT tensors", TensorRT's documentation),
+  so fp32 builds clear it (``config.clear_flag``), in TensorRT 10 and in 11, where
+  TF32 is a math mode of float32 tensors rather than a type and the flag remains;
+  where a TensorRT has no such flag nothing is cleared.  fp16 and int8 builds
+  keep TensorRT's default.
 
 The engine is cached under ``cache_dir`` with a key over the GPU name and
 compute capability, TensorRT and CUDA versions, precision, the optimisation
@@ -165,6 +171,8 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     if major == 10 and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # IEEE float32 convolutions and matmuls
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *key.input_shapes)
     config.add_optimization_profile(profile)

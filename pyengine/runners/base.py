@@ -47,8 +47,10 @@ from pyengine.models.spec import ModelSpec
 __all__ = ["CPU_BATCH", "ENGINE_SUFFIXES", "GPU_BATCH", "PRECISIONS", "Pending", "Ready",
            "Runner"]
 
-#: Precisions each backend runs (what ``make_runner`` and the runners accept).
-PRECISIONS = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "fp16", "bf16"),
+#: Precisions each backend runs (what ``make_runner`` and the runners accept).  fp32 on a
+#: GPU is IEEE float32 (no TensorFloat-32); ``tf32`` (torch on CUDA only) asks for TF32
+#: convolutions and matmuls on purpose (10-bit mantissa products, float32 accumulation).
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "tf32", "fp16", "bf16"),
               "tensorrt": ("fp32", "fp16", "int8")}
 #: File suffixes of serialized TensorRT engines.
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

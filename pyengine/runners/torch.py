@@ -3,7 +3,7 @@ with the TensorRT runner.
 
 Runs :func:`pyengine.models.classifier.precision_graph`, the same graph the
 ONNX export writes: the preprocessing in float32 and the ResNet in fp32, fp16 or
-bf16.  ``channels_last`` stores the ResNet's activations NHWC, which the CPU
+bf16 (``tf32``: the fp32 graph with TensorFloat-32 math on CUDA).  ``channels_last`` stores the ResNet's activations NHWC, which the CPU
 (oneDNN) and GPU convolution kernels prefer.
 
 CPU: ``submit`` computes synchronously; float16 batches are converted to float32
@@ -33,6 +33,17 @@ harness, in :class:`CudaFeed`:
   event is recorded; ``Pending.result()`` waits for that event (blocking, not
   spinning) and returns a copy of the batch's scores.
 
+fp32 on CUDA means IEEE float32: cuDNN convolutions and CUDA matmuls default to
+TF32 (10-bit mantissa products, errors of ~5e-4..4e-3 on the scores), so while an
+fp32 CUDA runner is active it sets ``torch.backends.cudnn.conv.fp32_precision`` and
+``torch.backends.cuda.matmul.fp32_precision`` to ``"ieee"`` (``"tf32"`` at precision
+tf32, which asks for TF32 on purpose), and ``deactivate`` restores the values it found
+(:func:`set_fp32_math` / :func:`restore_fp32_math`; torch >= 2.9's API, not the
+deprecated ``allow_tf32`` flags).  These settings are process-global: two CUDA runners
+active at once with different math share the one set last; CUDA graphs keep the kernels
+chosen when they were captured (at the runner's own setting).  fp16/bf16 runners leave
+them alone.  tf32 is refused on the CPU (ConfigError): it is a CUDA math mode.
+
 NOT RUN HERE: no GPU was lent to this project's workplace; the CUDA path is
 written to torch's documented stream, event, pinned-memory and CUDA-graph APIs
 and is exercised by ``tests/test_runners_gpu.py`` on a GPU.  The CPU path is tested.
@@ -51,9 +62,13 @@ from pyengine.errors import ConfigError, RunnerUnavailable
 from pyengine.runners.base import CPU_BATCH, GPU_BATCH, PRECISIONS, Pending, Runner
 from pyengine.runners.probe import unavailable
 
-__all__ = ["CudaFeed", "CudaPending", "TorchRunner", "parse_device"]
+__all__ = ["CudaFeed", "CudaPending", "TorchRunner", "fp32_math", "parse_device",
+           "restore_fp32_math", "set_fp32_math"]
 
 TORCH_PRECISIONS = PRECISIONS["torch"]
+_TF32_ON_CPU = ("precision 'tf32' is a CUDA math mode (TensorFloat-32 convolutions) and is "
+                "not accepted on the CPU; accepted on the CPU: fp32, fp16, bf16 (tf32 needs a "
+                "CUDA GPU)")
 MAX_GRAPHS = 8  # beyond this many batch sizes, new sizes run eagerly
 WARMUP_ITERATIONS = 3
 
@@ -65,6 +80,33 @@ def parse_device(device) -> tuple[str, int | None]:
     if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         return "cuda", int(device[5:])
     raise ConfigError(f"device {device!r} is not accepted; accepted: auto, cpu, cuda, cuda:N")
+
+
+#: torch's float32 math settings this module sets (module path under torch.backends).
+_FP32_MATH = (("cudnn", "conv"), ("cuda", "matmul"))
+
+
+def fp32_math(precision: str) -> str | None:
+    """The ``fp32_precision`` a CUDA runner at ``precision`` sets: "ieee" for fp32,
+    "tf32" for tf32, None (leave torch's settings alone) otherwise."""
+    return {"fp32": "ieee", "tf32": "tf32"}.get(precision)
+
+
+def set_fp32_math(torch, mode: str) -> tuple[str, ...]:
+    """Set cuDNN convolutions' and CUDA matmuls' ``fp32_precision`` to ``mode`` ("ieee"
+    or "tf32"); the previous values, for :func:`restore_fp32_math`.  Process-global."""
+    previous = []
+    for backend, op in _FP32_MATH:
+        setting = getattr(getattr(torch.backends, backend), op)
+        previous.append(setting.fp32_precision)
+        setting.fp32_precision = mode
+    return tuple(previous)
+
+
+def restore_fp32_math(torch, previous: tuple[str, ...]) -> None:
+    """Put back the values :func:`set_fp32_math` returned."""
+    for (backend, op), value in zip(_FP32_MATH, previous, strict=True):
+        getattr(getattr(torch.backends, backend), op).fp32_precision = value
 
 
 def _torch_dtype(torch, dtype: np.dtype):
@@ -253,6 +295,8 @@ class TorchRunner(Runner):
         if precision is not None and precision not in TORCH_PRECISIONS:
             raise ConfigError(f"precision {precision!r} is not available with the torch runner; "
                               f"accepted: {', '.join(TORCH_PRECISIONS)}")
+        if precision == "tf32" and device == "cpu":
+            raise ConfigError(_TF32_ON_CPU)
         if model is not None and model.suffix.lower() == ".onnx":
             raise ConfigError(f"{model}: the torch runner takes a pyengine model file "
                               "(.safetensors); run ONNX files with --runner onnxruntime")
@@ -262,6 +306,7 @@ class TorchRunner(Runner):
         self._device_request, self._threads, self._channels_last = device, threads, channels_last
         self._cuda_graphs, self._half_input = bool(cuda_graphs), bool(half_input)
         self._graph = self._device = self._feed = self._torch = None
+        self._math = None  # fp32_precision values found at activate, restored at deactivate
         self._graphs: dict = {}  # batch size -> (CUDAGraph, static input, static scores)
 
     # -- what the engine asks before activate ------------------------------------------
@@ -308,17 +353,27 @@ class TorchRunner(Runner):
             raise RunnerUnavailable(f"torch runner on {request}: only "
                                     f"{torch.cuda.device_count()} CUDA device(s) are visible; "
                                     f"accepted: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        if self.precision == "tf32" and device.type != "cuda":
+            raise ConfigError(_TF32_ON_CPU)
         if self._threads is not None:
             torch.set_num_threads(self._threads)
-        graph = precision_graph(load_model(self._source), self.precision)
+        graph = precision_graph(load_model(self._source),
+                                "fp32" if self.precision == "tf32" else self.precision)
         if self._channels_last:
             graph.backbone = graph.backbone.to(memory_format=torch.channels_last)
         self._torch, self._device = torch, device
         self._graph = graph.to(device)
         if device.type == "cuda":
-            self._feed = CudaFeed(torch, device, self.input_shape, self.preferred_batch_size)
-            if self._cuda_graphs and self._batch_size is not None:
-                self._ensure_graph(self._batch_size)
+            mode = fp32_math(self.precision)
+            if mode is not None:  # before any kernel is chosen or graph captured
+                self._math = set_fp32_math(torch, mode)
+            try:
+                self._feed = CudaFeed(torch, device, self.input_shape, self.preferred_batch_size)
+                if self._cuda_graphs and self._batch_size is not None:
+                    self._ensure_graph(self._batch_size)
+            except BaseException:
+                self._deactivate()  # not active: put torch's settings back here
+                raise
 
     def _deactivate(self) -> None:
         if self._feed is not None:
@@ -326,6 +381,9 @@ class TorchRunner(Runner):
         self._feed = None
         self._graphs.clear()
         self._graph = self._device = None
+        if self._math is not None:
+            restore_fp32_math(self._torch, self._math)
+            self._math = None
 
     # -- memory ---------------------------------------------------------------------------
     def _allocate_slots(self, count: int, batch_size: int, dtype: np.dtype) -> list[np.ndarray]:

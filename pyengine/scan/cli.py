@@ -139,7 +139,8 @@ def _resume_command() -> str:
                    "[default: the shipped demo model].")
 @click.option("--runner", default="auto", show_default=True,
               help="auto, onnxruntime, torch or tensorrt.")
-@click.option("--precision", default=None, help="fp32, fp16, bf16 or int8 (runner-dependent).")
+@click.option("--precision", default=None, help="fp32, tf32, fp16, bf16 or int8 (runner-dependent; "
+              "fp32 on a GPU is IEEE, tf32 asks for TensorFloat-32).")
 @click.option("--batch-size", type=int, default=None, help="Cutouts per batch [runner's choice].")
 @click.option("--threads", type=int, default=None, help="CPU threads [all].")
 @click.option("--threshold", type=float, default=None,
