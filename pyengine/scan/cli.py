@@ -100,24 +100,6 @@ def _open_quietly(engine) -> None:
         return
 
 
-def _open_mosaic(mosaic_class, paths, names):
-    """``Mosaic.open``, its BandWarnings (names contradicting FILTER keys) shown as one
-    ``Warning: ...`` line each on stderr; other warnings go on as usual."""
-    import warnings
-
-    from pyengine.errors import BandWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", BandWarning)
-        mosaic = mosaic_class.open(paths, bands=names)
-    for w in caught:
-        if issubclass(w.category, BandWarning):
-            click.echo(f"Warning: {w.message}", err=True)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return mosaic
-
-
 def _resume_command() -> str:
     argv = ["pyengine", *sys.argv[1:]]
     if "--resume" not in argv:
@@ -229,7 +211,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                  inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
     check_model_file(model)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
-    mosaic = _open_mosaic(Mosaic, list(bands), parse_band_list(band_names))
+    mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
         try:
