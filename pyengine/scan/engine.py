@@ -47,7 +47,8 @@ Determinism: positions, their order and coordinates depend only on the inputs,
 the tile plan and the source, never on thread count, batch size or resume.
 Scores agree across batch sizes to float rounding of the runner; for one batch size
 they are bit-identical wherever the batches were cut (a resumed scan's included),
-because every batch sent is padded to the batch size (``pipeline._padded``).
+because every batch sent is padded to one size (``Pipeline.run_size``: the batch size,
+or a smaller known position count of the whole scan; ``pipeline._padded``).
 
 Thread safety: an Engine owns one runner and runs one scan at a time (a lock
 serialises ``scan``/``iter_scan``/``classify``); use one Engine per thread for
