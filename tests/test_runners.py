@@ -14,6 +14,7 @@ from pyengine.models.checkpoint import load_model, save_model
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.spec import ModelSpec
 from pyengine.runners import make_runner
+from pyengine.runners.base import GPU_IN_FLIGHT
 
 SPEC = ModelSpec(cutout_size=32)
 
@@ -157,11 +158,12 @@ def test_cuda_runner_activation_sets_ieee_and_deactivate_restores(model_file, mo
     from pyengine.runners import torch as torch_runner
     from pyengine.runners.torch import TorchRunner
 
-    seen = []
+    seen, feeds = [], []
 
     class Feed:
-        def __init__(self, *args):
+        def __init__(self, *args, depth):
             seen.append(_fp32_settings())
+            feeds.append((depth, torch.backends.cudnn.benchmark))
 
         def close(self):
             pass
@@ -181,6 +183,12 @@ def test_cuda_runner_activation_sets_ieee_and_deactivate_restores(model_file, mo
                 assert _fp32_settings() == during
             assert seen[-1] == during
             assert _fp32_settings() == ("tf32", "none")
+        # cudnn.benchmark is on before the feed (and any graph) exists, and put back after;
+        # the feed's ring holds one more batch than the engine keeps in flight
+        assert feeds == [(GPU_IN_FLIGHT + 1, True)] * 3
+        assert torch.backends.cudnn.benchmark is False
+        with TorchRunner(model_file, device="cuda", cuda_graphs=False, cudnn_benchmark=False):
+            assert feeds[-1] == (GPU_IN_FLIGHT + 1, False)
     finally:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = \
             before

@@ -14,6 +14,7 @@ from pyengine.models.checkpoint import load_model, save_model
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.spec import ModelSpec
 from pyengine.runners import make_runner
+from pyengine.runners.base import GPU_BATCH, GPU_IN_FLIGHT
 from pyengine.runners.torch import TorchRunner
 
 pytestmark = [pytest.mark.gpu,
@@ -134,7 +135,30 @@ def test_auto_picks_a_gpu_runner(model_file):
     runner = make_runner("auto", model_file)
     assert runner.name in ("tensorrt", "torch")
     assert runner.chosen_because
-    assert runner.preferred_batch_size == 256
+    assert runner.preferred_batch_size == GPU_BATCH
+    assert runner.in_flight == GPU_IN_FLIGHT
+
+
+def test_cudnn_benchmark_is_on_while_active_and_put_back(model_file):
+    torch.backends.cudnn.benchmark = False
+    runner = TorchRunner(model_file, device="cuda", batch_size=8)
+    with runner:
+        assert torch.backends.cudnn.benchmark is True
+        assert runner._feed.depth == GPU_IN_FLIGHT + 1
+        runner.infer(_batch(8))
+    assert torch.backends.cudnn.benchmark is False
+    with TorchRunner(model_file, device="cuda", batch_size=8, cudnn_benchmark=False):
+        assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_zero_padded_stem_on_the_gpu_matches(model_file, precision):
+    x = _batch(32, seed=7)
+    with TorchRunner(model_file, precision=precision, device="cuda", batch_size=32,
+                     pad_channels=8) as runner:
+        assert runner._graph.backbone.conv1.conv.in_channels == 8
+        got = runner.infer(x)
+    np.testing.assert_allclose(got, _reference(model_file, x), rtol=0, atol=TOLERANCE[precision])
 
 
 def test_tensorrt_runner_matches_cpu(tmp_path, model_file):
@@ -151,3 +175,30 @@ def test_tensorrt_runner_matches_cpu(tmp_path, model_file):
         got = np.concatenate([p.result() for p in flight])
     np.testing.assert_allclose(got, _reference(model_file, x), rtol=0, atol=1e-3)
     assert list(tmp_path.glob("*.engine"))  # built and cached
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_scan_on_the_gpu_matches_the_cpu(model, field, precision):
+    """The whole scan on the GPU (pinned slots, 3 batches in flight, float16 transfer at
+    fp16, CUDA graphs) against the same scan on the CPU; needs the scan fixtures' FITS
+    field (astropy, fitsio), skipped without them."""
+    from pyengine.io.mosaic import Mosaic
+    from pyengine.scan.engine import Engine
+    from pyengine.sources import GridSource
+
+    scores = {}
+    for device in ("cpu", "cuda"):
+        engine = Engine(model, runner="torch", precision=precision if device == "cuda" else
+                        "fp32", device=device, batch_size=64, core=128)
+        with engine, Mosaic.open(field["paths"]) as mosaic:
+            if device == "cuda":
+                assert engine.in_flight == GPU_IN_FLIGHT and engine.nslots == GPU_IN_FLIGHT + 2
+                assert str(engine.transfer_dtype) == ("float16" if precision == "fp16" else
+                                                      "float32")
+            results = list(engine.iter_results(*engine.prepare(mosaic, GridSource(9))))
+        scores[device] = np.concatenate([r.score for r in results])
+    assert scores["cuda"].size > 200
+    finite = np.isfinite(scores["cpu"])
+    np.testing.assert_array_equal(np.isfinite(scores["cuda"]), finite)
+    np.testing.assert_allclose(scores["cuda"][finite], scores["cpu"][finite], rtol=0,
+                               atol=TOLERANCE[precision])

@@ -16,6 +16,10 @@ Contract for the scan engine:
   float32 and float16 always and convert as needed (on the GPU for GPU runners).
 * ``preferred_batch_size`` (known before ``activate``) and ``max_batch_size``
   (None: unlimited).
+* ``in_flight`` (known before ``activate``): how many submitted batches the scan
+  engine keeps outstanding before it waits for the oldest one's scores: 2 for CPU
+  runners (they compute in ``submit``, so the figure only bounds the slots held),
+  ``GPU_IN_FLIGHT`` for GPU runners, whose copy and compute run behind the host.
 * ``allocate_slots(count, batch_size, dtype=None)`` (after ``activate``): the
   arrays the batcher fills, (batch_size, nband, S, S) of ``input_dtype`` (or
   ``dtype``): page-aligned NumPy memory, or pinned host memory on a GPU runner,
@@ -44,8 +48,8 @@ from pyengine.errors import ConfigError
 from pyengine.memory import aligned_empty
 from pyengine.models.spec import ModelSpec
 
-__all__ = ["CPU_BATCH", "ENGINE_SUFFIXES", "GPU_BATCH", "PRECISIONS", "Pending", "Ready",
-           "Runner"]
+__all__ = ["CPU_BATCH", "CPU_IN_FLIGHT", "ENGINE_SUFFIXES", "GPU_BATCH", "GPU_IN_FLIGHT",
+           "PRECISIONS", "Pending", "Ready", "Runner"]
 
 #: Precisions each backend runs (what ``make_runner`` and the runners accept).  fp32 on a
 #: GPU is IEEE float32 (no TensorFloat-32); ``tf32`` (torch on CUDA only) asks for TF32
@@ -55,7 +59,13 @@ PRECISIONS = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "tf32", "fp16",
 #: File suffixes of serialized TensorRT engines.
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _BATCH_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-CPU_BATCH, GPU_BATCH = 32, 256
+#: Default batch sizes.  On a GPU a batch of 1024 64x64 cutouts is a few milliseconds of
+#: ResNet-50 work, well past the launch and copy latencies that a batch of 256 (about a
+#: millisecond on an H100-class GPU) would leave exposed.
+CPU_BATCH, GPU_BATCH = 32, 1024
+#: Batches outstanding (submitted, scores not yet collected) on CPU and GPU runners: three
+#: on a GPU, so a copy, a model run and a copy back can all be queued behind the host.
+CPU_IN_FLIGHT, GPU_IN_FLIGHT = 2, 3
 
 
 class Pending(ABC):
@@ -113,6 +123,11 @@ class Runner(ABC):
     def max_batch_size(self) -> int | None:
         """The largest batch the runner accepts (None: no limit)."""
         return None
+
+    @property
+    def in_flight(self) -> int:
+        """Batches the scan engine keeps submitted before waiting for the oldest."""
+        return CPU_IN_FLIGHT
 
     # -- life cycle -------------------------------------------------------------------
     def activate(self) -> Runner:

@@ -17,9 +17,10 @@ harness, in :class:`CudaFeed`:
   copied from there directly; any other batch is first copied into a pinned
   staging buffer (allocated once, reused);
 * the host-to-device copy runs ``non_blocking`` on one of two copy streams
-  (round robin) into a device input buffer (a ring of three), an event is
-  recorded, the compute stream waits for it; so batch k+1 is copied while
-  batch k computes;
+  (round robin) into a device input buffer (a ring of ``in_flight + 1``: the scan
+  engine keeps ``GPU_IN_FLIGHT`` = 3 batches outstanding, so a submit never waits
+  for a ring entry), an event is recorded, the compute stream waits for it; so
+  batch k+1 is copied while batch k computes;
 * ``cuda_graphs`` (default): one ``torch.cuda.CUDAGraph`` per batch size,
   captured (after warm-up iterations on the capture's side stream, as torch's
   documentation asks) the first time a batch does not fit an existing graph, and
@@ -32,6 +33,14 @@ harness, in :class:`CudaFeed`:
 * the scores are copied back ``non_blocking`` into a pinned output buffer and an
   event is recorded; ``Pending.result()`` waits for that event (blocking, not
   spinning) and returns a copy of the batch's scores.
+
+Defaults for a GPU: batches of ``GPU_BATCH`` = 1024 cutouts, ``torch.backends.cudnn.benchmark``
+on while the runner is active (set before any graph is captured, so the capture's
+warm-up iterations choose the algorithms; restored at ``deactivate``;
+``cudnn_benchmark=False`` leaves it alone).  ``pad_channels=8`` zero-pads the first
+convolution's 2 input channels to 8 inside the graph (:func:`pad_stem`), a shape
+tensor cores prefer; it is off by default until a GPU measurement shows it pays
+(``benchmarks/bench_gpu.py`` times both).
 
 fp32 on CUDA means IEEE float32: cuDNN convolutions and CUDA matmuls default to
 TF32 (10-bit mantissa products, errors of ~5e-4..4e-3 on the scores), so while an
@@ -59,10 +68,18 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError, RunnerUnavailable
-from pyengine.runners.base import CPU_BATCH, GPU_BATCH, PRECISIONS, Pending, Runner
+from pyengine.runners.base import (
+    CPU_BATCH,
+    CPU_IN_FLIGHT,
+    GPU_BATCH,
+    GPU_IN_FLIGHT,
+    PRECISIONS,
+    Pending,
+    Runner,
+)
 from pyengine.runners.probe import unavailable
 
-__all__ = ["CudaFeed", "CudaPending", "TorchRunner", "fp32_math", "parse_device",
+__all__ = ["CudaFeed", "CudaPending", "TorchRunner", "fp32_math", "pad_stem", "parse_device",
            "restore_fp32_math", "set_fp32_math"]
 
 TORCH_PRECISIONS = PRECISIONS["torch"]
@@ -109,6 +126,43 @@ def restore_fp32_math(torch, previous: tuple[str, ...]) -> None:
         getattr(getattr(torch.backends, backend), op).fp32_precision = value
 
 
+def pad_stem(graph, channels: int):
+    """Give ``graph``'s ResNet (``graph.backbone``) a first convolution of ``channels``
+    input channels: the model's bands, then zero channels with zero weights, so the
+    scores are the same (up to the order of additions) while the convolution's channel
+    count is one tensor-core kernels like (a multiple of 8 instead of 2).  The zero
+    channels are appended inside the graph, after the preprocessing: nothing more is
+    copied to the GPU.  A ResNet with that many channels already is left alone."""
+    import torch
+    from torch import nn
+
+    conv = graph.backbone.conv1
+    extra = int(channels) - conv.in_channels
+    if extra <= 0:
+        return graph
+    wide = nn.Conv2d(int(channels), conv.out_channels, kernel_size=conv.kernel_size,
+                     stride=conv.stride, padding=conv.padding, bias=conv.bias is not None,
+                     device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+
+    class _PaddedStem(nn.Module):
+        """Zero channels appended to the input, then the widened convolution."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = wide
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, extra)))
+
+    graph.backbone.conv1 = _PaddedStem().eval()
+    return graph
+
+
 def _torch_dtype(torch, dtype: np.dtype):
     return {"float32": torch.float32, "float16": torch.float16}[np.dtype(dtype).name]
 
@@ -139,8 +193,8 @@ class CudaFeed:
     returns a float32 device tensor whose first n entries are the scores.
     """
 
-    def __init__(self, torch, device, item_shape, capacity: int, *, depth: int = 3,
-                 copy_streams: int = 2):
+    def __init__(self, torch, device, item_shape, capacity: int, *,
+                 depth: int = GPU_IN_FLIGHT + 1, copy_streams: int = 2):
         self.torch, self.device, self.item_shape = torch, device, tuple(item_shape)
         self.depth = max(2, depth)
         self.compute = torch.cuda.Stream(device=device)
@@ -284,14 +338,24 @@ class TorchRunner(Runner):
     def __init__(self, model: Path | None, *, precision: str | None = None,
                  device: str = "auto", threads: int | None = None, channels_last: bool = True,
                  batch_size: int | None = None, cuda_graphs: bool = True,
-                 half_input: bool = True):
+                 half_input: bool = True, cudnn_benchmark: bool = True,
+                 pad_channels: int | None = None):
         """``half_input``: at fp16 on CUDA, take float16 batches (half the copy); the
-        preprocessing still computes in float32 on the GPU."""
+        preprocessing still computes in float32 on the GPU.  ``cudnn_benchmark``: on CUDA,
+        let cuDNN time its convolution algorithms for each input shape (on while the runner
+        is active, set before any graph is captured; the scan engine's batches all have one
+        shape).  ``pad_channels``: zero-pad the first convolution's input channels to this
+        many (:func:`pad_stem`; None: the model's bands)."""
         from pyengine.models.checkpoint import DEMO_MODEL, read_spec
 
         if threads is not None and threads < 1:
             raise ConfigError(f"threads = {threads}; a positive number is needed")
         parse_device(device)
+        if pad_channels is not None and (isinstance(pad_channels, bool) or
+                                         not isinstance(pad_channels, int) or
+                                         not 1 <= pad_channels <= 64):
+            raise ConfigError(f"pad_channels = {pad_channels!r} is not accepted; accepted: None "
+                              "or a channel count from 1 to 64")
         if precision is not None and precision not in TORCH_PRECISIONS:
             raise ConfigError(f"precision {precision!r} is not available with the torch runner; "
                               f"accepted: {', '.join(TORCH_PRECISIONS)}")
@@ -305,8 +369,10 @@ class TorchRunner(Runner):
         super().__init__(spec, precision or "fp32", batch_size)
         self._device_request, self._threads, self._channels_last = device, threads, channels_last
         self._cuda_graphs, self._half_input = bool(cuda_graphs), bool(half_input)
+        self._cudnn_benchmark, self._pad_channels = bool(cudnn_benchmark), pad_channels
         self._graph = self._device = self._feed = self._torch = None
         self._math = None  # fp32_precision values found at activate, restored at deactivate
+        self._benchmark_was = None  # torch.backends.cudnn.benchmark before activate
         self._graphs: dict = {}  # batch size -> (CUDAGraph, static input, static scores)
 
     # -- what the engine asks before activate ------------------------------------------
@@ -330,6 +396,10 @@ class TorchRunner(Runner):
     @property
     def preferred_batch_size(self) -> int:
         return self._batch_size or (GPU_BATCH if self._on_cuda() else CPU_BATCH)
+
+    @property
+    def in_flight(self) -> int:
+        return GPU_IN_FLIGHT if self._on_cuda() else CPU_IN_FLIGHT
 
     # -- life cycle ---------------------------------------------------------------------
     def _activate(self) -> None:
@@ -359,6 +429,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(self._threads)
         graph = precision_graph(load_model(self._source),
                                 "fp32" if self.precision == "tf32" else self.precision)
+        if self._pad_channels is not None:
+            pad_stem(graph, self._pad_channels)
         if self._channels_last:
             graph.backbone = graph.backbone.to(memory_format=torch.channels_last)
         self._torch, self._device = torch, device
@@ -367,8 +439,12 @@ class TorchRunner(Runner):
             mode = fp32_math(self.precision)
             if mode is not None:  # before any kernel is chosen or graph captured
                 self._math = set_fp32_math(torch, mode)
+            if self._cudnn_benchmark:
+                self._benchmark_was = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = True
             try:
-                self._feed = CudaFeed(torch, device, self.input_shape, self.preferred_batch_size)
+                self._feed = CudaFeed(torch, device, self.input_shape, self.preferred_batch_size,
+                                      depth=self.in_flight + 1)
                 if self._cuda_graphs and self._batch_size is not None:
                     self._ensure_graph(self._batch_size)
             except BaseException:
@@ -384,6 +460,9 @@ class TorchRunner(Runner):
         if self._math is not None:
             restore_fp32_math(self._torch, self._math)
             self._math = None
+        if self._benchmark_was is not None:
+            self._torch.backends.cudnn.benchmark = self._benchmark_was
+            self._benchmark_was = None
 
     # -- memory ---------------------------------------------------------------------------
     def _allocate_slots(self, count: int, batch_size: int, dtype: np.dtype) -> list[np.ndarray]:

@@ -20,8 +20,9 @@ waiting for pixels (DESIGN.md §2):
    tile per slot); any other segment is gathered by this thread straight into the
    slot's rows (one copy, NaN counts into the ring's per-slot counts);
 3. **infer** (one thread): waits for the slot's fills, lets go of its pinned tile
-   buffers, and calls ``runner.submit`` with up to two batches in flight (the
-   copy of one overlaps the compute of the other on a GPU);
+   buffers, and calls ``runner.submit`` with up to the runner's ``in_flight``
+   batches outstanding (2 on a CPU; 3 on a GPU, where the copy of one overlaps the
+   compute of another and the copy back of a third);
 4. **collect** (the thread consuming :meth:`Engine.iter_results`, which
    ``scan`` and ``iter_scan`` wrap): copies each batch's scores and per-band NaN
    counts into its tiles' arrays, calls ``on_batch``, and yields a tile's
@@ -95,15 +96,17 @@ class Engine:
     choose; more than the CPUs usable is capped at them, with a warning on stderr
     (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold.
     ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
-    ``slots`` (at least 2) batch slots circulate between gather and infer; with
-    ``core`` they bound a scan's memory (see the module docstring).
+    ``slots`` (at least 2; None: the runner's ``in_flight`` + 2, at least 4, so the
+    gather stage fills one and queues another while the runner holds its batches)
+    batch slots circulate between gather and infer; with ``core`` they bound a
+    scan's memory (see the module docstring).
     """
 
     def __init__(self, model=None, runner: str | Runner = "auto", precision: str | None = None,
                  batch_size: int | None = None, threads: int | None = None, *,
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
-                 cache_dir=None, prefetch: int = 2, slots: int = 4):
+                 cache_dir=None, prefetch: int = 2, slots: int | None = None):
         if batch_size is not None:
             integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
@@ -126,7 +129,11 @@ class Engine:
             raise ConfigError(f"batch size {self.batch_size} exceeds the {self.runner.name} "
                               f"runner's maximum {limit}")
         self.threads = int(threads) if threads is not None else None
-        self.nslots = max(2, int(slots))
+        wanted = max(1, int(getattr(self.runner, "in_flight", 2)))
+        self.nslots = max(2, int(slots)) if slots is not None else max(4, wanted + 2)
+        # The infer stage holds in_flight - 1 slots between submits: the gather stage
+        # always has one to fill when in_flight <= slots.
+        self.in_flight = min(wanted, self.nslots)
         self._check_batch_memory()
         self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
         self.core = int(core)

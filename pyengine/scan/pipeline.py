@@ -284,9 +284,10 @@ class Pipeline:
             except TimeoutError:
                 continue
 
-    # -- stage 3: inference, two batches in flight ---------------------------------------
+    # -- stage 3: inference, the runner's in_flight batches outstanding --------------------
     def infer(self):
         ring, runner = self.ring, self.engine.runner
+        depth = self.engine.in_flight
         flight: deque = deque()
 
         def retire():
@@ -307,7 +308,7 @@ class Pipeline:
                     self.buffers.drop(buffer)
                 batch = _padded(ring.slots[slot][: self.run_size], n)
                 flight.append((slot, n, segments, runner.submit(batch)))
-                if len(flight) > 1:
+                if len(flight) >= depth:
                     retire()
             while flight:
                 retire()
