@@ -53,4 +53,9 @@ def repeat(fn, n: int = 5) -> dict:
 
 
 def write_json(path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    """Write ``payload`` to ``path`` whole or not at all (a temporary file, then a rename),
+    so a run killed while saving leaves the previous complete file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -62,6 +62,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -73,9 +74,13 @@ from _timing import environment, print_environment, write_json
 
 SCHEMA = "pyengine.bench_gpu/1"
 SECTIONS = ("model_only", "h2d", "end_to_end", "gather_threads")
-E2E_GOAL = 0.85
-SLOTS = 3  # pinned slots cycled by the model-only loop (two batches in flight)
-IN_FLIGHT = 2  # as the scan engine's infer stage keeps them
+E2E_GOAL = 0.9
+PAD_CHANNELS = 8  # the zero-padded stem's channel count (TorchRunner(pad_channels=8))
+STOPPED_EXIT = 4  # the hard deadline stopped the run (the JSON holds what was measured)
+# M31 within 30 kpc of its centre in PAndAS (Zhang et al. 2025): about 15 deg^2,
+# ~5.6e9 pixels per band; the projection scans it on a grid (a position every
+# --m31-stride px), the figure a survey run of pyengine would take at the measured rate.
+M31_PIXELS = 5.6e9
 
 # The published anchor: a figure from elsewhere, printed apart from the measurements.
 ANCHOR_IMAGES_PER_S = 88_700
@@ -96,13 +101,19 @@ ANCHOR = {
               "efficiently than 224x224 ones, and pyengine's torch runner runs fp16/bf16",
 }
 
-FULL = {"batches": "256,512,1024,2048,4096", "precisions": "fp16,bf16", "repeats": 5,
-        "min_seconds": 0.25, "warmup": 3, "field": 8192, "stride": 8, "core": 2048,
-        "e2e_batch": 1024, "e2e_repeats": 3, "thread_repeats": 1, "h2d_mb": 1000.0,
-        "budget": 500.0, "seed": 5}
-SMOKE = {"batches": "2,4", "precisions": "fp32,bf16", "repeats": 2, "min_seconds": 0.02,
-         "warmup": 2, "field": 256, "stride": 32, "core": 128, "e2e_batch": 4,
-         "e2e_repeats": 1, "thread_repeats": 1, "h2d_mb": 8.0, "budget": 240.0, "seed": 5}
+# The full run's plan, in this order (benchmarks/gpu_check.sh gives it about 4 minutes):
+# model-only with CUDA graphs at every batch, without them at three, the padded stem at
+# two, fp32 and tf32 at one; h2d; end-to-end; the thread sweep.
+FULL = {"batches": "256,512,1024,2048,4096", "eager_batches": "256,1024,4096",
+        "pad_batches": "1024,4096", "fp32_batches": "1024", "precisions": "fp16,bf16",
+        "repeats": 3, "min_seconds": 0.2, "warmup": 3, "field": 4096, "stride": 4,
+        "core": 2048, "e2e_batch": 1024, "e2e_repeats": 2, "thread_repeats": 1,
+        "h2d_mb": 500.0, "budget": 240.0, "grace": 30.0, "seed": 5, "m31_stride": 4}
+SMOKE = {"batches": "2,4", "eager_batches": "2,4", "pad_batches": "4", "fp32_batches": "",
+         "precisions": "fp32,bf16", "repeats": 2, "min_seconds": 0.02, "warmup": 2,
+         "field": 256, "stride": 32, "core": 128, "e2e_batch": 4, "e2e_repeats": 1,
+         "thread_repeats": 1, "h2d_mb": 8.0, "budget": 240.0, "grace": 30.0, "seed": 5,
+         "m31_stride": 4}
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -194,7 +205,10 @@ def section(results: list[dict], reason: str | None = None, **extra) -> dict:
 
 
 class Budget:
-    """Measurements are started only while ``seconds`` since the start have not passed."""
+    """Measurements are started only while ``seconds`` since the start have not passed,
+    and only if their estimated length fits in what is left; a timed measurement shortens
+    its repeats to fit (:func:`_time_model`).  The hard stop after ``grace`` more seconds
+    is main's watchdog."""
 
     def __init__(self, seconds: float):
         self.seconds = float(seconds)
@@ -202,6 +216,9 @@ class Budget:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def remaining(self) -> float:
+        return self.seconds - self.elapsed()
 
     def refuses(self, estimate: float = 0.0) -> str | None:
         """Why a measurement expected to take ``estimate`` s may not start (None: it may)."""
@@ -261,13 +278,25 @@ class Bench:
             out.append(time.perf_counter() - t0)
         return out
 
-    def calibrate(self, fn) -> int:
-        """Warm up ``fn`` twice, then the iterations that make a repeat ``--min-seconds``."""
+    def calibrate(self, fn) -> tuple[int, float]:
+        """Warm up ``fn`` twice; (the iterations that make a repeat ``--min-seconds``,
+        seconds per iteration)."""
         warm = max(1, self.args.warmup)
         self.timed(fn, warm, 1)
         (t,) = self.timed(fn, warm, 1)
         per_iter = max(t / warm, 1e-6)
-        return int(min(100_000, max(2, math.ceil(self.args.min_seconds / per_iter))))
+        return int(min(100_000, max(2, math.ceil(self.args.min_seconds / per_iter)))), per_iter
+
+    def fitting_repeats(self, seconds_each: float) -> int:
+        """``--repeats``, or fewer so that they end inside the budget (0: none fits)."""
+        left = self.budget.remaining()
+        return int(min(self.args.repeats, left // max(seconds_each, 1e-9)))
+
+    def stall(self) -> None:
+        """``--debug-stall``: sleep in the first measurement (tests the hard deadline)."""
+        if self.args.debug_stall:
+            seconds, self.args.debug_stall = self.args.debug_stall, 0.0
+            time.sleep(seconds)
 
 
 # -- runners -----------------------------------------------------------------------------------
@@ -283,25 +312,28 @@ def _close(close, bench: Bench) -> str | None:
     return problem
 
 
-def make_torch_runner(bench: Bench, precision: str, batch: int, graphs: bool, threads=None):
+def make_torch_runner(bench: Bench, precision: str, batch: int, graphs: bool, threads=None,
+                      pad: int | None = None):
     """The torch runner as the engine makes it (``make_runner``, CUDA graphs on); with
-    graphs off, ``TorchRunner(cuda_graphs=False)``: make_runner has no such switch."""
+    graphs off or a padded stem, ``TorchRunner(cuda_graphs=..., pad_channels=...)``:
+    make_runner has no such switches."""
     from pyengine.runners.select import make_runner
     from pyengine.runners.torch import TorchRunner
 
-    if graphs:
+    if graphs and pad is None:
         return make_runner("torch", bench.model, precision=precision, batch_size=batch,
                            device=bench.device, threads=threads)
     return TorchRunner(bench.model, precision=precision, device=bench.device, threads=threads,
-                       batch_size=batch, cuda_graphs=False)
+                       batch_size=batch, cuda_graphs=graphs, pad_channels=pad)
 
 
 def _slot_label(bench: Bench) -> str:
     return "pinned_slots" if bench.cuda else "host_slots"
 
 
-def _model_entry(precision, graphs, batch, mode, **kw) -> dict:
+def _model_entry(precision, graphs, batch, mode, pad=None, **kw) -> dict:
     entry = {"precision": precision, "cuda_graphs": graphs, "batch": batch, "input": mode,
+             "pad_channels": pad, "in_flight": None,
              "input_dtype": None, "bytes_per_cutout": None, "status": "ok", "reason": None,
              "cutouts_per_s": None, "cutouts_per_s_min": None, "cutouts_per_s_max": None,
              "repeats": 0, "cutouts_per_repeat": 0, "seconds": [], "setup_s": None,
@@ -310,36 +342,41 @@ def _model_entry(precision, graphs, batch, mode, **kw) -> dict:
     return entry
 
 
-def measure_runner(bench: Bench, precision: str, graphs: bool, batch: int) -> list[dict]:
-    """Both input modes for one runner (precision, graphs, batch)."""
+def measure_runner(bench: Bench, precision: str, graphs: bool, batch: int,
+                   pad: int | None = None, estimate: float = 0.0) -> list[dict]:
+    """Both input modes for one runner (precision, graphs, batch, padded stem or not);
+    ``estimate``: the seconds it is expected to take (from the last one measured)."""
     torch = bench.torch
     modes = ("device_resident", _slot_label(bench))
     if graphs and not bench.cuda:
-        return [_model_entry(precision, graphs, batch, m, status="skipped",
+        return [_model_entry(precision, graphs, batch, m, pad, status="skipped",
                              reason="CUDA graphs need a CUDA device") for m in modes]
-    why = bench.budget.refuses()
+    why = bench.budget.refuses(estimate)
     if why:
-        return [_model_entry(precision, graphs, batch, m, status="skipped", reason=why)
+        return [_model_entry(precision, graphs, batch, m, pad, status="skipped", reason=why)
                 for m in modes]
     if bench.cuda:
         torch.cuda.reset_peak_memory_stats(bench.device)
+    bench.stall()
     t0 = time.perf_counter()
     runner, entries = None, []
     try:
-        runner = make_torch_runner(bench, precision, batch, graphs)
+        runner = make_torch_runner(bench, precision, batch, graphs, pad=pad)
         runner.activate()
-        slots = runner.allocate_slots(SLOTS, batch)  # pinned on CUDA; captures the graph
+        depth = runner.in_flight  # as the scan engine keeps them; the feed's ring is one more
+        # pinned on CUDA; captures the graph
+        slots = runner.allocate_slots(depth + 1, batch)
         setup = time.perf_counter() - t0
         bench.fill(slots)
         dtype = slots[0].dtype
-        common = {"input_dtype": str(dtype), "setup_s": setup,
+        common = {"input_dtype": str(dtype), "setup_s": setup, "in_flight": depth,
                   "bytes_per_cutout": int(slots[0][0].nbytes),
                   "graph_captured": bool(getattr(runner, "_graphs", {})) if bench.cuda else None}
 
         # the model alone: the runner's own launch on its compute stream, input on the device
         launch = getattr(runner, "_launch", None)
         if launch is None:
-            entries.append(_model_entry(precision, graphs, batch, modes[0], **common,
+            entries.append(_model_entry(precision, graphs, batch, modes[0], pad, **common,
                                         status="skipped",
                                         reason="TorchRunner has no _launch (private API changed)"))
         else:
@@ -358,26 +395,27 @@ def measure_runner(bench: Bench, precision: str, graphs: bool, batch: int) -> li
                         launch(x, batch)
 
             entries.append(_time_model(bench, resident, precision, graphs, batch, modes[0],
-                                       common))
+                                       pad, common))
 
-        # from the runner's (pinned) slots: submit, two batches in flight, scores back
+        # from the runner's (pinned) slots: submit, in_flight batches outstanding, scores back
         def from_slots(iters):
             flight = deque()
             for i in range(iters):
                 flight.append(runner.submit(slots[i % len(slots)]))
-                if len(flight) >= IN_FLIGHT:
+                if len(flight) >= depth:
                     flight.popleft().result()
             while flight:
                 flight.popleft().result()
 
-        entries.append(_time_model(bench, from_slots, precision, graphs, batch, modes[1], common))
+        entries.append(_time_model(bench, from_slots, precision, graphs, batch, modes[1], pad,
+                                   common))
         scores = runner.infer(slots[0])
         if scores.shape != (batch,) or not np.all(np.isfinite(scores)):
             for e in entries:
                 e.update(status="error", reason=f"scores not finite or of shape {scores.shape}")
     except Exception as exc:  # one configuration failing (e.g. out of memory) ends only itself
         done = {e["input"] for e in entries}
-        entries += [_model_entry(precision, graphs, batch, m, status="error",
+        entries += [_model_entry(precision, graphs, batch, m, pad, status="error",
                                  reason=_one_line(exc)) for m in modes if m not in done]
     finally:
         problem = _close(runner.deactivate if runner is not None else None, bench)
@@ -392,30 +430,64 @@ def measure_runner(bench: Bench, precision: str, graphs: bool, batch: int) -> li
     return entries
 
 
-def _time_model(bench: Bench, fn, precision, graphs, batch, mode, common) -> dict:
+def _time_model(bench: Bench, fn, precision, graphs, batch, mode, pad, common) -> dict:
     why = bench.budget.refuses()
     if why:
-        return _model_entry(precision, graphs, batch, mode, **common, status="skipped",
+        return _model_entry(precision, graphs, batch, mode, pad, **common, status="skipped",
                             reason=why)
-    iters = bench.calibrate(fn)
-    seconds = bench.timed(fn, iters, bench.args.repeats)
+    iters, per_iter = bench.calibrate(fn)
+    repeats = bench.fitting_repeats(iters * per_iter)
+    if repeats < 1:
+        return _model_entry(precision, graphs, batch, mode, pad, **common, status="skipped",
+                            reason=bench.budget.refuses(iters * per_iter) or "no time left")
+    seconds = bench.timed(fn, iters, repeats)
     rate = _median_rate(iters * batch, seconds)
-    return _model_entry(precision, graphs, batch, mode, **common, cutouts_per_s=rate["median"],
+    return _model_entry(precision, graphs, batch, mode, pad, **common,
+                        cutouts_per_s=rate["median"],
                         cutouts_per_s_min=rate["min"], cutouts_per_s_max=rate["max"],
                         repeats=len(seconds), cutouts_per_repeat=iters * batch,
                         seconds=seconds)
 
 
-def run_model_only(bench: Bench, batches: list[int]) -> dict:
+def model_only_plan(args, cuda: bool) -> list[tuple[str, bool, int, int | None]]:
+    """(precision, CUDA graphs, batch, padded stem) in the order they are measured: every
+    precision with graphs at ``--batches`` (and the end-to-end batch), then without graphs
+    at ``--eager-batches``; the first precision with a zero-padded stem at
+    ``--pad-batches``; fp32 and tf32 at ``--fp32-batches`` (tf32 on CUDA only).  Graphs,
+    padded or fp32, are the engine's choice (on with CUDA)."""
+    plan = []
+    graph_batches = sorted(set(args.batch_list) | {args.e2e_batch})
+    for precision in args.precision_list:
+        plan += [(precision, True, b, None) for b in graph_batches]
+        plan += [(precision, False, b, None) for b in args.eager_batch_list]
+    if args.precision_list:
+        plan += [(args.precision_list[0], cuda, b, PAD_CHANNELS) for b in args.pad_batch_list]
+    for precision in ("fp32", "tf32") if cuda else ("fp32",):
+        plan += [(precision, cuda, b, None) for b in args.fp32_batch_list
+                 if (precision, cuda, b, None) not in plan]
+    return list(dict.fromkeys(plan))
+
+
+def _runner_estimate(results: list[dict]) -> float:
+    """Seconds the next runner's measurement is likely to take: the last one's setup and
+    timed repeats (0 before any)."""
+    done = [e for e in results if e["status"] == "ok" and e["seconds"]]
+    if not done:
+        return 0.0
+    last = [e for e in done if (e["precision"], e["batch"]) == (done[-1]["precision"],
+                                                              done[-1]["batch"])]
+    return (last[0]["setup_s"] or 0.0) + sum(sum(e["seconds"]) * 1.5 for e in last)
+
+
+def run_model_only(bench: Bench) -> dict:
     results = []
-    for precision in bench.args.precision_list:
-        for graphs in (True, False):
-            for batch in batches:
-                got = measure_runner(bench, precision, graphs, batch)
-                results += got
-                bench.log(f"model_only {precision} graphs {_fmt(graphs)} batch {batch}: " +
-                          ", ".join(f"{e['input']} {_brief(e)}" for e in got))
-                bench.partial("model_only", section(results))
+    for precision, graphs, batch, pad in model_only_plan(bench.args, bench.cuda):
+        got = measure_runner(bench, precision, graphs, batch, pad, _runner_estimate(results))
+        results += got
+        bench.log(f"model_only {precision} graphs {_fmt(graphs)} batch {batch}"
+                  f"{f' stem padded to {pad}' if pad else ''}: " +
+                  ", ".join(f"{e['input']} {_brief(e)}" for e in got))
+        bench.partial("model_only", section(results))
     return section(results)
 
 
@@ -432,8 +504,8 @@ def model_rate(model_only: dict | None, bench: Bench, precision: str, batch: int
         return None
     graphs = bench.cuda  # make_runner's default; on the CPU graphs do not exist
     for e in model_only["results"]:
-        if (e["precision"], e["cuda_graphs"], e["batch"], e["input"]) == \
-                (precision, graphs, batch, mode) and e["status"] == "ok":
+        if (e["precision"], e["cuda_graphs"], e["batch"], e["input"], e["pad_channels"]) == \
+                (precision, graphs, batch, mode, None) and e["status"] == "ok":
             return e["cutouts_per_s"]
     return None
 
@@ -587,6 +659,8 @@ def scan_rate(bench: Bench, field: dict, precision: str, batch: int, threads, re
             sum(len(r) for r in engine.iter_results(*warm))  # warm-up: a 16th of the positions
             seconds = []
             for _ in range(repeats):
+                if seconds and bench.budget.remaining() < 1.1 * max(seconds):
+                    break  # another pass would end past the budget: report those done
                 bench.sync()
                 t1 = time.perf_counter()
                 count = sum(len(r) for r in engine.iter_results(mosaic_, source, plan))
@@ -698,8 +772,14 @@ def batcher_rates(bench: Bench, field: dict, batch: int, counts: list[int]) -> l
                             ring.wait(done)
                             ring.release(done)
 
-                    k = bench.calibrate(passes)
-                    seconds = bench.timed(passes, k, args.repeats)
+                    k, per_pass = bench.calibrate(passes)
+                    repeats = bench.fitting_repeats(k * per_pass)
+                    if repeats < 1:
+                        results.append(_batcher_entry(
+                            threads, dtype.name, batch, status="skipped",
+                            reason=bench.budget.refuses(k * per_pass) or "no time left"))
+                        continue
+                    seconds = bench.timed(passes, k, repeats)
                 rate = _median_rate(k * n, seconds)
                 bench.log(f"gather_threads batcher {dtype.name} threads {threads}: "
                           f"{rate['median']:,.0f}/s")
@@ -771,6 +851,7 @@ def print_header(payload: dict) -> None:
 
 MODEL_COLUMNS = [("precision", "precision", 0), ("graphs", "cuda_graphs", 0),
                  ("batch", "batch", 0), ("input", "input", 0), ("dtype", "input_dtype", 0),
+                 ("stem", "pad_channels", 0), ("flight", "in_flight", 0),
                  ("cutouts/s", "cutouts_per_s", 0), ("min", "cutouts_per_s_min", 0),
                  ("max", "cutouts_per_s_max", 0), ("setup s", "setup_s", 1),
                  ("peak MiB", "peak_gpu_mib", 0)]
@@ -790,8 +871,8 @@ BATCHER_COLUMNS = [("threads", "threads", 0), ("dtype", "dtype", 0), ("batch", "
 
 
 def print_section(name: str, sec: dict) -> None:
-    if sec["status"] == "skipped" and not sec["results"]:
-        print(f"\n== {name}: skipped ({sec['reason']}) ==", flush=True)
+    if not sec["results"] and not sec.get("batcher"):
+        print(f"\n== {name}: {sec['status']} ({sec['reason']}) ==", flush=True)
         return
     if name == "model_only":
         print_table("model_only: torch runner alone, cutouts/s (median of repeats); "
@@ -803,14 +884,15 @@ def print_section(name: str, sec: dict) -> None:
                     "stream", H2D_COLUMNS, rows)
     elif name == "end_to_end":
         print_table("end_to_end: Engine scanning the grid, cutouts/s; ratio = engine / "
-                    "model-only from slots (goal >= 0.85)", E2E_COLUMNS, sec["results"])
+                    f"model-only from slots (goal >= {E2E_GOAL})", E2E_COLUMNS, sec["results"])
     else:
         print_table("gather_threads: Engine(threads=N) end to end (gather pool = min(4, N), "
                     "read pool = min(2, N))", E2E_COLUMNS, sec["results"])
-        ref = sec["model_only_reference"]
+        ref = sec.get("model_only_reference") or {}
         print_table(f"gather_threads: C++ BatchRing alone from one tile in memory, cutouts/s; "
-                    f"model-only {ref['precision']} batch {ref['batch']}: from slots "
-                    f"{_fmt(ref['from_slots'])}, device-resident {_fmt(ref['device_resident'])}",
+                    f"model-only {ref.get('precision')} batch {ref.get('batch')}: from slots "
+                    f"{_fmt(ref.get('from_slots'))}, device-resident "
+                    f"{_fmt(ref.get('device_resident'))}",
                     BATCHER_COLUMNS, sec["batcher"])
     if sec["status"] != "ok":
         print(f"   section {sec['status']}: {sec['reason']}", flush=True)
@@ -847,6 +929,108 @@ def print_anchor(anchor: dict) -> None:
         print(line, flush=True)
 
 
+# -- the summary: the figures the check is for, printed last ------------------------------------
+def _best(results: list[dict], **match) -> dict | None:
+    ok = [e for e in results if e["status"] == "ok" and e.get("cutouts_per_s") and
+          all(e.get(k) == v for k, v in match.items())]
+    return max(ok, key=lambda e: e["cutouts_per_s"], default=None)
+
+
+def summary_block(payload: dict) -> dict:
+    """The check's answers, from the sections' entries (None where not measured)."""
+    secs, cuda = payload["sections"], payload["device"].startswith("cuda")
+    model = secs["model_only"]["results"]
+    out = {"model_only": [], "graphs_speedup": [], "pad_speedup": [], "end_to_end": [],
+           "h2d": [], "gather_threads_needed": None, "m31_projection": None}
+    for precision in dict.fromkeys(e["precision"] for e in model):
+        for mode in ("device_resident", "pinned_slots" if cuda else "host_slots"):
+            best = _best(model, precision=precision, input=mode, pad_channels=None)
+            if best:
+                out["model_only"].append({k: best[k] for k in (
+                    "precision", "input", "cuda_graphs", "batch", "cutouts_per_s")})
+    for e in model:
+        if e["status"] != "ok" or e["input"] != "device_resident":
+            continue
+        key = (e["precision"], e["batch"], e["input"])
+        if e["cuda_graphs"] and e["pad_channels"] is None:
+            eager = _best(model, precision=key[0], batch=key[1], input=key[2],
+                          cuda_graphs=False, pad_channels=None)
+            if eager:
+                out["graphs_speedup"].append({"precision": key[0], "batch": key[1],
+                                              "ratio": e["cutouts_per_s"] /
+                                              eager["cutouts_per_s"]})
+        if e["pad_channels"]:
+            plain = _best(model, precision=key[0], batch=key[1], input=key[2],
+                          cuda_graphs=e["cuda_graphs"], pad_channels=None)
+            if plain:
+                out["pad_speedup"].append({"precision": key[0], "batch": key[1],
+                                           "pad_channels": e["pad_channels"],
+                                           "ratio": e["cutouts_per_s"] / plain["cutouts_per_s"]})
+    for e in secs["end_to_end"]["results"]:
+        if e["status"] == "ok":
+            out["end_to_end"].append({k: e[k] for k in (
+                "precision", "batch", "cutouts_per_s", "ratio_to_model_only", "meets_goal")})
+    for e in secs["h2d"]["results"]:
+        if e["status"] == "ok" and e["batch"] == payload["args"]["e2e_batch"]:
+            out["h2d"].append({k: e[k] for k in ("memory", "dtype", "batch", "gb_per_s")})
+    gather = secs["gather_threads"]
+    ref = (gather.get("model_only_reference") or {}).get("from_slots")
+    rows = [b for b in gather.get("batcher", []) if b["status"] == "ok"]
+    if ref and rows:
+        dtype = "float16" if any(e.get("transfer_dtype") == "float16"
+                                 for e in secs["end_to_end"]["results"]) else "float32"
+        enough = sorted(b["threads"] for b in rows if b["dtype"] == dtype and
+                        b["cutouts_per_s"] >= ref)
+        out["gather_threads_needed"] = {
+            "dtype": dtype, "model_only_from_slots": ref,
+            "threads": enough[0] if enough else None,
+            "note": None if enough else "no thread count measured feeds the model-only rate"}
+    best_e2e = max(out["end_to_end"], key=lambda e: e["cutouts_per_s"], default=None)
+    if best_e2e:
+        stride = payload["args"]["m31_stride"]
+        positions = M31_PIXELS / stride**2
+        out["m31_projection"] = {
+            "what": f"M31 30 kpc region ({M31_PIXELS:.2g} px per band) scanned on a grid of "
+                    f"stride {stride} px: {positions:.3g} positions at the best end-to-end rate "
+                    "measured here (the field read from page cache, not from disk)",
+            "positions": positions, "precision": best_e2e["precision"],
+            "cutouts_per_s": best_e2e["cutouts_per_s"],
+            "hours": positions / best_e2e["cutouts_per_s"] / 3600}
+    return out
+
+
+def print_summary(summary: dict, payload: dict) -> None:
+    """The short table printed last: what the GPU check is for."""
+    print("\n== summary (measured on this machine; see the tables above) ==")
+    if payload.get("stopped"):
+        print(f"   STOPPED: {payload['stopped']}")
+    for e in summary["model_only"]:
+        print(f"   model-only {e['precision']:<5} {e['input']:<15} best {e['cutouts_per_s']:>12,.0f}"
+              f" cutouts/s (batch {e['batch']}, graphs {_fmt(e['cuda_graphs'])})")
+    for e in summary["graphs_speedup"]:
+        print(f"   CUDA graphs speed-up {e['precision']} batch {e['batch']}: x{e['ratio']:.3f}")
+    for e in summary["pad_speedup"]:
+        print(f"   stem padded to {e['pad_channels']} channels, {e['precision']} batch "
+              f"{e['batch']}: x{e['ratio']:.3f} (keep the padding only if > 1)")
+    for e in summary["h2d"]:
+        print(f"   h2d {e['memory']:<12} {e['dtype']} batch {e['batch']}: "
+              f"{e['gb_per_s']:.2f} GB/s")
+    for e in summary["end_to_end"]:
+        ratio = e["ratio_to_model_only"]
+        print(f"   end-to-end {e['precision']} batch {e['batch']}: {e['cutouts_per_s']:,.0f} "
+              f"cutouts/s, {_fmt(ratio, 3)} of model-only (goal >= {E2E_GOAL})")
+    need = summary["gather_threads_needed"]
+    if need:
+        print(f"   gather threads to feed the model-only rate ({need['dtype']}, "
+              f"{need['model_only_from_slots']:,.0f}/s): {_fmt(need['threads'])}"
+              + (f" ({need['note']})" if need["note"] else ""))
+    m31 = summary["m31_projection"]
+    if m31:
+        print(f"   projection: {m31['what']}: {m31['hours']:.2f} h")
+    if not any(summary[k] for k in ("model_only", "end_to_end", "h2d")):
+        print("   (nothing measured)")
+
+
 # -- main --------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -857,7 +1041,15 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, help="model file (default: the shipped demo model)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--batches", default=None, help="model-only batch sizes, comma-separated")
+    ap.add_argument("--batches", default=None,
+                    help="model-only batch sizes with CUDA graphs, comma-separated")
+    ap.add_argument("--eager-batches", default=None,
+                    help="model-only batch sizes without CUDA graphs")
+    ap.add_argument("--pad-batches", default=None,
+                    help=f"model-only batch sizes with the stem zero-padded to {PAD_CHANNELS} "
+                         "channels (first precision)")
+    ap.add_argument("--fp32-batches", default=None,
+                    help="model-only batch sizes at fp32 and tf32 (tf32 on CUDA only)")
     ap.add_argument("--precisions", default=None, help="torch precisions, comma-separated")
     ap.add_argument("--e2e-precisions", default=None,
                     help="end-to-end precisions (default: --precisions; the first is used for "
@@ -879,13 +1071,22 @@ def parse_args(argv=None):
     ap.add_argument("--thread-repeats", type=int, default=None)
     ap.add_argument("--h2d-mb", type=float, default=None, help="MB copied per h2d repeat")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds after which no new measurement starts")
+                    help="seconds: no measurement starts, or is repeated, past them")
+    ap.add_argument("--grace", type=float, default=None,
+                    help=f"seconds after --budget at which the run is stopped whatever it is "
+                         f"doing (the JSON keeps what was measured; exit status {STOPPED_EXIT})")
+    ap.add_argument("--m31-stride", type=int, default=None,
+                    help="grid stride (px) of the projected M31 scan")
     ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="set torch.backends.cudnn.benchmark (pyengine leaves it off)")
+                    help="set torch.backends.cudnn.benchmark for the whole run (the torch "
+                         "runner turns it on while active anyway)")
     ap.add_argument("--workdir", default=None,
                     help="where the synthetic field is written and reused (default: a "
                          "temporary directory, removed afterwards)")
+    ap.add_argument("--field-only", action="store_true",
+                    help="only write the synthetic field into --workdir, then exit")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--debug-stall", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     profile = SMOKE if args.smoke else FULL
     for key, value in profile.items():
@@ -896,15 +1097,21 @@ def parse_args(argv=None):
     if args.device not in ("cpu", "cuda") and not (args.device.startswith("cuda:") and
                                                    args.device[5:].isdigit()):
         ap.error(f"--device {args.device!r} is not accepted; accepted: cpu, cuda, cuda:N")
+    if args.field_only and not args.workdir:
+        ap.error("--field-only needs --workdir (where the field is written)")
     args.section_list = _words(args.sections)
     unknown = sorted(set(args.section_list) - set(SECTIONS))
     if unknown:
         ap.error(f"--sections: unknown {', '.join(unknown)}; accepted: {', '.join(SECTIONS)}")
     try:
         args.batch_list = _ints(args.batches)
+        args.eager_batch_list = _ints(args.eager_batches)
+        args.pad_batch_list = _ints(args.pad_batches)
+        args.fp32_batch_list = _ints(args.fp32_batches)
         args.thread_list = _ints(args.threads) if args.threads else None
     except ValueError:
-        ap.error("--batches and --threads take comma-separated integers, e.g. 256,512")
+        ap.error("--batches, --eager-batches, --pad-batches, --fp32-batches and --threads take "
+                 "comma-separated integers, e.g. 256,512")
     args.precision_list = _words(args.precisions)
     args.e2e_precision_list = _words(args.e2e_precisions or args.precisions)
     from pyengine.runners.base import PRECISIONS
@@ -916,15 +1123,38 @@ def parse_args(argv=None):
     cpus = _usable_cpus()
     args.thread_list = args.thread_list or _thread_counts(cpus, 2 if args.smoke else None)
     args.threads = ",".join(map(str, args.thread_list))
-    if not args.batch_list or min(args.batch_list) < 1 or not args.thread_list or \
-            min(args.thread_list) < 1 or args.repeats < 1 or args.e2e_batch < 1:
-        ap.error("batch sizes, thread counts, --repeats and --e2e-batch must be positive")
+    lists = (args.batch_list, args.eager_batch_list, args.pad_batch_list, args.fp32_batch_list)
+    if not args.batch_list or min(min(x, default=1) for x in lists) < 1 or \
+            not args.thread_list or min(args.thread_list) < 1 or args.repeats < 1 or \
+            args.e2e_batch < 1 or args.budget < 0 or args.grace < 0 or args.m31_stride < 1:
+        ap.error("batch sizes, thread counts, --repeats, --e2e-batch and --m31-stride must "
+                 "be positive; --budget and --grace at least 0")
     return args
+
+
+def _section_failed(name: str, exc: BaseException) -> dict:
+    """A section that raised: recorded as an error with the reason, never the end of the run."""
+    return {"status": "error", "reason": f"the section failed: {_one_line(exc)}", "results": [],
+            **({"batcher": [], "model_only_reference": {}} if name == "gather_threads" else {})}
+
+
+def _field_failure(exc: BaseException) -> str:
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if missing:
+        return (f"the synthetic field could not be made: {missing} is not installed (the synth "
+                f"needs astropy and fitsio; carry their wheels: benchmarks/gpu_check.sh)")
+    return f"the synthetic field could not be made: {_one_line(exc)}"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     budget = Budget(args.budget)
+    if args.field_only:
+        bench = Bench(args, None, budget)
+        field = ensure_field(bench, Path(args.workdir))
+        print(f"# field {field['size']}^2 px (seed {field['seed']}) in {field['dir']}: "
+              f"{'reused' if field['reused'] else 'synthesised'} in {field['seconds']:.1f} s")
+        return 0
     from pyengine.runners.probe import torch_cuda_problem
 
     if args.device.startswith("cuda"):
@@ -959,32 +1189,61 @@ def main(argv=None) -> int:
         "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
         "field": None, "anchor": anchor_block(None, bench.cuda),
         "sections": {name: section([], reason="not selected (--sections)") for name in SECTIONS},
-        "elapsed_s": None,
+        "summary": None, "stopped": None, "elapsed_s": None,
     }
     print_header(payload)
+    saving = threading.Lock()
 
     def save():
-        payload["elapsed_s"] = budget.elapsed()
-        if args.json:
-            write_json(args.json, payload)
+        with saving:
+            payload["elapsed_s"] = budget.elapsed()
+            if args.json:
+                write_json(args.json, payload)
 
     def partial(name, sec):
         payload["sections"][name] = sec
         save()
 
+    def finish_summary():
+        model_only = payload["sections"]["model_only"]
+        payload["anchor"] = anchor_block(model_only if model_only["results"] else None,
+                                         bench.cuda)
+        payload["summary"] = summary_block(payload)
+
+    def deadline():
+        """The hard stop: whatever is running, keep what was measured and end the run."""
+        payload["stopped"] = (f"hard deadline: --budget {args.budget:.0f} s + --grace "
+                              f"{args.grace:.0f} s passed during a measurement; sections not "
+                              "finished hold the entries measured before it")
+        try:
+            finish_summary()
+            save()
+            print_summary(payload["summary"], payload)
+        finally:
+            print(f"\n# stopped at {budget.elapsed():.1f} s (exit status {STOPPED_EXIT})",
+                  flush=True)
+            os._exit(STOPPED_EXIT)
+
+    watchdog = threading.Timer(args.budget + args.grace, deadline)
+    watchdog.daemon = True
+    watchdog.start()
     bench.on_partial = partial
 
-    model_batches = sorted(set(args.batch_list) | {args.e2e_batch})
     sections = payload["sections"]
-    if "model_only" in args.section_list:
-        sections["model_only"] = run_model_only(bench, model_batches)
-        print_section("model_only", sections["model_only"])
+
+    def run(name, fn, *a):
+        try:
+            sections[name] = fn(*a)
+        except Exception as exc:  # one section failing ends only itself
+            sections[name] = _section_failed(name, exc)
+        print_section(name, sections[name])
         save()
+
+    if "model_only" in args.section_list:
+        run("model_only", run_model_only, bench)
     model_only = sections["model_only"] if "model_only" in args.section_list else None
     if "h2d" in args.section_list:
-        sections["h2d"] = run_h2d(bench, args.batch_list)
-        print_section("h2d", sections["h2d"])
-        save()
+        run("h2d", run_h2d, bench, args.batch_list)
     scans = [s for s in ("end_to_end", "gather_threads") if s in args.section_list]
     if scans:
         with contextlib.ExitStack() as stack:
@@ -994,28 +1253,37 @@ def main(argv=None) -> int:
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
                     prefix="bench_gpu_")))
-            field = ensure_field(bench, workdir)
-            payload["field"] = field
-            print(f"\n# field {field['size']}^2 px (seed {field['seed']}) in {field['dir']}: "
-                  f"{'reused' if field['reused'] else 'synthesised'} in "
-                  f"{field['seconds']:.1f} s", flush=True)
-            if "end_to_end" in scans:
-                sections["end_to_end"] = run_end_to_end(bench, field, model_only)
-                print_section("end_to_end", sections["end_to_end"])
+            try:
+                field = ensure_field(bench, workdir)
+            except Exception as exc:
+                field, why = None, _field_failure(exc)
+                for name in scans:
+                    sections[name] = {**_section_failed(name, exc), "reason": why}
+                    print_section(name, sections[name])
                 save()
-            if "gather_threads" in scans:
-                sections["gather_threads"] = run_gather_threads(bench, field, model_only)
-                print_section("gather_threads", sections["gather_threads"])
-                save()
-    payload["anchor"] = anchor_block(model_only, bench.cuda)
+            if field is not None:
+                payload["field"] = field
+                print(f"\n# field {field['size']}^2 px (seed {field['seed']}) in "
+                      f"{field['dir']}: {'reused' if field['reused'] else 'synthesised'} in "
+                      f"{field['seconds']:.1f} s", flush=True)
+                if "end_to_end" in scans:
+                    run("end_to_end", run_end_to_end, bench, field, model_only)
+                if "gather_threads" in scans:
+                    run("gather_threads", run_gather_threads, bench, field, model_only)
+    watchdog.cancel()
+    finish_summary()
     print_anchor(payload["anchor"])
     save()
+    print_summary(payload["summary"], payload)
     failed = [f"{name}: {e['reason']}" for name, sec in sections.items()
               for e in [*sec["results"], *sec.get("batcher", [])] if e["status"] == "error"]
+    failed += [f"{name}: {sec['reason']}" for name, sec in sections.items()
+               if sec["status"] == "error" and not sec["results"]]
     print(f"\n# done in {budget.elapsed():.1f} s" +
           (f"; results in {args.json}" if args.json else ""))
     if failed:
-        print(f"# {len(failed)} measurement(s) failed, first: {failed[0]}", flush=True)
+        print(f"# {len(failed)} measurement(s) or section(s) failed, first: {failed[0]}",
+              flush=True)
         return 3
     return 0
 

@@ -16,8 +16,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 SECTIONS = {"model_only", "h2d", "end_to_end", "gather_threads"}
 TOP = {"schema", "smoke", "device", "env", "torch", "model", "args", "field", "anchor",
-       "sections", "elapsed_s"}
-MODEL_KEYS = {"precision", "cuda_graphs", "batch", "input", "input_dtype", "bytes_per_cutout",
+       "sections", "summary", "stopped", "elapsed_s"}
+MODEL_KEYS = {"precision", "cuda_graphs", "batch", "input", "pad_channels", "in_flight",
+              "input_dtype", "bytes_per_cutout",
               "status", "reason", "cutouts_per_s", "cutouts_per_s_min", "cutouts_per_s_max",
               "repeats", "cutouts_per_repeat", "seconds", "setup_s", "graph_captured",
               "peak_gpu_mib"}
@@ -56,9 +57,8 @@ def smoke(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smoke_run_finishes_within_a_minute_and_prints_every_table(smoke):
-    proc, _, seconds = smoke
-    assert seconds < 60, f"the smoke run took {seconds:.1f} s"
+def test_smoke_run_prints_every_table(smoke):
+    proc, _, _ = smoke
     for title in ("== model_only:", "== h2d: skipped", "== end_to_end:", "== gather_threads:",
                   "C++ BatchRing alone", "published anchor (NOT a measurement",
                   "anchor scaled by FLOPs, not a measurement", "(224/64)^2 = 12.25"):
@@ -97,7 +97,12 @@ def test_smoke_numbers_are_sensible(smoke):
     assert {(e["precision"], e["batch"], e["input"]) for e in ran} == {
         (p, b, i) for p in ("fp32", "bf16") for b in (2, 4)
         for i in ("device_resident", "host_slots")}
+    # the padded stem: the first precision at --pad-batches (4 in the smoke run)
+    assert {(e["precision"], e["batch"], e["input"]) for e in ran if e["pad_channels"]} == {
+        ("fp32", 4, "device_resident"), ("fp32", 4, "host_slots")}
+    assert {e["pad_channels"] for e in ran} == {None, 8}
     for e in ran:
+        assert e["in_flight"] == 2  # the CPU runner's, as the scan engine keeps them
         assert e["cuda_graphs"] is False and e["input_dtype"] == "float32"
         assert e["bytes_per_cutout"] == 2 * 64 * 64 * 4
         assert _positive(e["cutouts_per_s"]) and e["repeats"] == 2
@@ -111,7 +116,7 @@ def test_smoke_numbers_are_sensible(smoke):
         assert _positive(e["cutouts_per_s"]) and _positive(e["ratio_to_model_only"])
         assert e["ratio_to_model_only"] == pytest.approx(
             e["cutouts_per_s"] / e["model_only_from_slots"])
-        assert e["goal"] == 0.85 and e["meets_goal"] == (e["ratio_to_model_only"] >= 0.85)
+        assert e["goal"] == 0.9 and e["meets_goal"] == (e["ratio_to_model_only"] >= 0.9)
     gather = secs["gather_threads"]
     assert gather["status"] == "ok", gather["reason"]
     counts = [e["threads"] for e in gather["results"]]
@@ -174,3 +179,86 @@ def test_exhausted_budget_skips_measurements_with_the_reason(tmp_path):
     assert all("time budget exhausted" in e["reason"] for e in entries if not e.get("cuda_graphs"))
     assert all(secs[name]["status"] == "skipped" for name in secs)
     assert not Path(data["field"]["dir"]).exists()  # the temporary directory is gone
+
+
+@pytest.mark.slow
+def test_smoke_summary_comes_last_and_matches_the_tables(smoke):
+    proc, data, _ = smoke
+    summary = data["summary"]
+    assert proc.stdout.rindex("== summary") > proc.stdout.rindex("== published anchor")
+    model = data["sections"]["model_only"]["results"]
+    for row in summary["model_only"]:
+        best = max(e["cutouts_per_s"] for e in model if e["status"] == "ok" and
+                   (e["precision"], e["input"], e["pad_channels"]) ==
+                   (row["precision"], row["input"], None))
+        assert row["cutouts_per_s"] == best
+    (pad,) = summary["pad_speedup"]
+    assert (pad["precision"], pad["batch"], pad["pad_channels"]) == ("fp32", 4, 8)
+    assert _positive(pad["ratio"])
+    assert [e["precision"] for e in summary["end_to_end"]] == ["fp32", "bf16"]
+    need = summary["gather_threads_needed"]
+    assert need["dtype"] == "float32" and need["threads"] in (None, 1, 2)
+    m31 = summary["m31_projection"]
+    best = max(e["cutouts_per_s"] for e in summary["end_to_end"])
+    assert m31["positions"] == pytest.approx(5.6e9 / 16)
+    assert m31["hours"] == pytest.approx(m31["positions"] / best / 3600)
+    assert data["stopped"] is None and "projection: M31 30 kpc" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_hard_deadline_stops_a_stalled_run_and_keeps_the_json(tmp_path):
+    """--budget only stops new measurements; one that hangs (here: --debug-stall sleeps
+    in the first) is cut at --budget + --grace: exit status 4, the JSON says so."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--sections", "model_only",
+                           "--budget", "4", "--grace", "2", "--debug-stall", "120",
+                           "--json", "d.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert seconds < 60, f"stopped only after {seconds:.0f} s"
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert data["stopped"].startswith("hard deadline: --budget 4 s + --grace 2 s passed")
+    assert data["summary"] is not None and 5.5 < data["elapsed_s"] < 30
+    assert "STOPPED: hard deadline" in proc.stdout and "Traceback" not in proc.stderr
+
+
+BLOCKER = """import sys
+
+class AbsentFinder:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("astropy", "fitsio", "sep") or name == "pyengine._core":
+            raise ModuleNotFoundError(f"{name} is absent here", name=name)
+        return None
+
+sys.meta_path.insert(0, AbsentFinder())
+"""
+
+
+@pytest.mark.slow
+def test_sections_fail_alone_where_astropy_fitsio_and_the_core_are_missing(tmp_path):
+    """As on the GPU machine before the wheels are installed: the model-only section
+    runs; the scan sections are recorded as errors saying what is missing; the run
+    goes to its end (exit status 3), with no traceback."""
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    root = str(SCRIPT.parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--precisions", "fp32",
+                           "--batches", "2", "--eager-batches", "2", "--pad-batches", "",
+                           "--e2e-batch", "2", "--json", "f.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads((tmp_path / "f.json").read_text())
+    secs = data["sections"]
+    assert secs["model_only"]["status"] == "partial"  # graphs skipped, eager measured
+    for name in ("end_to_end", "gather_threads"):
+        assert secs[name]["status"] == "error"
+        assert secs[name]["reason"].startswith("the synthetic field could not be made: "
+                                               "astropy is not installed"), secs[name]["reason"]
+    assert "== end_to_end: error (the synthetic field could not be made" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("# 2 measurement(s) or section(s) "
+                                                            "failed")
