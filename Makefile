@@ -6,7 +6,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pyengine-installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-wheels gpu-rehearsal
+
+# The wheels the GPU machine's image lacks (benchmarks/gpu_wheels.txt), for its Python 3.12.
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+                   manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,14 @@ test: install lint
 
 bench: install
 	$(VENV)/bin/pyengine bench
+
+# benchmarks/gpu_check.sh: `make gpu-wheels` once, then carry .whl to the GPU machine.
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp $(GPU_PLATFORMS) -d .whl -r benchmarks/gpu_wheels.txt
+
+gpu-rehearsal: gpu-wheels
+	bash benchmarks/gpu_rehearsal.sh
 
 clean:
 	rm -rf build $(VENV) $(DEMO) .pytest_cache .ruff_cache

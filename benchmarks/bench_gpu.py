@@ -1,21 +1,28 @@
 """pyengine on a CUDA GPU: the model alone, host-to-device copies, the scan engine, threads.
 
-One script, four sections, a table each, and one JSON file (``--json``):
+One script, four sections, a table each, a summary printed last, and one JSON file
+(``--json``).  ``benchmarks/gpu_check.sh`` runs it on a GPU machine as the last step of
+the prepared check.
 
 1. **model_only**: the torch runner (``make_runner("torch", ...)``; CUDA graphs off
-   through ``TorchRunner(cuda_graphs=False)``, the runner's own switch) at each
-   precision and batch size, with and without CUDA graphs, fed two ways:
+   or a padded stem through ``TorchRunner(cuda_graphs=False, pad_channels=8)``, the
+   runner's own switches), in the order of :func:`model_only_plan`: each precision with
+   CUDA graphs at ``--batches`` and without at ``--eager-batches``, the first precision
+   with the stem zero-padded to 8 channels at ``--pad-batches``, fp32 and tf32 at
+   ``--fp32-batches``; each fed two ways:
 
    * ``device_resident``: the input already on the GPU; the runner's own launch
      (``runner._launch``, what ``submit`` enqueues: graph replay or eager model) on
      its compute stream, back to back: the model alone;
    * ``pinned_slots``: the input in the runner's pinned slots
-     (``runner.allocate_slots``); ``runner.submit`` with two batches in flight as
-     the scan engine keeps them: host-to-device copy, model, scores back.
+     (``runner.allocate_slots``); ``runner.submit`` with ``runner.in_flight`` (3 on
+     a GPU) batches outstanding as the scan engine keeps them: host-to-device copy,
+     model, scores back.
 
    Each: warm-up, a calibration pass sizing a repeat to ``--min-seconds``, then
-   ``--repeats`` timed repeats bracketed by ``torch.cuda.synchronize``; the median
-   rate (cutouts/s) is reported, with min and max.
+   ``--repeats`` timed repeats (fewer if they would end past ``--budget``) bracketed
+   by ``torch.cuda.synchronize``; the median rate (cutouts/s) is reported, with min
+   and max.
 2. **h2d**: host-to-device copies of one batch (float16 and float32) from a pinned
    slot of the runner and from pageable memory, timed with CUDA events on a
    side stream (wall clock alongside); GB/s with GB = 1e9 bytes.
@@ -23,7 +30,7 @@ One script, four sections, a table each, and one JSON file (``--json``):
    threads, device)`` scanning a grid (``GridSource(--stride)``) over a synthetic
    field (``pyengine.synth.make_field``, ``--field`` px square) as
    ``benchmarks/bench_scan.py`` drives it; cutouts/s and the ratio to the same
-   runner's model-only figure from pinned slots (goal >= 0.85), and to the
+   runner's model-only figure from pinned slots (goal >= 0.9), and to the
    device-resident one.
 4. **gather_threads**: the same scan for ``threads`` = 1, 2, 4, ... up to the CPU
    count (``Engine(threads=N)`` sets the gather pool to min(4, N), the read pool
@@ -44,11 +51,22 @@ one-minute check of the script before the full run.  ``--device
 cuda`` without CUDA is refused with one line on stderr and exit status 1; a run in
 which a measurement failed (its entry says why) exits with status 3.
 
-The defaults fit one 10-minute device call on an H100: measurements stop being
-started once ``--budget`` seconds have passed (those left out are marked
-skipped), and the JSON is rewritten after every section.
+The **summary** (``summary`` in the JSON, printed last): the best model-only rate per
+precision and input, the CUDA-graph and padded-stem speed-ups, H2D GB/s at the
+end-to-end batch, the end-to-end ratio, the gather threads needed to feed the
+model-only rate, and the M31 30 kpc region (5.6e9 px per band) projected on a grid of
+``--m31-stride`` px at the best end-to-end rate measured.
 
-Usage (GPU):  python benchmarks/bench_gpu.py --json gpu.json [--workdir DIR]
+**Time:** a measurement starts only if its estimate (the last one's) fits in
+``--budget``, and its repeats are cut to what fits; those left out are marked skipped
+with the reason.  A watchdog stops the run at ``--budget`` + ``--grace`` whatever it is
+doing (a hung capture, say): the JSON, rewritten (atomically) after every measurement,
+gets ``stopped`` and the summary, and the exit status is 4.  A section that raises is
+recorded as an error with the reason (the field needs astropy and fitsio, the scan
+sections ``pyengine._core``), and the run goes on.  ``--field-only`` writes the field
+into ``--workdir`` and exits (gpu_check.sh makes it while the GPU tests run).
+
+Usage (GPU):  python benchmarks/bench_gpu.py --json gpu.json [--workdir DIR] [--budget S]
 Usage (CPU):  python benchmarks/bench_gpu.py --smoke --json smoke.json
 """
 
