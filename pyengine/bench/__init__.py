@@ -9,8 +9,8 @@ Stages, each against its own limit:
   batches out of a tile in memory, in cutouts/s and GB/s written, for 1..N
   worker threads, as a ratio to one ``np.copyto`` of the same number of bytes;
 - ``model_only``: each usable runner and precision at several batch sizes, the
-  batches already prepared in the runner's own slots (two in flight, as the
-  engine submits them);
+  batches already prepared in the runner's own slots (``runner.in_flight``
+  outstanding, as the engine submits them);
 - ``end_to_end``: the real pipeline (:meth:`Engine.iter_results`: read, gather,
   infer, collect) over a grid of positions, and its ratio to the same runner's
   model-only figure at the same batch size.  Model-only sweeps and end-to-end

@@ -199,8 +199,10 @@ def _runner_batches(runner, batch: int, cutouts: np.ndarray, count: int = 2) -> 
 
 
 def bench_model_only(runner, batch: int, cutouts: np.ndarray, min_time: float) -> float:
-    """cutouts/s of ``runner`` on prepared batches, two in flight (as the engine runs it)."""
-    slots = _runner_batches(runner, batch, cutouts)
+    """cutouts/s of ``runner`` on prepared batches, ``runner.in_flight`` outstanding (as
+    the engine runs it: 2 on a CPU, 3 on a GPU)."""
+    depth = max(1, int(getattr(runner, "in_flight", 2)))
+    slots = _runner_batches(runner, batch, cutouts, count=depth + 1)
     # Warm-up (CUDA graphs, ONNX Runtime's first-run allocations, thread pools waking
     # from the previous stage): at least two batches and a fifth of the measuring time.
     start, calls = time.perf_counter(), 0
@@ -212,7 +214,7 @@ def bench_model_only(runner, batch: int, cutouts: np.ndarray, min_time: float) -
     def run():
         pending = deque()
         for i in range(nbatch):
-            if len(pending) == 2:
+            if len(pending) == depth:
                 pending.popleft().result()
             pending.append(runner.submit(slots[i % len(slots)]))
         while pending:
