@@ -33,9 +33,9 @@ the prepared check.
    runner's model-only figure from pinned slots (goal >= 0.9), and to the
    device-resident one.
 4. **gather_threads**: the same scan for ``threads`` = 1, 2, 4, ... up to the CPU
-   count (``Engine(threads=N)`` sets the gather pool to min(4, N), the read pool
-   to min(2, N) and torch's intra-op threads to N; the effective counts are
-   reported), and the C++ batcher alone (``pyengine.scan.batching.BatchRing`` filling
+   count (``Engine(threads=N, gather_threads=N)``: N batcher workers, past the
+   engine's default cap of 4; the read pool min(2, N) and torch's intra-op threads
+   N; the effective counts are reported), and the C++ batcher alone (``pyengine.scan.batching.BatchRing`` filling
    batches from one tile in memory) per thread count, next to the model-only
    rate, so the threads needed to feed the GPU can be read off.
 
@@ -642,7 +642,7 @@ def _e2e_entry(precision, batch, threads, **kw) -> dict:
 
 
 def scan_rate(bench: Bench, field: dict, precision: str, batch: int, threads, repeats: int,
-              model_only: dict | None, estimate: float | None) -> dict:
+              model_only: dict | None, estimate: float | None, gather=None) -> dict:
     """Engine over the grid: warm-up on a coarser grid, then ``repeats`` timed scans."""
     from pyengine import Engine
     from pyengine.io.mosaic import Mosaic
@@ -659,7 +659,8 @@ def scan_rate(bench: Bench, field: dict, precision: str, batch: int, threads, re
     engine = None
     try:
         engine = Engine(bench.model, runner="torch", precision=precision, batch_size=batch,
-                        threads=threads, device=bench.device, core=args.core)
+                        threads=threads, device=bench.device, core=args.core,
+                        gather_threads=gather)
         engine.open()
         setup = time.perf_counter() - t0
         info = {"gather_threads": engine.gather_threads,
@@ -817,9 +818,11 @@ def run_gather_threads(bench: Bench, field: dict, model_only: dict | None) -> di
     precision, batch = args.e2e_precision_list[0], args.e2e_batch
     engine_rows = []
     for threads in args.thread_list:
+        # the batcher gets N threads too (the engine's default caps it at 4)
         engine_rows.append(scan_rate(bench, field, precision, batch, threads,
                                      args.thread_repeats, model_only,
-                                     _estimate(engine_rows, args.thread_repeats)))
+                                     _estimate(engine_rows, args.thread_repeats),
+                                     gather=threads))
         bench.log(f"gather_threads engine threads {threads}: {_brief(engine_rows[-1])}")
         bench.partial("gather_threads", section(engine_rows))
     batcher = batcher_rates(bench, field, batch, args.thread_list)
@@ -904,8 +907,8 @@ def print_section(name: str, sec: dict) -> None:
         print_table("end_to_end: Engine scanning the grid, cutouts/s; ratio = engine / "
                     f"model-only from slots (goal >= {E2E_GOAL})", E2E_COLUMNS, sec["results"])
     else:
-        print_table("gather_threads: Engine(threads=N) end to end (gather pool = min(4, N), "
-                    "read pool = min(2, N))", E2E_COLUMNS, sec["results"])
+        print_table("gather_threads: Engine(threads=N, gather_threads=N) end to end (read "
+                    "pool = min(2, N))", E2E_COLUMNS, sec["results"])
         ref = sec.get("model_only_reference") or {}
         print_table(f"gather_threads: C++ BatchRing alone from one tile in memory, cutouts/s; "
                     f"model-only {ref.get('precision')} batch {ref.get('batch')}: from slots "

@@ -141,3 +141,16 @@ def test_pad_channels_is_checked(model, bad):
     with pytest.raises(ConfigError, match=r"pad_channels = .* is not accepted; accepted: None "
                                           r"or a channel count from 1 to 64"):
         TorchRunner(model, device="cpu", pad_channels=bad)
+
+
+def test_gather_threads_default_and_override(model):
+    from pyengine.devices import usable_threads
+
+    assert Engine(model, runner="torch", device="cpu", threads=1).gather_threads == 1
+    assert Engine(model, runner="torch", device="cpu").gather_threads == min(4, usable_threads())
+    engine = Engine(model, runner="torch", device="cpu", threads=1, gather_threads=2)
+    assert engine.gather_threads == min(2, usable_threads())
+    assert Engine(model, runner="torch", device="cpu", gather_threads=10_000).gather_threads == \
+        usable_threads()
+    with pytest.raises(ConfigError, match="gather threads"):
+        Engine(model, runner="torch", device="cpu", gather_threads=0)

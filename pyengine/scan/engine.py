@@ -99,18 +99,25 @@ class Engine:
     ``slots`` (at least 2; None: the runner's ``in_flight`` + 2, at least 4, so the
     gather stage fills one and queues another while the runner holds its batches)
     batch slots circulate between gather and infer; with ``core`` they bound a
-    scan's memory (see the module docstring).
+    scan's memory (see the module docstring).  ``gather_threads`` None: the C++
+    batcher gets min(4, ``threads`` or the CPUs); a GPU may need more to be fed
+    (``benchmarks/bench_gpu.py`` measures how many).
     """
 
     def __init__(self, model=None, runner: str | Runner = "auto", precision: str | None = None,
                  batch_size: int | None = None, threads: int | None = None, *,
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
-                 cache_dir=None, prefetch: int = 2, slots: int | None = None):
+                 cache_dir=None, prefetch: int = 2, slots: int | None = None,
+                 gather_threads: int | None = None):
         if batch_size is not None:
             integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
             threads = capped_threads(threads)
+        if gather_threads is not None:  # more than the CPUs would only contend
+            gather_threads = min(usable_threads(), integer(
+                gather_threads, "gather threads", 1, accepted="a positive integer is needed",
+                whole_floats=True))
         number(max_nan_fraction, "max NaN fraction", 0.0, 1.0, accepted="a fraction in [0, 1] "
                "is needed")
         number(threshold, "threshold", 0.0, 1.0, allow_none=True,
@@ -129,6 +136,7 @@ class Engine:
             raise ConfigError(f"batch size {self.batch_size} exceeds the {self.runner.name} "
                               f"runner's maximum {limit}")
         self.threads = int(threads) if threads is not None else None
+        self._gather_threads = int(gather_threads) if gather_threads is not None else None
         wanted = max(1, int(getattr(self.runner, "in_flight", 2)))
         self.nslots = max(2, int(slots)) if slots is not None else max(4, wanted + 2)
         # The infer stage holds in_flight - 1 slots between submits: the gather stage
@@ -208,6 +216,10 @@ class Engine:
 
     @property
     def gather_threads(self) -> int:
+        """The C++ batcher's worker threads: ``gather_threads`` if given, else
+        min(4, ``threads`` or the CPUs usable)."""
+        if self._gather_threads is not None:
+            return self._gather_threads
         return max(1, min(4, self.threads or usable_threads()))
 
     def describe(self) -> dict:
