@@ -44,8 +44,8 @@ from pyengine.errors import ConfigError
 from pyengine.memory import aligned_empty
 from pyengine.models.spec import ModelSpec
 
-__all__ = ["CPU_BATCH", "ENGINE_SUFFIXES", "GPU_BATCH", "PRECISIONS", "Pending", "Ready",
-           "Runner"]
+__all__ = ["CPU_BATCH", "ENGINE_SUFFIXES", "GPU_BATCH", "HALF_MAX", "PRECISIONS", "Pending",
+           "Ready", "Runner", "to_half"]
 
 #: Precisions each backend runs (what ``make_runner`` and the runners accept).  fp32 on a
 #: GPU is IEEE float32 (no TensorFloat-32); ``tf32`` (torch on CUDA only) asks for TF32
@@ -56,6 +56,20 @@ PRECISIONS = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "tf32", "fp16",
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _BATCH_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 CPU_BATCH, GPU_BATCH = 32, 256
+#: The largest finite float16.
+HALF_MAX = 65504.0
+
+
+def to_half(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as float16 the way the scan's gather converts (pyengine.scan.batching):
+    rounded to nearest even, finite values beyond +-65504 saturated there rather than
+    overflowing to inf (the graphs read inf as a missing pixel); NaN and inf kept."""
+    if batch.dtype == np.float16:
+        return batch
+    out = batch.astype(np.float32, copy=True)
+    big = np.isfinite(out) & (np.abs(out) > HALF_MAX)
+    out[big] = np.copysign(HALF_MAX, out[big])
+    return out.astype(np.float16)
 
 
 class Pending(ABC):
@@ -174,7 +188,10 @@ class Runner(ABC):
         return Ready(self._infer(self._convert(batch)))
 
     def _convert(self, batch: np.ndarray) -> np.ndarray:
-        """The batch as the backend takes it (CPU runners: ``input_dtype`` on the host)."""
+        """The batch as the backend takes it (CPU runners: ``input_dtype`` on the host;
+        float16 by :func:`to_half`)."""
+        if self.input_dtype == np.float16:
+            return to_half(batch)
         return batch.astype(self.input_dtype, copy=False)
 
     def _check(self, batch, call: str) -> np.ndarray:
