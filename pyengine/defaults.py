@@ -23,4 +23,4 @@ DEFAULT_DETECT_BAND = "sum"
 DEFAULT_APERTURE = 8.0
 #: TensorRT optimisation profile (min, opt, max batch) when none is asked for:
 #: ``pyengine export --format tensorrt --batch`` and the TensorRT runner without a batch size.
-DEFAULT_TENSORRT_PROFILE = (1, 256, 1024)
+DEFAULT_TENSORRT_PROFILE = (1, 1024, 4096)  # opt: the GPU batch (runners.base.GPU_BATCH)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,9 +15,15 @@ from astropy.table import Table
 
 from pyengine import Mosaic
 from pyengine.errors import ConfigError, ModelFileError
-from pyengine.export.onnx import export_onnx, onnx_metadata
+from pyengine.export.onnx import export_onnx, input_dtype_of, onnx_metadata, verify_graph
 from pyengine.export.quantize import quantize_int8
-from pyengine.export.tensorrt import TensorRTUnavailable, build_engine
+from pyengine.export.tensorrt import (
+    TensorRTUnavailable,
+    build_engine,
+    engine_key,
+    engine_metadata,
+    sidecar_path,
+)
 from pyengine.models.checkpoint import load_model, save_model
 from pyengine.models.classifier import INPUT_NAME, OUTPUT_NAMES, ClusterClassifier
 from pyengine.models.spec import ModelSpec
@@ -74,6 +82,150 @@ def test_fp16_onnx_keeps_preprocessing_fp32_and_agrees(tmp_path, model_file, fie
     got = onnx_scores(path, field_cutouts)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
     assert onnx_metadata(path)["pyengine_precision"] == "fp16"
+
+
+def _float16_cutouts(field_cutouts):
+    """Field cutouts as float16 holds them, with NaN pixels (a blank corner, a whole
+    blank band, scattered NaN) and bright pixels up to 6e4 (a saturated star's core)."""
+    x = field_cutouts[:48].astype(np.float16)
+    x[0, :, :8, :8] = np.nan
+    x[1, 1] = np.nan
+    x[2, 0, ::3, ::5] = np.nan
+    x[3, :, 14:18, 14:18] = 6e4
+    x[4, 0, 16, 16] = 6e4
+    x[5, 1, 10:20, 10:20] = np.linspace(1e4, 6e4, 100, dtype=np.float32).reshape(10, 10)
+    x[6, :, :, :12] = np.nan
+    x[6, :, 16, 16] = 6e4
+    return x
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_float16_input_export_casts_first_and_scores_as_the_float32_export(
+        tmp_path, model_file, field_cutouts, precision):
+    """input_dtype float16: the graph's input is float16, its only use a Cast to float32,
+    the outputs float32; ONNX Runtime fed np.float16 scores as the float32-input export
+    fed the same values, NaN and bright pixels included."""
+    model = load_model(model_file)
+    ref = export_onnx(model, tmp_path / "m32.onnx", precision=precision)
+    half = export_onnx(model, tmp_path / "m16.onnx", precision=precision, input_dtype="float16")
+    proto = onnx.load(str(half))
+    (x,) = proto.graph.input
+    assert (x.name, x.type.tensor_type.elem_type) == (INPUT_NAME, onnx.TensorProto.FLOAT16)
+    dims = [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim]
+    assert dims == ["batch", 2, 32, 32]
+    assert [o.type.tensor_type.elem_type for o in proto.graph.output] == \
+        [onnx.TensorProto.FLOAT] * 2
+    users = [n for n in proto.graph.node if INPUT_NAME in n.input]
+    assert [n.op_type for n in users] == ["Cast"]
+    assert onnx.helper.get_attribute_value(users[0].attribute[0]) == onnx.TensorProto.FLOAT
+    meta, ref_meta = onnx_metadata(half), onnx_metadata(ref)
+    assert meta["pyengine_input_dtype"] == "float16" and input_dtype_of(meta, half) == "float16"
+    assert ref_meta["pyengine_input_dtype"] == "float32"
+    assert meta["pyengine_precision"] == precision
+    verify_graph(half)  # its checksum is the graph's (a mismatch raises, none warns)
+    assert onnx.load(str(ref)).graph.input[0].type.tensor_type.elem_type == \
+        onnx.TensorProto.FLOAT
+    cutouts = _float16_cutouts(field_cutouts)
+    got = onnx_scores(half, cutouts)
+    want = onnx_scores(ref, cutouts.astype(np.float32))
+    assert np.isfinite(got).all() and np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+    # The tolerance tells NaN from a number: NaN read as 0 moves these scores beyond it.
+    zeroed = onnx_scores(half, np.nan_to_num(cutouts, nan=0.0))
+    assert (np.abs(zeroed - got)[[0, 1, 2, 6]] > 1e-3).all()
+
+
+def test_int8_and_default_exports_record_float32_input(onnx_files):
+    for name in ("fp32", "fp16", "int8", "int8_cpu"):
+        meta = onnx_metadata(onnx_files[name])
+        assert meta["pyengine_input_dtype"] == "float32", name
+        assert onnx.load(str(onnx_files[name])).graph.input[0].type.tensor_type.elem_type == \
+            onnx.TensorProto.FLOAT
+    assert input_dtype_of({}, "old.onnx") == "float32"  # exports before the key
+    with pytest.raises(ModelFileError, match=r"^x.onnx: pyengine_input_dtype = 'int8' is not "
+                                             r"accepted; accepted: float32, float16$"):
+        input_dtype_of({"pyengine_input_dtype": "int8"}, "x.onnx")
+
+
+def test_onnxruntime_runner_takes_a_float16_input_export(tmp_path, model_file, field_cutouts):
+    """The runner's input_dtype is the graph's (float16), before activation (metadata) and
+    after (the session's input type, also when the metadata lacks the key); float32
+    batches are converted to float16 on the host."""
+    from pyengine.export.onnx import INPUT_DTYPE_KEY
+    from pyengine.runners.onnxrt import OnnxRuntimeRunner
+
+    model = load_model(model_file)
+    half = export_onnx(model, tmp_path / "m16.onnx", precision="fp16", input_dtype="float16")
+    ref = export_onnx(model, tmp_path / "m32.onnx", precision="fp16")
+    cutouts = _float16_cutouts(field_cutouts)[:16]
+    with OnnxRuntimeRunner(ref) as runner:
+        assert runner.input_dtype == np.float32
+        want = runner.infer(cutouts.astype(np.float32))
+    runner = OnnxRuntimeRunner(half)
+    assert runner.input_dtype == np.float16
+    with runner:
+        assert runner.input_dtype == np.float16
+        slots = runner.allocate_slots(2, 16)
+        assert slots[0].dtype == np.float16
+        slots[0][:] = cutouts
+        np.testing.assert_allclose(runner.infer(slots[0]), want, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(runner.infer(cutouts.astype(np.float32)), want, rtol=0,
+                                   atol=1e-3)
+        # float32 to float16 on the host saturates as the scan's gather does: 1e5 is read
+        # as 65504 (the brightest float16), not as inf (which the graph takes for blank).
+        bright, saturated, blank = (cutouts.astype(np.float32) for _ in range(3))
+        bright[0, 0, 16, 16], saturated[0, 0, 16, 16], blank[0, 0, 16, 16] = 1e5, 65504, np.nan
+        got = runner.infer(bright)[0]
+        assert got == runner.infer(saturated)[0] and got != runner.infer(blank)[0]
+    # Without the key (metadata outside the graph's checksum) it reads as float32 until
+    # the session shows the graph's own input type.
+    proto = onnx.load(str(half))
+    keep = [p for p in proto.metadata_props if p.key != INPUT_DTYPE_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    runner = OnnxRuntimeRunner(bare)
+    assert runner.input_dtype == np.float32
+    with runner:
+        assert runner.input_dtype == np.float16
+        np.testing.assert_allclose(runner.infer(cutouts.astype(np.float32)), want, rtol=0,
+                                   atol=1e-3)
+
+
+def test_cached_export_is_not_reused_across_input_dtypes(tmp_path, model_file):
+    """The cached ONNX of a model file is named by its input dtype too, and an entry with
+    the other input dtype under that name is exported again, either way."""
+    import shutil
+
+    from pyengine.runners.loaders import cached_export, model_file_export
+
+    both = ("fp32", "fp16")
+    source, _, _, dtype16, path16 = model_file_export(model_file, "fp16", tmp_path, both,
+                                                      half=True)
+    _, _, _, dtype32, path32 = model_file_export(model_file, "fp16", tmp_path, both)
+    _, _, _, fp32_dtype, fp32_path = model_file_export(model_file, "fp32", tmp_path, both,
+                                                       half=True)
+    assert (dtype16, dtype32, fp32_dtype) == ("float16", "float32", "float32")
+    assert path16.name.endswith("-fp16-float16.onnx")
+    assert path32.name.endswith("-fp16-float32.onnx")
+    assert fp32_path.name.endswith("-fp32-float32.onnx")
+
+    def elem(path):
+        return onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type
+
+    cached_export(source, path32, "fp16", "float32")
+    assert elem(path32) == onnx.TensorProto.FLOAT
+    shutil.copy(path32, path16)  # a float32-input entry under the float16 name
+    cached_export(source, path16, "fp16", "float16")
+    assert elem(path16) == onnx.TensorProto.FLOAT16
+    assert onnx_metadata(path16)["pyengine_input_dtype"] == "float16"
+    shutil.copy(path16, path32)  # and the other way round
+    cached_export(source, path32, "fp16", "float32")
+    assert elem(path32) == onnx.TensorProto.FLOAT
+    before = path16.stat().st_mtime_ns
+    assert cached_export(source, path16, "fp16", "float16") == path16
+    assert path16.stat().st_mtime_ns == before  # the right entry is reused
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
@@ -166,6 +318,10 @@ def test_bad_export_options(tmp_path, model_file):
     model = load_model(model_file)
     with pytest.raises(ConfigError, match="ONNX precision 'int8' is not accepted"):
         export_onnx(model, tmp_path / "x.onnx", precision="int8")
+    with pytest.raises(ConfigError, match=r"^ONNX input dtype 'bfloat16' is not accepted; "
+                                          r"accepted: float32, float16$"):
+        export_onnx(model, tmp_path / "x.onnx", input_dtype="bfloat16")
+    assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(ConfigError, match="at least one cutout"):
         quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", np.zeros((0, 2, 32, 32)))
 
@@ -246,6 +402,8 @@ def onnx_files(tmp_path_factory, model_file, field_cutouts):
     model = load_model(model_file)
     return {"fp32": export_onnx(model, root / "m.onnx"),
             "fp16": export_onnx(model, root / "m16.onnx", precision="fp16"),
+            "fp16_half": export_onnx(model, root / "m16h.onnx", precision="fp16",
+                                     input_dtype="float16"),
             "int8": quantize_int8(root / "m.onnx", root / "m8.onnx", field_cutouts[:32],
                                   target="tensorrt"),
             "int8_cpu": quantize_int8(root / "m.onnx", root / "m8c.onnx", field_cutouts[:32])}
@@ -291,6 +449,41 @@ def test_tensorrt_cache_key_and_reuse(tmp_path, onnx_files):
     other_precision = build_engine(onnx_files["fp32"], tmp_path, trt=rec.module(), identity=GPU)
     assert len({first, other_gpu, other_batch, other_precision}) == 4
     assert first.with_suffix(".json").exists()
+
+
+def test_tensorrt_engine_key_and_sidecar_carry_the_input_dtype(tmp_path, onnx_files):
+    rec = _Recorder("10.13.0")
+    half = build_engine(onnx_files["fp16_half"], tmp_path, trt=rec.module(), identity=GPU)
+    full = build_engine(onnx_files["fp16"], tmp_path, trt=rec.module(), identity=GPU)
+    assert half != full
+    assert engine_metadata(half)["input_dtype"] == "float16"
+    assert engine_metadata(full)["input_dtype"] == "float32"
+    assert ("create_network", 1 << 5) in rec.calls  # fp16: strongly typed, either input
+    # The key itself differs by input dtype, all else equal.
+    keys = {dtype: engine_key(onnx_files["fp16"], precision="fp16", spec=SPEC,
+                              batch=(1, 8, 64), trt_version="10.13.0", identity=GPU,
+                              input_dtype=dtype) for dtype in ("float32", "float16")}
+    assert keys["float32"].digest() != keys["float16"].digest()
+    assert keys["float16"].input_dtype == "float16"
+    # A cached engine whose sidecar names the other input dtype is built again.
+    builds = sum(c == ("build",) for c in rec.calls)
+    side = sidecar_path(half)
+    data = json.loads(side.read_text())
+    side.write_text(json.dumps({**data, "input_dtype": "float32"}))
+    assert build_engine(onnx_files["fp16_half"], tmp_path, trt=rec.module(), identity=GPU) == half
+    assert sum(c == ("build",) for c in rec.calls) == builds + 1
+    assert engine_metadata(half)["input_dtype"] == "float16"
+    assert build_engine(onnx_files["fp16_half"], tmp_path, trt=rec.module(), identity=GPU) == half
+    assert sum(c == ("build",) for c in rec.calls) == builds + 1  # now reused
+    # A sidecar of an older pyengine, without the key: float32; a bad value is refused.
+    data = json.loads(side.read_text())
+    del data["input_dtype"]
+    side.write_text(json.dumps(data))
+    assert engine_metadata(half)["input_dtype"] == "float32"
+    side.write_text(json.dumps({**data, "input_dtype": "int8"}))
+    with pytest.raises(ModelFileError, match=r"\.json: input_dtype = 'int8' is not accepted; "
+                                             r"accepted: float32, float16$"):
+        engine_metadata(half)
 
 
 def test_tensorrt_errors(tmp_path, onnx_files):
@@ -453,3 +646,66 @@ def test_export_cli_refuses_int8_below_the_decision_agreement(tmp_path, model_fi
     assert res.exit_code == 0, res.output
     assert "decision agreement at threshold 0.5: 93.75 %" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.safetensors"]
+
+
+def test_export_cli_input_dtype_option_and_refusals(tmp_path, model_file, monkeypatch):
+    """--input-dtype: float16 by default for --format tensorrt --precision fp16 (the fake
+    tensorrt builds the engine), float32 otherwise; float16 without fp16 is refused in one
+    line, before anything is exported."""
+    import shutil
+    import sys
+
+    from click.testing import CliRunner
+
+    import pyengine.export.tensorrt as export_trt
+    from pyengine.cli import main
+    from pyengine.runners.tensorrt import TensorRTRunner
+
+    src = tmp_path / "model.safetensors"
+    shutil.copy(model_file, src)
+    runner = CliRunner()
+    for args, precision in [(["--input-dtype", "float16"], "fp32"),
+                            (["--precision", "int8", "--input-dtype", "float16"], "int8"),
+                            (["--format", "tensorrt", "--precision", "fp32", "--input-dtype",
+                              "float16"], "fp32")]:
+        res = runner.invoke(main, ["export", str(src), "--cutouts", "16", *args])
+        assert res.exit_code == 1, res.output
+        assert res.output.strip().splitlines() == [
+            f"Error: --input-dtype float16 needs --precision fp16: {precision} graphs take "
+            "float32 input (float16 would round the raw pixels)"], res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+    def input_dtype(path):
+        elem = onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type
+        names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+        assert onnx_metadata(path)["pyengine_input_dtype"] == names[elem]
+        return names[elem]
+
+    res = runner.invoke(main, ["export", str(src), "--cutouts", "16", "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    assert input_dtype(tmp_path / "model.fp16.onnx") == "float32"  # ONNX: float32 by default
+    res = runner.invoke(main, ["export", str(src), "--cutouts", "16", "--precision", "fp16",
+                               "--input-dtype", "float16"])
+    assert res.exit_code == 0, res.output
+    assert "(fp16, float16 input; onnx.checker full check passed)" in res.output
+    assert "field (seed 1) (as float16 input): largest score difference" in res.output
+    assert input_dtype(tmp_path / "model.fp16.float16.onnx") == "float16"
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _Recorder("10.13.0").module())
+    monkeypatch.setattr(export_trt, "_gpu_identity", lambda device: GPU)
+    engines = tmp_path / "engines"
+    built = {}
+    for args, want in [(["--precision", "fp16"], "float16"),
+                       (["--precision", "fp16", "--input-dtype", "float32"], "float32"),
+                       (["--precision", "fp32"], "float32")]:
+        res = runner.invoke(main, ["export", str(src), "--cutouts", "16", "--format", "tensorrt",
+                                   "--cache-dir", str(engines), *args])
+        assert res.exit_code == 0, res.output
+        assert f"{want} input" in res.output
+        engine = Path(res.output.strip().splitlines()[-1].removeprefix("TensorRT engine: "))
+        onnx_path = engines / f"model-{args[1]}-{want}.onnx"
+        assert input_dtype(onnx_path) == want
+        assert engine_metadata(engine)["input_dtype"] == want
+        assert TensorRTRunner(engine).input_dtype == np.dtype(want)
+        built[tuple(args)] = engine
+    assert len(set(built.values())) == 3

@@ -24,11 +24,12 @@ from onnx import TensorProto, helper
 
 from pyengine.errors import ConfigError, ModelFileError, RunnerUnavailable
 from pyengine.export.onnx import set_metadata
-from pyengine.export.tensorrt import build_engine, engine_metadata
+from pyengine.export.tensorrt import build_engine, engine_metadata, read_engine, sidecar_path
 from pyengine.models.checkpoint import save_model
 from pyengine.models.classifier import INPUT_NAME, ClusterClassifier
-from pyengine.models.spec import ModelSpec
+from pyengine.models.spec import ModelSpec, PreprocessSpec
 from pyengine.runners import make_runner
+from pyengine.runners.base import GPU_BATCH
 from pyengine.runners.probe import available_runners
 from pyengine.runners.tensorrt import (
     DEFAULT_PROFILE,
@@ -161,9 +162,9 @@ def model_file(tmp_path_factory):
                       tmp_path_factory.mktemp("m") / "m.safetensors")
 
 
-def _onnx_file(path, precision="fp16", spec=SPEC):
+def _onnx_file(path, precision="fp16", spec=SPEC, input_type=TensorProto.FLOAT):
     """A tiny ONNX file with pyengine's metadata (the graph itself is never run here)."""
-    x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 2, 32, 32])
+    x = helper.make_tensor_value_info(INPUT_NAME, input_type, ["batch", 2, 32, 32])
     y = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 2, 32, 32])
     graph = helper.make_graph([helper.make_node("Identity", [INPUT_NAME], ["score"])], "g", [x],
                               [y])
@@ -276,7 +277,7 @@ def test_auto_chooses_by_what_is_there(monkeypatch, model_file, fake_trt):
     runner = make_runner("auto", model_file, precision="fp16")
     assert (runner.name, runner.precision) == ("torch", "fp16")
     assert runner.chosen_because.startswith("torch has CUDA (tensorrt: the tensorrt package")
-    assert runner.input_dtype == np.float16 and runner.preferred_batch_size == 256
+    assert runner.input_dtype == np.float16 and runner.preferred_batch_size == GPU_BATCH
     with pytest.raises(RunnerUnavailable, match="calibrated on real cutouts"):
         make_runner("auto", model_file, precision="int8")  # ONNX Runtime: needs the QDQ export
 
@@ -293,7 +294,7 @@ def test_runner_takes_onnx_model_and_engine_files(tmp_path, model_file, fake_trt
     with pytest.raises(RunnerUnavailable, match="calibrated on real cutouts"):
         TensorRTRunner(model_file, precision="int8")
     runner = TensorRTRunner(model_file, precision="fp16", batch_size=64, cache_dir=tmp_path)
-    assert runner._onnx.name.endswith("-fp16.onnx") and runner._onnx.parent == tmp_path
+    assert runner._onnx.name.endswith("-fp16-float16.onnx") and runner._onnx.parent == tmp_path
     assert (runner.preferred_batch_size, runner.max_batch_size) == (64, 64)
     assert runner._build == (1, 64, 64)
 
@@ -320,6 +321,68 @@ def test_runner_takes_onnx_model_and_engine_files(tmp_path, model_file, fake_trt
         TensorRTRunner(onnx_path, device="cpu")
     with pytest.raises(ConfigError, match="precision 'bf16' is not available with the tensorrt"):
         TensorRTRunner(onnx_path, precision="bf16")
+
+
+def test_input_dtype_before_activation_is_the_one_the_engine_will_have(tmp_path, model_file,
+                                                                        fake_trt):
+    """An .onnx: its metadata's; an engine: its sidecar's (float32 when the key is missing);
+    a model file: float16 at fp16 (an affine-invariant model), float32 otherwise."""
+    import json
+
+    half_onnx = _onnx_file(tmp_path / "h.onnx", input_type=TensorProto.FLOAT16)
+    full_onnx = _onnx_file(tmp_path / "f.onnx")
+    assert TensorRTRunner(half_onnx).input_dtype == np.float16
+    assert TensorRTRunner(full_onnx).input_dtype == np.float32
+
+    half = build_engine(half_onnx, tmp_path / "e", trt=fake_trt, identity=GPU)
+    full = build_engine(full_onnx, tmp_path / "e", trt=fake_trt, identity=GPU)
+    assert half != full
+    assert TensorRTRunner(half).input_dtype == np.float16
+    assert TensorRTRunner(full).input_dtype == np.float32
+    side = sidecar_path(half)
+    data = json.loads(side.read_text())
+    assert data["input_dtype"] == "float16"
+    del data["input_dtype"]  # a sidecar of an older pyengine
+    side.write_text(json.dumps(data))
+    assert TensorRTRunner(half).input_dtype == np.float32
+
+    cache = tmp_path / "cache"
+    fp16 = TensorRTRunner(model_file, precision="fp16", cache_dir=cache)
+    assert fp16.input_dtype == np.float16 and fp16._onnx.name.endswith("-fp16-float16.onnx")
+    fp32 = TensorRTRunner(model_file, precision="fp32", cache_dir=cache)
+    assert fp32.input_dtype == np.float32 and fp32._onnx.name.endswith("-fp32-float32.onnx")
+    assert TensorRTRunner(model_file, cache_dir=cache).input_dtype == np.float32
+    # No sky/noise normalisation in the graph: the scan sends float32, so the engine takes it.
+    raw = ModelSpec(cutout_size=32, preprocess=PreprocessSpec(background="none", scale="none"))
+    torch.manual_seed(3)
+    raw_file = save_model(ClusterClassifier(raw).eval(), tmp_path / "raw.safetensors")
+    assert TensorRTRunner(raw_file, precision="fp16", cache_dir=cache).input_dtype == np.float32
+
+
+def test_engine_whose_input_dtype_differs_from_its_sidecar_is_refused(tmp_path):
+    """The runner's activation opens the engine with its sidecar's input_dtype
+    (open_engine(..., engine_metadata(path)["input_dtype"])): a half-input engine beside a
+    sidecar saying float32 is a one-line ModelFileError; matching ones open."""
+    half_engine = _Engine(_tensors(input_dtype=_DataType.HALF), [(1, 8, 8)])
+    trt = fake_tensorrt(engine=half_engine)
+    full = build_engine(_onnx_file(tmp_path / "f.onnx"), tmp_path / "e", trt=trt, identity=GPU)
+    half = build_engine(_onnx_file(tmp_path / "h.onnx", input_type=TensorProto.FLOAT16),
+                        tmp_path / "e", trt=trt, identity=GPU)
+    declared = engine_metadata(full)["input_dtype"]
+    assert declared == "float32"
+    with pytest.raises(ModelFileError, match=r"^.*f-fp16-.*\.engine: the engine's input "
+                                             r"'cutouts' is float16, but its sidecar says "
+                                             r"float32: they do not belong together; delete "
+                                             r"both and build the engine again \(pyengine "
+                                             r"export MODEL --format tensorrt\)$"):
+        open_engine(trt, read_engine(full), SPEC, None, full, declared)
+    plan = open_engine(trt, read_engine(half), SPEC, None, half,
+                       engine_metadata(half)["input_dtype"])
+    assert plan.input_dtype == np.float16
+    full_engine = _Engine(_tensors(), [(1, 8, 8)])
+    with pytest.raises(ModelFileError, match="is float32, but its sidecar says float16"):
+        open_engine(fake_tensorrt(engine=full_engine), read_engine(half), SPEC, None, half,
+                    "float16")
 
 
 # -- CudaFeed and the GPU runners' launch code on a CPU stand-in for torch.cuda ---------------
@@ -491,6 +554,51 @@ def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
         runner.submit(_cutouts(17))
     runner.deactivate()
     assert runner._plan is None and runner._feed is None
+
+
+def test_tensorrt_launch_into_a_float16_engine_saturates_like_the_gather(tmp_path, fake_trt):
+    """A float32 batch for a float16-input engine is cast on the "GPU" into its float16
+    buffer: rounded, finite values beyond 65504 saturated there (as the scan's gather
+    does, so a bright pixel is not read as missing), NaN and inf kept; float16 batches
+    go in as they are."""
+    from pyengine.runners.base import to_half
+    from pyengine.runners.tensorrt import EnginePlan
+    from pyengine.scan.batching import gather_reference
+
+    onnx_path = _onnx_file(tmp_path / "m.onnx", input_type=TensorProto.FLOAT16)
+    runner = TensorRTRunner(onnx_path, cache_dir=tmp_path)
+    assert runner.input_dtype == np.float16
+    feed = CudaFeed(StandIn, torch.device("cpu"), runner.input_shape, 8)
+    outputs = {"probabilities": torch.zeros((8, 2)), "score": torch.zeros(8)}
+    cast = torch.zeros((8, 2, 32, 32), dtype=torch.float16)
+
+    def buffers():
+        ring = [t for r in feed._device_in.values() for t in r]
+        return [*ring, cast, *outputs.values()]
+
+    context = _Context(buffers)
+    for name, t in outputs.items():
+        context.set_tensor_address(name, t.data_ptr())
+    runner._plan = EnginePlan(None, None, context, [], np.dtype(np.float16), 0, (1, 8, 8))
+    runner._feed, runner._outputs, runner._cast = feed, outputs, cast
+    runner._engine_dtype, runner._where, runner.active = torch.float16, "e", True
+    x = _cutouts(4) - 500.0
+    x[1, 0, 5, 5] = 1e5
+    x[1, 1, 6, 6] = -3e5
+    x[2, 0, 7, 7] = np.inf
+    half = to_half(x)
+    assert half[1, 0, 5, 5] == 65504 and half[1, 1, 6, 6] == -65504 and np.isinf(half[2, 0, 7, 7])
+    # The same values as the scan's float16 gather makes of them.
+    tile = x[1]
+    np.testing.assert_array_equal(gather_reference(tile, np.array([16]), np.array([16]), 32,
+                                                   dtype=np.float16)[0], half[1])
+    want = np.nanmean(half.astype(np.float32).reshape(4, -1), axis=1)
+    assert np.isfinite(want[1]) and np.isinf(want[2])
+    np.testing.assert_allclose(runner.infer(x), want, rtol=0, atol=1e-5)  # sums' order
+    assert context.address[INPUT_NAME] == cast.data_ptr()  # through the cast buffer
+    np.testing.assert_allclose(runner.infer(half), want, rtol=0, atol=1e-5)
+    assert context.address[INPUT_NAME] != cast.data_ptr()  # float16: as it is
+    runner.deactivate()
 
 
 # -- what fp32 means in a TensorRT engine -------------------------------------------------------

@@ -11,6 +11,14 @@ when they are beyond the tolerances below.
 The graph is written under a hidden temporary name beside ``--out`` and renamed
 onto it only once the check passes, so a failed check leaves no graph (and an
 older good export at that name is kept).
+
+``--input-dtype``: the dtype of the graph's input (see :mod:`pyengine.export.onnx`).
+float16 is the default for ``--format tensorrt --precision fp16`` (when the
+model's preprocessing is affine-invariant, so the scan sends float16 batches:
+half the copy to the GPU), float32 otherwise; float16 needs ``--precision fp16``.
+A float16-input graph is checked on the check cutouts as a scan feeds it: each
+mapped to sky 0 and noise 1 (per band, as the scan maps each tile) and converted
+to float16, torch scoring the same values.
 """
 
 from __future__ import annotations
@@ -52,6 +60,26 @@ def _check_scores(path: Path, got, want, precision: str, where: str) -> float:
             f"{path}: ONNX Runtime and torch scores differ by up to {diff:.3g} on {where}, "
             f"beyond the {precision} tolerance {tolerance:g}; the export was not written")
     return diff
+
+
+def _as_fed_in_float16(spec, cutouts):
+    """``cutouts`` as a scan feeds a float16-input graph: each band of each cutout mapped
+    to sky 0 and noise 1 (``tile_affine``, which the scan applies per tile) when the
+    model's preprocessing is invariant to it, then converted to float16 as the scan's
+    gather converts (:func:`pyengine.runners.base.to_half`)."""
+    import numpy as np
+
+    from pyengine.runners.base import to_half
+
+    if spec.preprocess.affine_invariant:
+        from pyengine.scan.pipeline import tile_affine
+
+        mapped = np.empty_like(cutouts)
+        for i, cutout in enumerate(cutouts):
+            offset, scale = tile_affine(cutout, sample=1)
+            mapped[i] = (cutout - offset[:, None, None]) * scale[:, None, None]
+        cutouts = mapped
+    return to_half(cutouts)
 
 
 def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
@@ -138,29 +166,46 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
               default=MIN_INT8_AGREEMENT, show_default=True,
               help="int8: least share of held-out cutouts with the fp32 graph's decision at "
               "the model's threshold; below it the export fails (0 accepts any).")
+@click.option("--input-dtype", type=click.Choice(["float32", "float16"]), default=None,
+              help="dtype of the graph's input cutouts; float16 halves the copy to the GPU "
+              "and needs --precision fp16 [float16 for --format tensorrt --precision fp16, "
+              "else float32].")
 @click.option("--seed", type=int, default=1, show_default=True)
 def export(model, fmt, precision, out, images, band_names, catalog, count, cache_dir, batch,
-           int8_target, min_agreement, seed):
+           int8_target, min_agreement, input_dtype, seed):
     """``pyengine export`` (help: the command's decorator, built from the tolerances)."""
+    import numpy as np
     import torch
 
+    from pyengine.errors import ConfigError
     from pyengine.export.onnx import export_onnx
     from pyengine.models.checkpoint import load_model
+    from pyengine.runners.loaders import half_input
     from pyengine.runners.onnxrt import onnx_scores
 
+    if input_dtype == "float16" and precision != "fp16":
+        raise ConfigError(f"--input-dtype float16 needs --precision fp16: {precision} graphs "
+                          "take float32 input (float16 would round the raw pixels)")
     bands = parse_band_list(band_names)
     net = load_model(model)
     spec = net.spec
+    if input_dtype is None:
+        half = fmt == "tensorrt" and half_input(spec, precision)
+        input_dtype = "float16" if half else "float32"
     cutouts, where = _check_cutouts(spec, images, catalog, count, seed, bands)
     if fmt == "tensorrt":
         out_dir = Path(cache_dir).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)
-        onnx_path = out_dir / f"{Path(model).stem}-{precision}.onnx"
+        onnx_path = out_dir / f"{Path(model).stem}-{precision}-{input_dtype}.onnx"
     else:
+        named = "" if input_dtype == "float32" else f".{input_dtype}"
         onnx_path = Path(out) if out else Path(model).with_suffix(
-            ".onnx" if precision == "fp32" else f".{precision}.onnx")
+            ".onnx" if precision == "fp32" else f".{precision}{named}.onnx")
+    if input_dtype == "float16":
+        cutouts = _as_fed_in_float16(spec, cutouts)
+        where += " (as float16 input)"
     with torch.no_grad():
-        reference = net(torch.from_numpy(cutouts))[1].numpy()
+        reference = net(torch.from_numpy(cutouts.astype(np.float32)))[1].numpy()
     # Written under a hidden name until its check passes (ending in .onnx, which ONNX
     # Runtime's runner requires), then renamed onto --out.
     unchecked = temporary_beside(onnx_path, suffix=".onnx")
@@ -169,11 +214,12 @@ def export(model, fmt, precision, out, images, band_names, catalog, count, cache
             _export_int8(net, spec, onnx_path, unchecked, cutouts, reference, where, fmt,
                          int8_target, min_agreement)
         else:
-            export_onnx(net, unchecked, precision=precision)
+            export_onnx(net, unchecked, precision=precision, input_dtype=input_dtype)
             diff = _check_scores(onnx_path, onnx_scores(unchecked, cutouts), reference,
                                  precision, where)
             publish([(unchecked, onnx_path)])
-            click.echo(f"wrote {onnx_path} ({precision}; onnx.checker full check passed)")
+            click.echo(f"wrote {onnx_path} ({precision}, {input_dtype} input; onnx.checker "
+                       "full check passed)")
             click.echo(f"ONNX Runtime vs torch on {where}: largest score difference {diff:.3g} "
                        f"(tolerance {SCORE_TOLERANCE[precision]:g})")
     finally:

@@ -1,12 +1,27 @@
 """ONNX export of a ClusterClassifier, checked against torch.
 
-The exported graph takes the raw cutouts (batch, nband, S, S) float32 with
-NaN and returns ``probabilities`` and ``score``: preprocessing is inside it.
+The exported graph takes the raw cutouts (batch, nband, S, S) with NaN and
+returns ``probabilities`` and ``score`` (float32): preprocessing is inside it.
 fp16 keeps the preprocessing in float32 (raw sky levels of thousands with a
 noise of a few counts would lose their noise in half precision) and runs the
 ResNet in float16, returning float32 outputs.  The precision is thus carried by
 the ONNX types, which is how TensorRT 11 (strongly typed networks, no
 precision flags) reads it.
+
+The input ``cutouts`` is float32 by default.  ``input_dtype="float16"`` makes it
+float16, for GPU runners that are handed float16 batches (half the
+host-to-device copy: the scan maps each tile affinely, sky to 0 and noise to 1,
+so float16 holds the values; see ``pyengine.scan.pipeline.tile_affine``).  Such a
+graph's only use of its input is a Cast to float32, so everything after it,
+the preprocessing included, is the float32-input graph's (a NaN stays NaN
+through the Cast, and the graph's finite mask treats it as before; pyengine's
+conversions to float16 saturate finite values beyond 65504 there, so a bright
+pixel does not become inf, which that mask would read as missing).  The
+input's dtype is recorded as ``pyengine_input_dtype`` (``float32`` or
+``float16``, written by :func:`set_metadata` from the graph's own input type
+for every export; a file without the key is float32: :func:`input_dtype_of`).
+float16 input is meant for fp16 graphs (``pyengine export`` refuses it for
+fp32 and int8, whose point is float32 precision).
 
 The model's spec, file hash and the export precision travel in the ONNX
 ``metadata_props`` (keys ``pyengine``, ``pyengine_model_sha256``,
@@ -36,12 +51,15 @@ from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
     "GRAPH_SHA256_KEY",
+    "INPUT_DTYPES",
+    "INPUT_DTYPE_KEY",
     "ONNX_PRECISIONS",
     "OPSET",
     "export_onnx",
     "finish_onnx",
     "graph_damage",
     "graph_sha256",
+    "input_dtype_of",
     "onnx_metadata",
     "read_export",
     "set_metadata",
@@ -53,19 +71,43 @@ ONNX_PRECISIONS = ("fp32", "fp16")
 OPSET = 17
 #: The metadata key holding the SHA-256 of the serialized graph (weights included).
 GRAPH_SHA256_KEY = "pyengine_graph_sha256"
+#: dtypes the graph's input ``cutouts`` may have, and the metadata key recording it.
+INPUT_DTYPES = ("float32", "float16")
+INPUT_DTYPE_KEY = "pyengine_input_dtype"
 _ACCEPTED = "accepted: an ONNX graph written by pyengine export"
+
+
+# TensorProto.DataType values of the accepted input dtypes (onnx/onnx.proto).
+_ELEM_TYPES = {1: "float32", 10: "float16"}
+
+
+def _graph_input_dtype(onnx_model) -> str:
+    """The dtype name of the graph's input ``cutouts`` (float32 when the graph has no
+    input of that name: foreign test graphs)."""
+    for value in onnx_model.graph.input:
+        if value.name == INPUT_NAME:
+            elem = value.type.tensor_type.elem_type
+            if elem not in _ELEM_TYPES:
+                raise ModelFileError(f"the graph's input {INPUT_NAME!r} has ONNX element type "
+                                     f"{elem}; accepted: {', '.join(INPUT_DTYPES)}")
+            return _ELEM_TYPES[elem]
+    return "float32"
 
 
 def set_metadata(onnx_model, model_spec_json: str, sha256: str, precision: str,
                  extra: dict[str, str] | None = None) -> None:
-    """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values),
-    with the SHA-256 of its graph as it stands now (so set it last)."""
+    """Write pyengine's metadata into an onnx.ModelProto (replacing earlier values):
+    spec, model hash, precision, the input's dtype as the graph has it
+    (``pyengine_input_dtype``), ``extra``, and the SHA-256 of its graph as it stands
+    now (so set it last)."""
     props = {p.key: p.value for p in onnx_model.metadata_props}
     # The graph's bytes inside the saved file are its own serialization (no map fields,
     # so the encoding is deterministic); finish_onnx checks that they agree.
     graph = stream_sha256(io.BytesIO(onnx_model.graph.SerializeToString()))
     props.update(pyengine=model_spec_json, pyengine_model_sha256=sha256,
-                 pyengine_precision=precision, **(extra or {}), **{GRAPH_SHA256_KEY: graph})
+                 pyengine_precision=precision,
+                 **{INPUT_DTYPE_KEY: _graph_input_dtype(onnx_model)}, **(extra or {}),
+                 **{GRAPH_SHA256_KEY: graph})
     del onnx_model.metadata_props[:]
     for key, value in sorted(props.items()):
         entry = onnx_model.metadata_props.add()
@@ -205,6 +247,16 @@ def verify_graph(path, meta: dict[str, str] | None = None) -> None:
                          "the file is damaged; export it again (pyengine export MODEL)")
 
 
+def input_dtype_of(meta: dict[str, str], where) -> str:
+    """The input dtype (``float32``/``float16``) recorded in an export's metadata ``meta``;
+    float32 for exports made before pyengine recorded it."""
+    dtype = meta.get(INPUT_DTYPE_KEY, "float32")
+    if dtype not in INPUT_DTYPES:
+        raise ModelFileError(f"{where}: {INPUT_DTYPE_KEY} = {dtype!r} is not accepted; "
+                             f"accepted: {', '.join(INPUT_DTYPES)}")
+    return dtype
+
+
 def read_export(path: Path, precision: str | None = None, *, verify: bool = True):
     """(ModelSpec, stored precision) of a pyengine ONNX export; refuses other files, a
     ``precision`` other than the one the graph was exported at, and (``verify``) a graph
@@ -230,20 +282,42 @@ def read_export(path: Path, precision: str | None = None, *, verify: bool = True
     return spec, stored
 
 
-def export_onnx(model, path, *, precision: str = "fp32", opset: int = OPSET,
-                batch: int = 2) -> Path:
-    """Export ``model`` (ClusterClassifier, with .sha256 when loaded from a file) to ``path``."""
+def _half_input(graph):
+    """``graph`` behind a float16 input: its first op casts the cutouts to float32."""
+    import torch
+
+    class _HalfInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, cutouts):
+            return self.graph(cutouts.float())
+
+    return _HalfInput().eval()
+
+
+def export_onnx(model, path, *, precision: str = "fp32", input_dtype: str = "float32",
+                opset: int = OPSET, batch: int = 2) -> Path:
+    """Export ``model`` (ClusterClassifier, with .sha256 when loaded from a file) to ``path``,
+    its input ``cutouts`` of ``input_dtype`` (float32, or float16 cast to float32 at once:
+    see the module docstring)."""
     import torch
 
     if precision not in ONNX_PRECISIONS:
         raise ConfigError(f"ONNX precision {precision!r} is not accepted; accepted: "
                           f"{', '.join(ONNX_PRECISIONS)} (int8: pyengine export --precision int8)")
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError(f"ONNX input dtype {input_dtype!r} is not accepted; accepted: "
+                          f"{', '.join(INPUT_DTYPES)}")
     path = Path(path)
     spec = model.spec
     from pyengine.models.classifier import precision_graph
 
     graph = precision_graph(model, precision)
     dummy = torch.zeros(batch, spec.nband, spec.cutout_size, spec.cutout_size)
+    if input_dtype == "float16":
+        graph, dummy = _half_input(graph), dummy.half()
     dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     tmp = temporary_beside(path)
     try:

@@ -21,14 +21,23 @@ its tensor types):
   where a TensorRT has no such flag nothing is cleared.  fp16 and int8 builds
   keep TensorRT's default.
 
+The engine's input ``cutouts`` has the ONNX graph's input dtype (its
+``pyengine_input_dtype`` metadata; float32 when absent): float16 for the fp16
+engines pyengine builds from a model file (the TensorRT runner, ``pyengine export
+--format tensorrt --precision fp16``), so the scan copies float16 batches to the
+GPU, half the bytes of float32; the graph casts them to float32 first, so the
+preprocessing stays float32.  fp32 and int8 engines take float32.
+
 The engine is cached under ``cache_dir`` with a key over the GPU name and
-compute capability, TensorRT and CUDA versions, precision, the optimisation
-profile's shapes and the ONNX file's SHA-256 (which covers the model: its
-weights, spec and hash are in the file): an engine is never reused on a GPU,
-driver stack or model it was not built for.  Beside each engine a JSON sidecar
-(same name, ``.json``) holds that key, the model's spec (``pyengine``) and the
-engine file's SHA-256 (``engine_sha256``), so the TensorRT runner can run an
-engine file alone (:func:`engine_metadata`) and reads it through
+compute capability, TensorRT and CUDA versions, precision, input dtype, the
+optimisation profile's shapes and the ONNX file's SHA-256 (which covers the
+model: its weights, spec and hash are in the file): an engine is never reused on
+a GPU, driver stack or model it was not built for.  Beside each engine a JSON
+sidecar (same name, ``.json``) holds that key (``input_dtype`` included; a
+sidecar of an older pyengine without it means float32), the model's spec
+(``pyengine``) and the engine file's SHA-256 (``engine_sha256``), so the TensorRT
+runner can run an engine file alone (:func:`engine_metadata`: its spec, and its
+input dtype before it is deserialized) and reads it through
 :func:`read_engine`, which refuses an engine whose bytes differ from that hash
 (an engine whose sidecar predates the hash is run with a ``ModelFileWarning``).
 A cached engine that fails its hash is built again; one whose sidecar is missing
@@ -50,7 +59,7 @@ from pathlib import Path
 from pyengine.atomic import atomic_write_bytes, atomic_write_text
 from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 from pyengine.errors import ConfigError, ModelFileError, ModelFileWarning, PyEngineError
-from pyengine.export.onnx import onnx_metadata, verify_graph
+from pyengine.export.onnx import INPUT_DTYPES, input_dtype_of, onnx_metadata, verify_graph
 from pyengine.hashing import file_sha256, stream_sha256
 from pyengine.models.spec import INPUT_NAME, ModelSpec
 
@@ -88,6 +97,7 @@ class EngineKey:
     tensorrt: str
     cuda: str
     input_shapes: tuple  # (min, opt, max), each (batch, nband, S, S)
+    input_dtype: str = "float32"  # of the input "cutouts": float32 or float16
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
@@ -112,7 +122,8 @@ def _gpu_identity(device: int) -> tuple[str, str, str]:
 
 
 def engine_key(onnx_path, *, precision: str, spec: ModelSpec, batch: tuple[int, int, int],
-               trt_version: str, device: int = 0, identity=None) -> EngineKey:
+               trt_version: str, device: int = 0, identity=None,
+               input_dtype: str = "float32") -> EngineKey:
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
         raise ConfigError(f"engine batch sizes (min, opt, max) = {batch}; need 1 <= min <= opt "
@@ -120,7 +131,7 @@ def engine_key(onnx_path, *, precision: str, spec: ModelSpec, batch: tuple[int, 
     gpu, capability, cuda = identity if identity is not None else _gpu_identity(device)
     shape = (spec.nband, spec.cutout_size, spec.cutout_size)
     return EngineKey(file_sha256(onnx_path), precision, gpu, capability, trt_version, cuda,
-                     tuple((b, *shape) for b in (lo, opt, hi)))
+                     tuple((b, *shape) for b in (lo, opt, hi)), input_dtype)
 
 
 def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_TENSORRT_PROFILE,
@@ -134,6 +145,7 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     spec = ModelSpec.from_json(meta["pyengine"], where=str(onnx_path))
     verify_graph(onnx_path, meta)  # damaged weights are never built into an engine
     precision = meta.get("pyengine_precision", "fp32")
+    input_dtype = input_dtype_of(meta, onnx_path)
     from pyengine.export.quantize import int8_target
 
     if precision == "int8" and int8_target(meta) != "tensorrt":
@@ -145,7 +157,8 @@ def build_engine(onnx_path, cache_dir, *, batch: tuple[int, int, int] = DEFAULT_
     if major < 10:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old; pyengine needs 10 or 11")
     key = engine_key(onnx_path, precision=precision, spec=spec, batch=batch,
-                     trt_version=str(trt.__version__), device=device, identity=identity)
+                     trt_version=str(trt.__version__), device=device, identity=identity,
+                     input_dtype=input_dtype)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key.digest()[:16]}.engine"
@@ -206,7 +219,8 @@ def _cached_engine_ok(engine_path: Path, sidecar: dict) -> bool:
     except OSError:
         return False
     if stored:
-        return stored == got and "pyengine" in old
+        return (stored == got and "pyengine" in old
+                and old.get("input_dtype", "float32") == sidecar["input_dtype"])
     _write_sidecar(engine_path, {**sidecar, "engine_sha256": got})
     return True
 
@@ -227,9 +241,10 @@ def _write_sidecar(engine_path: Path, sidecar: dict) -> None:
 
 def engine_metadata(engine_path) -> dict:
     """The sidecar of an engine built by :func:`build_engine`: its key fields
-    (``precision``, ``input_shapes`` (min, opt, max), GPU, versions), ``engine_sha256``
-    (absent in sidecars of an older pyengine) and ``spec``, the :class:`ModelSpec` it was
-    built for."""
+    (``precision``, ``input_dtype`` (float32 when the sidecar predates it),
+    ``input_shapes`` (min, opt, max), GPU, versions), ``engine_sha256`` (absent in
+    sidecars of an older pyengine) and ``spec``, the :class:`ModelSpec` it was built
+    for."""
     engine_path = Path(engine_path)
     path = sidecar_path(engine_path)
     how = ("give the .onnx or model file instead (the engine is built and cached), or "
@@ -244,6 +259,10 @@ def engine_metadata(engine_path) -> dict:
     if not isinstance(data, dict) or "pyengine" not in data:
         raise ModelFileError(f"{path}: has no model spec (written by an older pyengine); {how}")
     data["spec"] = ModelSpec.from_json(data["pyengine"], where=str(path))
+    data.setdefault("input_dtype", "float32")
+    if data["input_dtype"] not in INPUT_DTYPES:
+        raise ModelFileError(f"{path}: input_dtype = {data['input_dtype']!r} is not accepted; "
+                             f"accepted: {', '.join(INPUT_DTYPES)}")
     return data
 
 

@@ -73,6 +73,13 @@ class PreprocessSpec:
     nan_fill: float = 0.0
     eps: float = 1e-6
 
+    @property
+    def affine_invariant(self) -> bool:
+        """Whether a map ``a x + b`` (a > 0) of a cutout's pixels leaves the preprocessed
+        result unchanged (the border median and MAD normalise it away): then a scan may
+        hand the runner each tile mapped to sky 0 and noise 1, which float16 holds."""
+        return self.background == "border_median" and self.scale == "border_mad"
+
     def ring_size(self, size: int) -> int:
         """Pixels in the outer ring of a size x size cutout (the sort length)."""
         inner = max(size - 2 * self.border, 0)

@@ -49,7 +49,7 @@ from pyengine.memory import aligned_empty
 from pyengine.models.spec import ModelSpec
 
 __all__ = ["CPU_BATCH", "CPU_IN_FLIGHT", "ENGINE_SUFFIXES", "GPU_BATCH", "GPU_IN_FLIGHT",
-           "PRECISIONS", "Pending", "Ready", "Runner"]
+           "HALF_MAX", "PRECISIONS", "Pending", "Ready", "Runner", "to_half"]
 
 #: Precisions each backend runs (what ``make_runner`` and the runners accept).  fp32 on a
 #: GPU is IEEE float32 (no TensorFloat-32); ``tf32`` (torch on CUDA only) asks for TF32
@@ -66,6 +66,20 @@ CPU_BATCH, GPU_BATCH = 32, 1024
 #: Batches outstanding (submitted, scores not yet collected) on CPU and GPU runners: three
 #: on a GPU, so a copy, a model run and a copy back can all be queued behind the host.
 CPU_IN_FLIGHT, GPU_IN_FLIGHT = 2, 3
+#: The largest finite float16.
+HALF_MAX = 65504.0
+
+
+def to_half(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as float16 the way the scan's gather converts (pyengine.scan.batching):
+    rounded to nearest even, finite values beyond +-65504 saturated there rather than
+    overflowing to inf (the graphs read inf as a missing pixel); NaN and inf kept."""
+    if batch.dtype == np.float16:
+        return batch
+    out = batch.astype(np.float32, copy=True)
+    big = np.isfinite(out) & (np.abs(out) > HALF_MAX)
+    out[big] = np.copysign(HALF_MAX, out[big])
+    return out.astype(np.float16)
 
 
 class Pending(ABC):
@@ -189,7 +203,10 @@ class Runner(ABC):
         return Ready(self._infer(self._convert(batch)))
 
     def _convert(self, batch: np.ndarray) -> np.ndarray:
-        """The batch as the backend takes it (CPU runners: ``input_dtype`` on the host)."""
+        """The batch as the backend takes it (CPU runners: ``input_dtype`` on the host;
+        float16 by :func:`to_half`)."""
+        if self.input_dtype == np.float16:
+            return to_half(batch)
         return batch.astype(self.input_dtype, copy=False)
 
     def _check(self, batch, call: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyengine.errors import RunnerUnavailable
 
-__all__ = ["cached_export", "model_file_export", "model_identity"]
+__all__ = ["cached_export", "half_input", "model_file_export", "model_identity"]
 
 
 def model_identity(model: Path | None) -> str:
@@ -47,14 +47,24 @@ def model_identity(model: Path | None) -> str:
     return stored if isinstance(stored, str) and stored else file_sha256(path)
 
 
+def half_input(spec, precision: str) -> bool:
+    """Whether pyengine's own fp16 export of a model for a GPU engine takes float16 input:
+    at fp16, when the model's preprocessing is affine-invariant, so that the scan hands
+    it tiles mapped to sky 0 and noise 1, which float16 holds (otherwise the scan sends
+    float32, and a float16 input would only round the raw pixels on the GPU)."""
+    return precision == "fp16" and spec.preprocess.affine_invariant
+
+
 def model_file_export(model: Path | None, precision: str | None, cache_dir: Path,
-                      exportable: tuple[str, ...]):
-    """(source model file, its spec, precision, cached ONNX path) for a runner given a model
-    file (None: the shipped demo model) rather than an exported graph.  The ONNX is named by
-    the file's SHA-256 and the precision; precisions outside ``exportable`` (int8, which is
-    calibrated on real cutouts) are refused with the command that makes them.  The file's
-    tensors are checked against their checksum here, so a damaged model file is refused
-    before anything is exported or scanned."""
+                      exportable: tuple[str, ...], *, half: bool = False):
+    """(source model file, its spec, precision, input dtype, cached ONNX path) for a runner
+    given a model file (None: the shipped demo model) rather than an exported graph.  The
+    input dtype is float16 when ``half`` and :func:`half_input` allow it, else float32.
+    The ONNX is named by the file's SHA-256, the precision and the input dtype;
+    precisions outside ``exportable`` (int8, which is calibrated on real cutouts) are
+    refused with the command that makes them.  The file's tensors are checked against
+    their checksum here, so a damaged model file is refused before anything is exported
+    or scanned."""
     from pyengine.hashing import file_sha256
     from pyengine.models.checkpoint import DEMO_MODEL, read_spec
 
@@ -65,17 +75,21 @@ def model_file_export(model: Path | None, precision: str | None, cache_dir: Path
         raise RunnerUnavailable(
             f"{source}: an {precision} graph is calibrated on real cutouts; make it with "
             f"pyengine export {source} --precision {precision} --images ... and give the .onnx")
-    return source, spec, precision, Path(cache_dir) / f"{file_sha256(source)[:32]}-{precision}.onnx"
+    dtype = "float16" if half and half_input(spec, precision) else "float32"
+    name = f"{file_sha256(source)[:32]}-{precision}-{dtype}.onnx"
+    return source, spec, precision, dtype, Path(cache_dir) / name
 
 
-def cached_export(source: Path, onnx_path: Path, precision: str) -> Path:
+def cached_export(source: Path, onnx_path: Path, precision: str,
+                  input_dtype: str = "float32") -> Path:
     """``onnx_path``, the cached ONNX export of the model file ``source``
     (:func:`model_file_export` names it), exported now (needs torch) unless the file there
     was made from this very file (its ``pyengine_model_sha256`` is ``source``'s SHA-256)
-    and its graph matches its checksum: a damaged, foreign or pre-checksum cache entry is
-    replaced (atomically), never run."""
+    at ``precision`` with an ``input_dtype`` input, and its graph matches its checksum: a
+    damaged, foreign, pre-checksum or other-precision or other-input-dtype cache entry
+    is replaced (atomically), never run."""
     from pyengine.errors import ModelFileError
-    from pyengine.export.onnx import graph_damage, onnx_metadata
+    from pyengine.export.onnx import graph_damage, input_dtype_of, onnx_metadata
     from pyengine.hashing import file_sha256
 
     if onnx_path.exists():
@@ -83,6 +97,7 @@ def cached_export(source: Path, onnx_path: Path, precision: str) -> Path:
             meta = onnx_metadata(onnx_path)
             if (meta.get("pyengine_model_sha256") == file_sha256(source)
                     and meta.get("pyengine_precision", "fp32") == precision
+                    and input_dtype_of(meta, onnx_path) == input_dtype
                     and graph_damage(onnx_path, meta) is None):
                 return onnx_path
         except ModelFileError:
@@ -97,4 +112,5 @@ def cached_export(source: Path, onnx_path: Path, precision: str) -> Path:
     from pyengine.models.checkpoint import load_model
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    return export_onnx(load_model(source), onnx_path, precision=precision)
+    return export_onnx(load_model(source), onnx_path, precision=precision,
+                       input_dtype=input_dtype)

@@ -11,8 +11,14 @@ cannot load (``InvalidProtobuf``, ``InvalidGraph``, ...) is a one-line
 silently here: export it with ``pyengine export MODEL --precision int8`` and give
 the .onnx.
 
-``submit`` computes synchronously (ONNX Runtime's CPU session); batches may be
-float16, converted to float32 on the host; slots are page-aligned NumPy arrays.
+``submit`` computes synchronously (ONNX Runtime's CPU session); slots are
+page-aligned NumPy arrays.  ``input_dtype`` is the graph's input dtype: float32,
+or float16 for an export made with a float16 input (``pyengine export
+--input-dtype float16``, meant for TensorRT; its metadata ``pyengine_input_dtype``
+says so before activation, the session's input type after).  Batches of the
+other float dtype are converted on the host (float32 to float16 rounds them, and
+saturates finite values beyond 65504 there, as the scan's gather does:
+:func:`pyengine.runners.base.to_half`).
 
 Thread safety: see :mod:`pyengine.runners.base`; ONNX Runtime's session runs
 its own intra-op threads (``threads``) with the GIL released.
@@ -62,12 +68,21 @@ class OnnxRuntimeRunner(Runner):
             # The graph's checksum (a full read of ~100 MB) is checked at activation, which
             # pyengine scan overlaps with its own start-up (scan/cli.py).
             spec, stored = read_export(model, precision, verify=False)
+            from pyengine.export.onnx import input_dtype_of, onnx_metadata
+
             self._onnx = model
+            self._dtype = np.dtype(input_dtype_of(onnx_metadata(model), model))
             super().__init__(spec, stored, batch_size)
             return
-        self._source, spec, precision, self._onnx = model_file_export(
+        self._source, spec, precision, dtype, self._onnx = model_file_export(
             model, precision, self._cache_dir, ("fp32",))
+        self._dtype = np.dtype(dtype)
         super().__init__(spec, precision, batch_size)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The graph input's dtype (float32, or float16 for a float16-input export)."""
+        return self._dtype
 
     def onnx_file(self) -> Path:
         """The ONNX file this runner runs (a model file is exported on the first call)."""
@@ -81,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
                 verify_graph(self._onnx)
                 self._verified = True
             return self._onnx
-        return cached_export(self._source, self._onnx, self.precision)
+        return cached_export(self._source, self._onnx, self.precision, str(self._dtype))
 
     def _activate(self) -> None:
         try:
@@ -108,12 +123,19 @@ class OnnxRuntimeRunner(Runner):
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: ONNX Runtime cannot load this graph ({reason}); "
                                  "accepted: an ONNX graph written by pyengine export") from None
+        inputs = self._session.get_inputs()
+        kind = inputs[0].type if len(inputs) == 1 else ""
+        if kind in _ORT_TYPES:  # the graph's own input type rules (metadata could be stale)
+            self._dtype = np.dtype(_ORT_TYPES[kind])
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAMES[1]], {INPUT_NAME: batch})[0]
 
     def _deactivate(self) -> None:
         self._session = None
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 def _load_errors(ort) -> tuple[type[BaseException], ...]:
@@ -126,8 +148,11 @@ def _load_errors(ort) -> tuple[type[BaseException], ...]:
 
 
 def onnx_scores(path, cutouts: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """Scores of ``cutouts`` from a pyengine ONNX file under ONNX Runtime (CPU)."""
-    cutouts = np.asarray(cutouts, dtype=np.float32)
+    """Scores of ``cutouts`` (float32, or float16) from a pyengine ONNX file under ONNX
+    Runtime (CPU)."""
+    cutouts = np.asarray(cutouts)
+    if cutouts.dtype != np.float16:  # float16 is taken as is (a float16-input graph's own)
+        cutouts = cutouts.astype(np.float32, copy=False)
     with OnnxRuntimeRunner(Path(path)) as runner:
         out = [runner.infer(cutouts[i : i + batch]) for i in range(0, len(cutouts), batch)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)

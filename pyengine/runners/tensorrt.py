@@ -2,14 +2,18 @@
 
 Takes a TensorRT engine built by pyengine (``.engine``, with its JSON sidecar
 holding the model spec: :func:`pyengine.export.tensorrt.engine_metadata`), an
-exported ``.onnx`` (its precision is the file's), or a pyengine model file
-(exported to ONNX at fp32 or fp16 first; int8 needs the calibrated QDQ export,
-``pyengine export MODEL --precision int8``).  Engines are built by
+exported ``.onnx`` (its precision and input dtype are the file's), or a pyengine
+model file (exported to ONNX at fp32 or fp16 first, fp16 with a float16 input
+when the model's preprocessing is affine-invariant (so the scan sends float16
+batches: half the host-to-device copy, and no cast on the GPU), float32
+otherwise; int8 needs the calibrated QDQ export, ``pyengine export MODEL
+--precision int8``).  Engines are built by
 :func:`pyengine.export.tensorrt.build_engine` and cached under ``cache_dir``
 (default ``~/.cache/pyengine/engines``, as ``pyengine export``), keyed by GPU,
-compute capability, TensorRT and CUDA versions, precision, profile shapes and the
-ONNX file's hash.  The optimisation profile built is (1, batch_size, batch_size),
-or ``pyengine export``'s default (1, 256, 1024) when no batch size is given.
+compute capability, TensorRT and CUDA versions, precision, input dtype, profile
+shapes and the ONNX file's hash.  The optimisation profile built is (1,
+batch_size, batch_size), or ``pyengine export``'s default (1, 1024, 4096) when no
+batch size is given.
 
 Activation: ``import tensorrt`` (only here: this module imports without it),
 the engine's bytes checked against the SHA-256 in its sidecar
@@ -17,22 +21,30 @@ the engine's bytes checked against the SHA-256 in its sidecar
 ``trt.Runtime.deserialize_cuda_engine``, a check of the engine's inputs and
 outputs against the model spec (one float32/float16 input ``cutouts`` (batch,
 nband, S, S); float32 outputs ``probabilities`` (batch, classes) and ``score``
-(batch,)), the choice of an optimisation profile holding ``batch_size``, and one
+(batch,)), a check that the input's dtype is the one the sidecar records (a one-line
+``ModelFileError`` otherwise: the engine and its sidecar do not belong together),
+the choice of an optimisation profile holding ``batch_size``, and one
 execution context.  Device memory comes from torch (the CUDA allocator here: no
 pycuda or cuda-python); host memory, copy streams, events and the compute
 stream are :class:`pyengine.runners.torch.CudaFeed`'s, as for the torch runner.
 Per batch: ``set_input_shape`` when the batch size changes (batches below the
 profile's minimum are padded), ``set_tensor_address`` of the input buffer,
 ``execute_async_v3(compute_stream)``.  ``input_dtype`` is the engine input's
-dtype (half -> float16); batches of the other float dtype are cast on the GPU.
+dtype (half -> float16): before activation the one it will have (the sidecar's
+``input_dtype`` for an engine file, float32 when absent; the ONNX metadata's for an
+``.onnx``; the export's for a model file), after it the engine's own; batches of
+the other float dtype are cast on the GPU (to float16: finite values beyond 65504
+saturated there, as the scan's gather does, not overflowing to inf).
 Only the TensorRT 10/11 name-based tensor API is used (no bindings API, no
 precision flags: the precision is the ONNX file's, see pyengine.export.tensorrt).
 
-NOT RUN HERE: TensorRT cannot be installed in this project's workplace and no
-GPU was lent.  The pure parts (:func:`engine_io`, :func:`check_engine_io`,
+NOT RUN HERE: TensorRT cannot be installed in this project's workplace, so no
+engine has ever been built or run by this code (float16-input engines included).
+The pure parts (:func:`engine_io`, :func:`check_engine_io`,
 :func:`engine_profiles`, :func:`choose_profile`, :func:`open_engine` against a fake
-``tensorrt``) and every refusal are tested on the CPU
-(``tests/test_tensorrt_runner.py``).
+``tensorrt``, the input dtype known before activation) and every refusal are
+tested on the CPU (``tests/test_tensorrt_runner.py``); the float16-input ONNX
+graphs themselves are run by ONNX Runtime on the CPU (``tests/test_export.py``).
 
 Thread safety: see :mod:`pyengine.runners.base` (one thread submits and collects;
 the execution context is not shared).
@@ -49,7 +61,14 @@ import numpy as np
 from pyengine.defaults import DEFAULT_TENSORRT_PROFILE
 from pyengine.errors import ConfigError, ModelFileError, PyEngineError, RunnerUnavailable
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
-from pyengine.runners.base import ENGINE_SUFFIXES, PRECISIONS, Pending, Runner
+from pyengine.runners.base import (
+    ENGINE_SUFFIXES,
+    GPU_IN_FLIGHT,
+    HALF_MAX,
+    PRECISIONS,
+    Pending,
+    Runner,
+)
 from pyengine.runners.loaders import cached_export, model_file_export
 from pyengine.runners.probe import tensorrt_problem, unavailable
 from pyengine.runners.torch import CudaFeed, parse_device
@@ -180,9 +199,11 @@ class EnginePlan:
         self.runtime = None
 
 
-def open_engine(trt, data: bytes, spec: ModelSpec, batch_size: int | None, where) -> EnginePlan:
-    """Deserialize ``data``, check it against ``spec``, choose the profile for
-    ``batch_size`` and create the execution context (on the current CUDA device)."""
+def open_engine(trt, data: bytes, spec: ModelSpec, batch_size: int | None, where,
+                input_dtype=None) -> EnginePlan:
+    """Deserialize ``data``, check it against ``spec`` (and its input's dtype against
+    ``input_dtype``, the sidecar's, unless None), choose the profile for ``batch_size``
+    and create the execution context (on the current CUDA device)."""
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
@@ -191,6 +212,11 @@ def open_engine(trt, data: bytes, spec: ModelSpec, batch_size: int | None, where
                              "delete it so it is rebuilt, or rebuild it with pyengine export")
     io = engine_io(trt, engine)
     dtype = check_engine_io(io, spec, where)
+    if input_dtype is not None and dtype != np.dtype(input_dtype):
+        raise ModelFileError(f"{where}: the engine's input {INPUT_NAME!r} is {dtype}, but its "
+                             f"sidecar says {np.dtype(input_dtype)}: they do not belong "
+                             "together; delete both and build the engine again (pyengine "
+                             "export MODEL --format tensorrt)")
     batch = next(t for t in io if t.is_input).shape[0]
     profiles = engine_profiles(engine) if batch == -1 else [(batch, batch, batch)]
     index, batches = choose_profile(profiles, batch_size, where)
@@ -222,6 +248,7 @@ class TensorRTRunner(Runner):
         self._known = None  # (min, opt, max) of the engine, known before activation
         self._plan = self._feed = self._torch = self._outputs = self._cast = None
         self._engine_dtype = self._rows = self._where = None
+        self._input_dtype = np.dtype(np.float32)  # what the engine will take, before activation
         model = Path(model) if model is not None else None
         suffix = model.suffix.lower() if model is not None else ""
         if suffix in ENGINE_SUFFIXES:
@@ -239,16 +266,19 @@ class TensorRTRunner(Runner):
             if shapes and len(shapes) == 3:
                 self._known = tuple(int(s[0]) for s in shapes)
             self._engine = model
+            self._input_dtype = np.dtype(meta["input_dtype"])
             super().__init__(meta["spec"], stored, batch_size)
         elif suffix == ".onnx":
-            from pyengine.export.onnx import read_export
+            from pyengine.export.onnx import input_dtype_of, onnx_metadata, read_export
 
             spec, stored = read_export(model, precision)
             self._onnx = model
+            self._input_dtype = np.dtype(input_dtype_of(onnx_metadata(model), model))
             super().__init__(spec, stored, batch_size)
         else:
-            self._source, spec, precision, self._onnx = model_file_export(
-                model, precision, self._cache_dir, ("fp32", "fp16"))
+            self._source, spec, precision, dtype, self._onnx = model_file_export(
+                model, precision, self._cache_dir, ("fp32", "fp16"), half=True)
+            self._input_dtype = np.dtype(dtype)
             super().__init__(spec, precision, batch_size)
         b = self._batch_size
         self._build = (1, b, b) if b is not None else DEFAULT_PROFILE
@@ -262,7 +292,8 @@ class TensorRTRunner(Runner):
 
     @property
     def input_dtype(self) -> np.dtype:
-        return self._plan.input_dtype if self._plan is not None else np.dtype(np.float32)
+        """The engine input's dtype once active; before, the one it will have."""
+        return self._plan.input_dtype if self._plan is not None else self._input_dtype
 
     @property
     def preferred_batch_size(self) -> int:
@@ -272,12 +303,16 @@ class TensorRTRunner(Runner):
     def max_batch_size(self) -> int:
         return self._batches[2]
 
+    @property
+    def in_flight(self) -> int:
+        return GPU_IN_FLIGHT
+
     # -- life cycle --------------------------------------------------------------------------
     def _engine_file(self, trt) -> Path:
         if self._engine is not None:
             return self._engine
         if self._source is not None:  # a model file: its cached export, checked
-            cached_export(self._source, self._onnx, self.precision)
+            cached_export(self._source, self._onnx, self.precision, str(self._input_dtype))
         from pyengine.export.tensorrt import build_engine
 
         return build_engine(self._onnx, self._cache_dir, batch=self._build,
@@ -296,9 +331,11 @@ class TensorRTRunner(Runner):
         device = torch.device("cuda", self._gpu)
         with torch.cuda.device(device):
             path = self._engine_file(trt)
-            from pyengine.export.tensorrt import read_engine  # checked against its sidecar
+            from pyengine.export.tensorrt import engine_metadata, read_engine
 
-            plan = open_engine(trt, read_engine(path), self.spec, self._batch_size, path)
+            data = read_engine(path)  # checked against the hash in its sidecar
+            plan = open_engine(trt, data, self.spec, self._batch_size, path,
+                               engine_metadata(path)["input_dtype"])
             hi = plan.batches[2]
             feed = CudaFeed(torch, device, self.input_shape, hi)
             context = plan.context
@@ -345,6 +382,8 @@ class TensorRTRunner(Runner):
         context = self._plan.context
         rows = max(n, self._plan.batches[0])  # rows past n: stale, allocated, ignored
         if x.dtype != self._engine_dtype:
+            if self._plan.input_dtype == np.float16:  # saturate, as the scan's gather does
+                x = x.clamp(-HALF_MAX, HALF_MAX).where(~x.isinf(), x)  # inf and NaN kept
             self._cast[:n].copy_(x)
             x = self._cast
         if rows != self._rows:

@@ -79,8 +79,7 @@ from pyengine.validate import integer, number
 __all__ = ["Engine", "allocation_failure", "capped_threads", "match_bands"]
 
 def _affine_invariant(spec) -> bool:
-    p = spec.preprocess
-    return p.background == "border_median" and p.scale == "border_mad"
+    return spec.preprocess.affine_invariant
 
 
 class Engine:
