@@ -7,6 +7,7 @@ figure never travels without its machine.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -26,7 +27,8 @@ def environment() -> dict:
                                 cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         commit = None
-    info["commit"] = commit
+    # A copy of the tree without .git (a device machine's) names it in PYENGINE_COMMIT.
+    info["commit"] = commit or os.environ.get("PYENGINE_COMMIT") or None
     info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return info
 

@@ -20,6 +20,10 @@
 # and last a short table: each step's status and seconds, then the bench's summary
 # (model-only cutouts/s, end-to-end ratio, H2D GB/s, gather threads, M31 projection).
 #
+# A tree copied without .git names its commit in PYENGINE_COMMIT (recorded in env.txt and
+# the JSON).  If pyengine._core cannot be built there (no Python headers, say), a prebuilt
+# one in $WHEELS/core/ (gpu_rehearsal.sh puts the cp312 build it tests there) is tried.
+#
 # Everything lands in $OUT (default ./gpu-check-out): check.log (all output), env.txt,
 # junit.xml, bench_gpu.json, summary.txt.  CHECK_SECONDS (default 450) bounds the whole
 # check, so it fits one 10-minute device call with room to spare.  Exit status 0 when every
@@ -74,7 +78,7 @@ left() { echo $((CHECK_SECONDS - (SECONDS - START))); }
 
 # -- env ----------------------------------------------------------------------------------------
 env_report() {
-  echo "mode: $MODE; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "mode: $MODE; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo "${PYENGINE_COMMIT:-unknown}")"
   echo "host: $(uname -srm); CPUs: $(nproc); memory: $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}')"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -135,14 +139,25 @@ build_core() {
   ninja=$(command -v ninja || echo "$bin/ninja")
   tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   dir=$ROOT/build/gpu-check-$tag
-  "$cmake" -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_MAKE_PROGRAM="$ninja" \
-    -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$("$PY" -c 'import sys; print(sys.executable)')" \
-    -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >/dev/null &&
-    "$cmake" --build "$dir" -j "$(nproc)" &&
-    cp "$dir"/_core*.so "$ROOT/pyengine/" &&
-    "$PY" -c "import pyengine._core as c; print('built', c.__file__)"
+  if "$cmake" -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_MAKE_PROGRAM="$ninja" \
+      -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$("$PY" -c 'import sys; print(sys.executable)')" \
+      -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >/dev/null &&
+      "$cmake" --build "$dir" -j "$(nproc)" &&
+      cp "$dir"/_core*.so "$ROOT/pyengine/" &&
+      "$PY" -c "import pyengine._core as c; print('built', c.__file__)"; then
+    return 0
+  fi
+  shopt -s nullglob
+  local prebuilt=("$WHEELS"/core/_core.${tag/cp/cpython-}*.so)
+  if [ ${#prebuilt[@]} -eq 0 ]; then
+    echo "the build failed and $WHEELS/core/ holds no prebuilt _core for $tag"
+    return 1
+  fi
+  echo "the build failed: trying the prebuilt ${prebuilt[0]##*/}"
+  cp "${prebuilt[0]}" "$ROOT/pyengine/" &&
+    "$PY" -c "import pyengine._core as c; print('prebuilt', c.__file__)"
 }
-step build 150 bash -c "$(declare -f build_core); ROOT='$ROOT' PY='$PY' build_core"
+step build 150 bash -c "$(declare -f build_core); ROOT='$ROOT' PY='$PY' WHEELS='$WHEELS' build_core"
 
 # -- imports ------------------------------------------------------------------------------------
 step imports 60 "$PY" - <<'EOF'

@@ -9,7 +9,9 @@
 #    GPU tests' collection (they skip without CUDA), the bench's smoke run.
 # 2. Python 3.12 without torch: the very wheels the device call carries (.whl, from
 #    `make gpu-wheels`) install and import next to numpy 2.5.2 (the image's), pyengine._core
-#    builds for 3.12, and a field is synthesised, read and gathered into batches.
+#    builds for 3.12, and a field is synthesised, read and gathered into batches.  That
+#    build is copied into .whl/core/, where gpu_check.sh falls back to it if it cannot
+#    build one on the GPU machine.
 #
 # Usage: bash benchmarks/gpu_rehearsal.sh  (environments under $REHEARSAL, default
 # /tmp/pyengine-gpu-rehearsal, made once; results in $REHEARSAL/out-311, out-312).
@@ -89,8 +91,9 @@ if venv "$REHEARSAL/py312" "$PY312" numpy==2.5.2 $IMAGE; then
       -DCMAKE_MAKE_PROGRAM="$REHEARSAL/py312/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
       -DPython_EXECUTABLE="$py" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" >/dev/null &&
     "$REHEARSAL/py312/bin/cmake" --build "$build" -j "$(nproc)" >/dev/null &&
-    mkdir -p "$REHEARSAL/out-312/pkg/pyengine" &&
+    mkdir -p "$REHEARSAL/out-312/pkg/pyengine" "$ROOT/.whl/core" &&
     cp "$build"/_core*.so "$REHEARSAL/out-312/pkg/pyengine/" &&
+    cp "$build"/_core*.so "$ROOT/.whl/core/" &&
     PYTHONPATH="$ROOT:$site" "$py" - "$REHEARSAL/out-312" <<'PYEOF' || status=1
 import sys
 from pathlib import Path
