@@ -241,6 +241,9 @@ class Budget:
     def refuses(self, estimate: float = 0.0) -> str | None:
         """Why a measurement expected to take ``estimate`` s may not start (None: it may)."""
         if self.elapsed() + estimate > self.seconds:
+            if estimate > 0 and self.elapsed() < self.seconds:
+                return (f"would not end within --budget: about {estimate:.0f} s needed, "
+                        f"{self.remaining():.0f} s left of {self.seconds:.0f} s")
             return (f"time budget exhausted ({self.elapsed():.0f} s used of --budget "
                     f"{self.seconds:.0f} s)")
         return None
@@ -715,13 +718,25 @@ def _estimate(results: list[dict], repeats: int) -> float | None:
     return (last["setup_s"] or 0.0) + max(last["seconds"]) * (repeats + 0.1)
 
 
+def _first_estimate(bench: Bench, field: dict, model_only: dict | None, precision: str,
+                    repeats: int) -> float | None:
+    """Before any scan was timed: the grid's positions at the model-only rate from slots
+    (an upper bound on the engine's), warm-up and ``repeats`` passes, plus a setup."""
+    rate = model_rate(model_only, bench, precision, bench.args.e2e_batch, _slot_label(bench))
+    if not rate:
+        return None
+    positions = (math.ceil(field["size"] / bench.args.stride)) ** 2
+    return positions / rate * (repeats + 0.1)
+
+
 def run_end_to_end(bench: Bench, field: dict, model_only: dict | None) -> dict:
     args = bench.args
     results = []
     for precision in args.e2e_precision_list:
+        estimate = _estimate(results, args.e2e_repeats) or _first_estimate(
+            bench, field, model_only, precision, args.e2e_repeats)
         results.append(scan_rate(bench, field, precision, args.e2e_batch, args.e2e_threads,
-                                 args.e2e_repeats, model_only,
-                                 _estimate(results, args.e2e_repeats)))
+                                 args.e2e_repeats, model_only, estimate))
         bench.log(f"end_to_end {precision} batch {args.e2e_batch}: {_brief(results[-1])}")
         bench.partial("end_to_end", section(results))
     return section(results)
@@ -813,15 +828,31 @@ def batcher_rates(bench: Bench, field: dict, batch: int, counts: list[int]) -> l
     return results
 
 
-def run_gather_threads(bench: Bench, field: dict, model_only: dict | None) -> dict:
+def _sweep_estimate(e2e: dict | None, precision: str, threads: int,
+                    repeats: int) -> float | None:
+    """The first thread count's scan, from the end-to-end scan at the same precision:
+    its passes scaled by its gather threads over ``threads`` (fewer: slower)."""
+    done = [e for e in (e2e or {}).get("results", []) if e["status"] == "ok" and
+            e["precision"] == precision and e["seconds"]]
+    if not done:
+        return None
+    last = done[-1]
+    slower = max(1.0, (last["gather_threads"] or 1) / threads)
+    return (last["setup_s"] or 0.0) + max(last["seconds"]) * slower * (repeats + 0.1)
+
+
+def run_gather_threads(bench: Bench, field: dict, model_only: dict | None,
+                       e2e: dict | None = None) -> dict:
     args = bench.args
     precision, batch = args.e2e_precision_list[0], args.e2e_batch
     engine_rows = []
     for threads in args.thread_list:
+        estimate = (_estimate(engine_rows, args.thread_repeats) or
+                    _sweep_estimate(e2e, precision, threads, args.thread_repeats) or
+                    _first_estimate(bench, field, model_only, precision, args.thread_repeats))
         # the batcher gets N threads too (the engine's default caps it at 4)
         engine_rows.append(scan_rate(bench, field, precision, batch, threads,
-                                     args.thread_repeats, model_only,
-                                     _estimate(engine_rows, args.thread_repeats),
+                                     args.thread_repeats, model_only, estimate,
                                      gather=threads))
         bench.log(f"gather_threads engine threads {threads}: {_brief(engine_rows[-1])}")
         bench.partial("gather_threads", section(engine_rows))
@@ -1209,9 +1240,12 @@ def main(argv=None) -> int:
                   "cutout_size": spec.cutout_size},
         "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
         "field": None, "anchor": anchor_block(None, bench.cuda),
-        "sections": {name: section([], reason="not selected (--sections)") for name in SECTIONS},
+        "sections": {name: section([], reason="not reached: the run stopped before it" if
+                                   name in args.section_list else "not selected (--sections)")
+                     for name in SECTIONS},
         "summary": None, "stopped": None, "elapsed_s": None,
     }
+    running = {"section": None}  # the section being measured, for the watchdog
     print_header(payload)
     saving = threading.Lock()
 
@@ -1236,6 +1270,14 @@ def main(argv=None) -> int:
         payload["stopped"] = (f"hard deadline: --budget {args.budget:.0f} s + --grace "
                               f"{args.grace:.0f} s passed during a measurement; sections not "
                               "finished hold the entries measured before it")
+        name = running["section"]
+        if name is not None:
+            sec = payload["sections"][name]
+            payload["sections"][name] = {
+                **sec, "status": "partial" if sec["results"] else "error",
+                "reason": "stopped by the hard deadline during this section"
+                          + (f"; {sec['reason']}" if sec.get("reason") and sec["results"]
+                             else "")}
         try:
             finish_summary()
             save()
@@ -1245,7 +1287,7 @@ def main(argv=None) -> int:
                   flush=True)
             os._exit(STOPPED_EXIT)
 
-    watchdog = threading.Timer(args.budget + args.grace, deadline)
+    watchdog = threading.Timer(max(0.0, args.budget + args.grace - budget.elapsed()), deadline)
     watchdog.daemon = True
     watchdog.start()
     bench.on_partial = partial
@@ -1253,10 +1295,12 @@ def main(argv=None) -> int:
     sections = payload["sections"]
 
     def run(name, fn, *a):
+        running["section"] = name
         try:
             sections[name] = fn(*a)
         except Exception as exc:  # one section failing ends only itself
             sections[name] = _section_failed(name, exc)
+        running["section"] = None
         print_section(name, sections[name])
         save()
 
@@ -1290,7 +1334,8 @@ def main(argv=None) -> int:
                 if "end_to_end" in scans:
                     run("end_to_end", run_end_to_end, bench, field, model_only)
                 if "gather_threads" in scans:
-                    run("gather_threads", run_gather_threads, bench, field, model_only)
+                    run("gather_threads", run_gather_threads, bench, field, model_only,
+                        sections["end_to_end"] if "end_to_end" in scans else None)
     watchdog.cancel()
     finish_summary()
     print_anchor(payload["anchor"])
