@@ -226,7 +226,7 @@ import json
 import sys
 
 sys.path.insert(0, "benchmarks")
-from bench_gpu import print_summary
+from _gpu_report import print_summary
 
 data = json.load(open(sys.argv[1]))
 if data.get("summary"):
