@@ -79,7 +79,7 @@ from pyengine.kernels.decode import (
 )
 from pyengine.kernels.pool import POOL as _POOL  # held while a kernel runs on Numba's pool
 
-__all__ = ["Mosaic"]
+__all__ = ["Mosaic", "celestial_wcs", "wcs_offset"]
 
 # Windows smaller than this many pixels decode on the calling thread: the
 # thread pool's start-up costs more than it saves.
@@ -277,7 +277,7 @@ class _CompressedBand:
         self._guard.close()
 
 
-def _celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
+def celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
@@ -302,7 +302,7 @@ def _celestial_wcs(where: str, header: fits.Header, shape) -> WCS:
     return wcs
 
 
-def _wcs_offset(a: WCS, b: WCS, shape) -> float:
+def wcs_offset(a: WCS, b: WCS, shape) -> float:
     """Largest pixel offset between two WCS over a 5 x 5 grid spanning the image."""
     ny, nx = shape
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
@@ -378,7 +378,7 @@ class Mosaic:
                 readers.append(kind(path, info, shape, scaling))
                 headers.append(header)
                 images.append(BandImage(path, info.index, info.extname, header))
-                wcses.append(_celestial_wcs(where, header, shape))
+                wcses.append(celestial_wcs(where, header, shape))
             cls._check_grid(specs, readers, wcses, wcs_tolerance)
             for reader in readers:
                 reader.mapped_budget = MAPPED_BUDGET // len(readers)
@@ -423,7 +423,7 @@ class Mosaic:
                     f"{spec}: shape {reader.shape[0]} x {reader.shape[1]} (rows x columns) differs "
                     f"from {specs[0]}: {ref[0]} x {ref[1]}; all bands must share one pixel grid"
                 )
-            offset = _wcs_offset(wcses[0], wcs, ref)
+            offset = wcs_offset(wcses[0], wcs, ref)
             if offset > tolerance:
                 keys = "; ".join(_wcs_key_differences(wcses[0], wcs)) or "none (distortion terms?)"
                 raise MosaicMismatchError(

@@ -37,7 +37,7 @@ import numpy as np
 from pyengine.errors import ConfigError
 from pyengine.survey.manifest import Survey, SurveyError
 
-__all__ = ["Cone", "FieldFrame", "SurveyGeometry", "parse_within", "read_sky_region"]
+__all__ = ["Cone", "FieldFrame", "SurveyGeometry", "gnomonic", "parse_within", "read_sky_region"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _separation(ra0, dec0, ra, dec):
     return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
 
 
-def _gnomonic(ra0, dec0, ra, dec):
+def gnomonic(ra0, dec0, ra, dec):
     """Gnomonic (tangent-plane) coordinates of (ra, dec) about (ra0, dec0); NaN behind."""
     r0, d0, r1, d1 = (np.radians(np.asarray(v, float)) for v in (ra0, dec0, ra, dec))
     cosc = np.sin(d0) * np.sin(d1) + np.cos(d0) * np.cos(d1) * np.cos(r1 - r0)
@@ -143,7 +143,7 @@ class FieldFrame:
         return np.where(np.isfinite(d), d * self.scale, -np.inf)
 
     def touches_cone(self, cone: Cone) -> bool:
-        xs, ys = _gnomonic(cone.ra, cone.dec, *np.array(self.corners).T)
+        xs, ys = gnomonic(cone.ra, cone.dec, *np.array(self.corners).T)
         if not np.all(np.isfinite(xs)):  # a corner on the far hemisphere: test the centre
             ny, nx = self.shape
             ra, dec = self.wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
