@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["as_text", "ascii_text", "check_meta", "header_card", "meta_cards", "unit_text",
-           "values_and_mask", "write_bintable"]
+           "values_and_mask", "write_bintable", "writer_keyword"]
 
 # Header comments of the metadata keys the scan writes.
 _META_COMMENTS = {
@@ -52,6 +52,13 @@ _DATE_VALUE = re.compile(r"\d{4}-\d\d-\d\d(T\d\d:\d\d:\d\d(\.\d+)?)?")
 
 
 # ------------------------------------------------------------------------ metadata
+
+def writer_keyword(key) -> bool:
+    """Whether ``key`` is one the FITS writer sets itself (structure, column cards, LONGSTRN),
+    so metadata read back from a written catalog must drop it before writing again."""
+    return bool(_RESERVED.fullmatch(str(key).upper())) or str(key).upper() in ("COMMENT",
+                                                                               "HISTORY")
+
 
 def check_meta(meta: Mapping) -> dict:
     """Metadata as written: upper-case FITS keywords -> str/int/float/bool.

@@ -146,6 +146,17 @@ class CatalogSource(Source):
     def _take(self, rows: np.ndarray) -> TilePositions:
         return TilePositions(self._x[rows], self._y[rows], rows.copy(), {})
 
+    def take(self, rows: np.ndarray) -> TilePositions:
+        """The positions of catalog ``rows`` (indices into :meth:`passthrough`)."""
+        self._check_bound()
+        return self._take(np.asarray(rows, np.int64))
+
+    @property
+    def n_rows(self) -> int:
+        """Rows scanned (after the magnitude cut)."""
+        self._check_bound()
+        return len(self._table)
+
     def positions(self, tile, pixels=None) -> TilePositions:
         self._check_tile(tile)
         return self._take(self._order[self._starts[tile.index]:self._starts[tile.index + 1]])
@@ -164,6 +175,21 @@ class CatalogSource(Source):
     def passthrough(self):
         self._check_bound()
         return self._table
+
+    def sky(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ra, dec) in degrees of catalog ``rows`` as the catalog gives them (None for a
+        catalog of pixel positions): what a survey's ownership rule reads, so that every
+        field decides on the same numbers."""
+        self._check_bound()
+        if self._form != "sky":
+            return None
+        if getattr(self, "_sky", None) is None:
+            from pyengine.io.catalog import numeric_column
+
+            ra, dec = (numeric_column(self._table, c, str(self.spec), "numbers are needed")
+                       for c in self._columns[:2])
+            self._sky = (np.asarray(ra, np.float64), np.asarray(dec, np.float64))
+        return self._sky[0][rows], self._sky[1][rows]
 
     @property
     def n_off_image(self) -> int:

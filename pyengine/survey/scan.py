@@ -1,0 +1,173 @@
+"""Scanning a survey: every field that touches the area, each with the positions it owns,
+joined into one catalog with a ``field`` column.
+
+:func:`scan_survey` runs :func:`pyengine.scan.run.run_scan` once per field. Each field
+gets its share of the positions (:class:`pyengine.survey.sources.OwnedSource`: the
+ownership rule and the area), so the field's own tile journal, atomic writes and
+checks apply unchanged. The field's catalog goes to ``OUT.fields/<field>.fits``. Once
+every field is done they are joined into ``OUT``, and the folder is removed.
+
+**Order:** in catalog mode, input row order; otherwise field order (the manifest's),
+then each field's tile order. ``id`` numbers the joined catalog.
+
+**Catalog rows that no field holds:** rows inside the area that no field covers, and
+rows with unusable positions (wherever the area: where they lie is not known), are kept:
+flagged off the image, not scored, with an empty ``field``. Rows outside the area are left
+out. The summary counts them.
+
+**Score maps** (grid mode): one per field, on its own grid and WCS, holding the points
+the field owns, written beside the catalog as ``<OUT stem>_<field>_scoremap.fits``.
+
+**Resume:** fields whose catalog exists are done and are not scanned again. The field
+that was running resumes from its journal. The outputs of a finished survey are the
+same whatever was interrupted.
+
+A survey's catalog must give RA/Dec: its pixel columns mean nothing across fields.
+
+Thread safety: one scan at a time per Engine (see :class:`pyengine.scan.engine.Engine`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pyengine.errors import ConfigError
+from pyengine.survey.geometry import SurveyGeometry
+from pyengine.survey.manifest import Survey
+from pyengine.survey.sources import INPUT_ROW, OwnedSource
+
+__all__ = ["SurveySummary", "parts_folder", "scan_survey"]
+
+
+@dataclass
+class SurveySummary:
+    """What a survey scan did: per field (id -> the field's ScanSummary dict, or
+    "done earlier"), the fields left out, positions and candidates in the catalog."""
+
+    fields: dict = field(default_factory=dict)
+    skipped_fields: list = field(default_factory=list)
+    positions: int = 0
+    candidates: int = 0
+    off_image: int = 0
+    outside_area: int = 0
+    seconds: float = 0.0
+    out: str = ""
+    scoremaps: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (f"survey: {len(self.fields)} field(s) scanned"
+                + (f" ({len(self.skipped_fields)} outside the area, not read)"
+                   if self.skipped_fields else "")
+                + f", {self.positions:,} positions, {self.candidates:,} candidates"
+                + (f", {self.off_image:,} in no field" if self.off_image else "")
+                + (f", {self.outside_area:,} catalog rows outside the area"
+                   if self.outside_area else "")
+                + f" in {self.seconds:.1f} s -> {self.out}")
+
+
+def parts_folder(out) -> Path:
+    """Where a survey scan writing ``out`` keeps its per-field catalogs."""
+    out = Path(out)
+    return out.with_name(out.name + ".fields")
+
+
+def _part_name(field_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", field_id) + ".fits"
+
+
+def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None, regions=None,
+                resume: bool = False, overwrite: bool = False, stop=None,
+                progress: Callable[[dict], None] | None = None) -> SurveySummary:
+    """Scan every field of ``survey`` touching the area into one catalog ``out``.
+
+    ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
+    for one field. ``cone`` / ``regions``: the area (None: everything)."""
+    from pyengine.output.catalog import write_catalog
+    from pyengine.scan.run import run_scan
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not (overwrite or resume):
+        raise ConfigError(f"--out {out}: the file exists; add --overwrite to replace it")
+    geo = SurveyGeometry(survey)
+    touched = geo.fields_touching(cone, regions)
+    parts = parts_folder(out)
+    if parts.exists() and not resume:
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    summary = SurveySummary(out=str(out))
+    summary.skipped_fields = [f.id for k, f in enumerate(geo.survey.fields) if k not in touched]
+    kind = None
+    for k in touched:
+        fld = geo.survey.fields[k]
+        part = parts / _part_name(fld.id)
+        inner = make_source()
+        kind = inner.kind
+        if part.exists():
+            summary.fields[fld.id] = "done earlier"
+            continue
+        journal = part.with_name(part.name + ".journal")
+        # the first field also reports the catalog rows that no field holds
+        source = OwnedSource(inner, geo, k, cone, regions, report_unowned=k == touched[0])
+        mosaic = fld.open(survey.bands)
+        try:
+            got = run_scan(engine, mosaic, source, part, resume=resume and journal.exists(),
+                           stop=stop, progress=progress, overwrite=True)
+        finally:
+            mosaic.close()
+        summary.fields[fld.id] = got.to_dict()
+        if k == touched[0]:
+            summary.outside_area = source.outside_area
+    table = _join(engine, geo, touched, parts, kind)
+    summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) else 0
+    table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
+    table.meta["SURVEY"] = str(survey.manifest or "")
+    table.meta["NFIELDS"] = len(touched)
+    write_catalog(table, out)
+    # grid mode: each field's score map (on its own grid and WCS) beside the catalog
+    for k in touched:
+        fid = geo.survey.fields[k].id
+        scoremap = parts / (_part_name(fid)[: -len(".fits")] + "_scoremap.fits")
+        if scoremap.exists():
+            target = out.with_name(f"{out.stem}_{_part_name(fid)[:-5]}_scoremap.fits")
+            os.replace(scoremap, target)
+            summary.scoremaps[fid] = str(target)
+    shutil.rmtree(parts, ignore_errors=True)
+    summary.positions = len(table)
+    summary.candidates = int(np.sum(np.asarray(table["is_candidate"], bool)))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _join(engine, geo, touched, parts, kind):
+    from astropy.table import Table, vstack
+
+    from pyengine.output.fits_table import writer_keyword
+
+    tables = []
+    for k in touched:
+        fld = geo.survey.fields[k]
+        t = Table.read(parts / _part_name(fld.id), mask_invalid=False)
+        if "field" in t.colnames:  # the input catalog's own
+            t.rename_column("field", "in_field")
+        width = max(1, *(len(f.id) for f in geo.survey.fields))
+        t["field"] = np.where(np.asarray(t["tile"]) < 0, "", fld.id).astype(f"<U{width}")
+        tables.append(t)
+    meta = dict(tables[0].meta) if tables else {}
+    table = vstack(tables, metadata_conflicts="silent") if tables else Table()
+    if kind == "catalog" and INPUT_ROW in table.colnames:
+        table = table[np.argsort(np.asarray(table[INPUT_ROW]), kind="stable")]
+    if INPUT_ROW in table.colnames:
+        table.remove_column(INPUT_ROW)
+    table.meta.clear()
+    # the field catalog's own metadata, less what its FITS writer put there itself
+    table.meta.update({k: v for k, v in meta.items() if not writer_keyword(k)})
+    return table

@@ -1,0 +1,170 @@
+"""Scanning a survey of overlapping fields into one catalog (pyengine.survey.scan)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from pyengine.flags import OFF_IMAGE
+from pyengine.io.mosaic import Mosaic
+from pyengine.scan.engine import Engine
+from pyengine.sources.catalog import CatalogSource
+from pyengine.sources.grid import GridSource
+from pyengine.survey import Survey
+from pyengine.survey.geometry import Cone, SurveyGeometry
+from pyengine.survey.manifest import Field
+from pyengine.survey.scan import parts_folder, scan_survey
+
+SIZE, STEP, SCALE = 200, 160, 0.187
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    from pyengine.synth.config import SynthConfig
+    from pyengine.synth.field import make_field
+
+    root = tmp_path_factory.mktemp("survey")
+    dec0 = 41.5
+    sd = STEP * SCALE / 3600
+    sr = sd / math.cos(math.radians(dec0))
+    fields = []
+    for name, (i, j) in zip("ABCD", [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True):
+        make_field(root / name, SynthConfig(width=SIZE, height=SIZE, seed=7,
+                                            ra=11 + i * sr, dec=dec0 + j * sd))
+        fields.append(Field(name, (str(root / name / "g.fits"), str(root / name / "i.fits"))))
+    return Survey(tuple(fields), ("g", "i"))
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    return Engine(model, runner="torch", device="cpu", batch_size=16, core=64)
+
+
+def _catalog(path, survey):
+    """Random sky positions over the survey and around it, the exact boundary between
+    A and B, a 4-way overlap, and a row with no position."""
+    geo = SurveyGeometry(survey)
+    rng = np.random.default_rng(5)
+    corners = np.array([c for f in geo.survey.fields for c in f.corners])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    ra = rng.uniform(lo[0] - 0.002, hi[0] + 0.002, 120)
+    dec = rng.uniform(lo[1] - 0.002, hi[1] + 0.002, 120)
+    centres = [f.wcs.pixel_to_world_values((SIZE - 1) / 2, (SIZE - 1) / 2) for f in geo.frames]
+    mid_ab = [(centres[0][0] + centres[1][0]) / 2, centres[0][1]]
+    middle = np.mean(np.array(centres, float), axis=0)
+    ra = np.concatenate([ra, [mid_ab[0], middle[0], np.nan]])
+    dec = np.concatenate([dec, [mid_ab[1], middle[1], np.nan]])
+    table = Table({"RA": ra, "DEC": dec, "name": [f"s{k}" for k in range(ra.size)]})
+    table.write(path)
+    return path, ra, dec
+
+
+def test_a_catalog_survey_scores_every_row_once_in_its_owner(survey, engine, tmp_path):
+    cat, ra, dec = _catalog(tmp_path / "cat.fits", survey)
+    out = tmp_path / "s.fits"
+    summary = scan_survey(engine, survey, out, make_source=lambda: CatalogSource(cat))
+    table = Table.read(out, mask_invalid=False)
+    assert len(table) == ra.size  # one row per input row, in input order
+    assert list(table["name"]) == [f"s{k}" for k in range(ra.size)]
+    np.testing.assert_array_equal(table["id"], np.arange(1, ra.size + 1))
+    geo = SurveyGeometry(survey)
+    finite = np.isfinite(ra)
+    owner = np.full(ra.size, -1)
+    owner[finite] = geo.owner(ra[finite], dec[finite])
+    want = np.array(["" if o < 0 else geo.frames[o].id for o in owner])
+    np.testing.assert_array_equal(np.asarray(table["field"]).astype(str), want)
+    inside = owner >= 0
+    assert inside.sum() > 60 and (~inside).sum() > 10
+    assert np.all(np.isfinite(table["score"][inside]))
+    assert np.all(np.isnan(table["score"][~inside]))
+    assert np.all((np.asarray(table["flags"])[~inside] & OFF_IMAGE) != 0)
+    # the rows on the A/B boundary and in the 4-way overlap are there once, in one field
+    assert table["field"][-3] in ("A", "B") and table["field"][-2] in tuple("ABCD")
+    # every field took part; the parts folder is gone
+    assert set(summary.fields) == set("ABCD") and not parts_folder(out).exists()
+    assert summary.positions == ra.size and summary.off_image == int((~inside).sum())
+    # a field's scores are those of a scan of that field alone
+    a = table[np.asarray(table["field"]).astype(str) == "A"]
+    with Mosaic.open(list(survey.fields[0].images)) as mosaic:
+        alone = engine.scan(mosaic, CatalogSource(cat))
+    by_name = {n: s for n, s in zip(alone["name"], alone["score"], strict=True)}
+    np.testing.assert_array_equal(np.asarray(a["score"]),
+                                  np.array([by_name[n] for n in a["name"]]))
+
+
+def test_a_grid_survey_keeps_each_fields_own_points_in_the_sky_it_owns(survey, engine,
+                                                                       tmp_path):
+    out = tmp_path / "g.fits"
+    scan_survey(engine, survey, out, make_source=lambda: GridSource(25))
+    table = Table.read(out, mask_invalid=False)
+    geo = SurveyGeometry(survey)
+    owner = geo.owner(np.asarray(table["ra"]), np.asarray(table["dec"]))
+    got = np.asarray(table["field"]).astype(str)
+    assert set(got) == set("ABCD")
+    np.testing.assert_array_equal(got, np.array([geo.frames[o].id for o in owner]))
+    # field order, then each field's own order
+    order = {f: k for k, f in enumerate("ABCD")}
+    assert np.all(np.diff([order[f] for f in got]) >= 0)
+    # fewer points than four whole grids: the overlaps are not scanned twice
+    assert len(table) < 4 * 8 * 8
+
+
+def test_within_scans_only_the_fields_it_touches_and_the_rows_inside(survey, engine, tmp_path):
+    cat, ra, dec = _catalog(tmp_path / "cat.fits", survey)
+    geo = SurveyGeometry(survey)
+    ra_d, dec_d = geo.frames[3].wcs.pixel_to_world_values(180, 150)  # D, near C
+    cone = Cone(float(ra_d), float(dec_d), 6.0 / 3600)
+    out = tmp_path / "w.fits"
+    summary = scan_survey(engine, survey, out, make_source=lambda: CatalogSource(cat),
+                          cone=cone)
+    table = Table.read(out, mask_invalid=False)
+    assert summary.skipped_fields == ["A", "B"]  # C and D touch the 6" circle
+    finite = np.isfinite(ra)
+    inside = np.zeros(ra.size, bool)
+    inside[finite] = cone.contains(ra[finite], dec[finite])
+    assert inside.sum() >= 2
+    inside |= ~finite  # a row with no usable position is kept, flagged, wherever the area
+    assert len(table) == inside.sum()
+    assert summary.outside_area == int((finite & ~inside).sum())
+    np.testing.assert_array_equal(np.asarray(table["name"]).astype(str),
+                                  np.array([f"s{k}" for k in np.flatnonzero(inside)]))
+
+
+def test_a_resumed_survey_skips_finished_fields_and_equals_an_uninterrupted_one(
+        survey, engine, tmp_path, monkeypatch):
+    import pyengine.scan.run as run_module
+
+    whole = tmp_path / "whole.fits"
+    scan_survey(engine, survey, whole, make_source=lambda: GridSource(25))
+    out = tmp_path / "r.fits"
+    real = run_module.run_scan
+    calls = []
+
+    def failing(engine, mosaic, source, part, **kw):
+        calls.append(part.name)
+        if part.name == "C.fits":
+            raise RuntimeError("killed")
+        return real(engine, mosaic, source, part, **kw)
+
+    monkeypatch.setattr(run_module, "run_scan", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        scan_survey(engine, survey, out, make_source=lambda: GridSource(25))
+    assert sorted(p.name for p in parts_folder(out).glob("?.fits")) == ["A.fits", "B.fits"]
+    monkeypatch.setattr(run_module, "run_scan", real)
+    summary = scan_survey(engine, survey, out, make_source=lambda: GridSource(25), resume=True)
+    assert summary.fields["A"] == summary.fields["B"] == "done earlier"
+    a, b = (Table.read(p, mask_invalid=False) for p in (whole, out))
+    assert a.colnames == b.colnames and len(a) == len(b)
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+    # each field's score map lies beside the catalog, on the field's own grid
+    assert sorted(summary.scoremaps) == list("ABCD")
+    assert all(p.endswith(f"r_{f}_scoremap.fits") for f, p in summary.scoremaps.items())
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    header = fits.getheader(summary.scoremaps["C"])
+    assert WCS(header).has_celestial
