@@ -110,3 +110,24 @@ def astropy_section(path, ext, window):
     # Stored extremes times BSCALE overflow to inf on purpose: both sides must agree.
     with fits.open(path) as hdul, np.errstate(over="ignore", invalid="ignore"):
         return np.array(hdul[ext].section[y0:y1, x0:x1])
+
+
+def make_survey_2x2(root, size: int = 200, step: int = 160, seed: int = 3, dec0: float = 41.5):
+    """Four synthetic fields A, B, C, D (size px square, 0.187"/px) on a 2 x 2 grid of
+    centres ``step`` px apart, so neighbours overlap by ``size - step`` px: B east of A,
+    C north of A, D north of B.  Returns (the Survey, {field: (ra, dec) of its centre})."""
+    import math
+
+    from pyengine.survey.manifest import Field, Survey
+    from pyengine.synth.config import SynthConfig
+    from pyengine.synth.field import make_field
+
+    step_dec = step * 0.187 / 3600.0
+    step_ra = step_dec / math.cos(math.radians(dec0))
+    fields, centres = [], {}
+    for name, (i, j) in zip("ABCD", [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True):
+        ra, dec = 11.0 + i * step_ra, dec0 + j * step_dec
+        make_field(root / name, SynthConfig(width=size, height=size, seed=seed, ra=ra, dec=dec))
+        fields.append(Field(name, (str(root / name / "g.fits"), str(root / name / "i.fits"))))
+        centres[name] = (ra, dec)
+    return Survey(tuple(fields), ("g", "i")), centres

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -19,21 +17,10 @@ STEP = 160  # px between field centres: 40 px overlaps
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
     """A 2 x 2 survey of 200 px fields overlapping by 40 px, listed A, B, C, D."""
-    from pyengine.synth.config import SynthConfig
-    from pyengine.synth.field import make_field
+    from tests.makedata import make_survey_2x2
 
     root = tmp_path_factory.mktemp("survey")
-    dec0 = 41.5
-    step_dec = STEP * SCALE / 3600.0
-    step_ra = step_dec / math.cos(math.radians(dec0))
-    specs = {}
-    for name, (i, j) in zip("ABCD", [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True):
-        # RA grows to the east (to smaller x in a standard TAN image)
-        ra, dec = 11.0 + i * step_ra, dec0 + j * step_dec
-        make_field(root / name, SynthConfig(width=SIZE, height=SIZE, seed=3, ra=ra, dec=dec))
-        specs[name] = (ra, dec)
-    survey = Survey(tuple(Field(n, (str(root / n / "g.fits"), str(root / n / "i.fits")))
-                          for n in "ABCD"), ("g", "i"))
+    survey, specs = make_survey_2x2(root, SIZE, STEP)
     return root, survey, specs
 
 

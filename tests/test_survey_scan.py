@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -13,9 +11,7 @@ from pyengine.io.mosaic import Mosaic
 from pyengine.scan.engine import Engine
 from pyengine.sources.catalog import CatalogSource
 from pyengine.sources.grid import GridSource
-from pyengine.survey import Survey
 from pyengine.survey.geometry import Cone, SurveyGeometry
-from pyengine.survey.manifest import Field
 from pyengine.survey.scan import parts_folder, scan_survey
 
 SIZE, STEP, SCALE = 200, 160, 0.187
@@ -23,19 +19,9 @@ SIZE, STEP, SCALE = 200, 160, 0.187
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    from pyengine.synth.config import SynthConfig
-    from pyengine.synth.field import make_field
+    from tests.makedata import make_survey_2x2
 
-    root = tmp_path_factory.mktemp("survey")
-    dec0 = 41.5
-    sd = STEP * SCALE / 3600
-    sr = sd / math.cos(math.radians(dec0))
-    fields = []
-    for name, (i, j) in zip("ABCD", [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True):
-        make_field(root / name, SynthConfig(width=SIZE, height=SIZE, seed=7,
-                                            ra=11 + i * sr, dec=dec0 + j * sd))
-        fields.append(Field(name, (str(root / name / "g.fits"), str(root / name / "i.fits"))))
-    return Survey(tuple(fields), ("g", "i"))
+    return make_survey_2x2(tmp_path_factory.mktemp("survey"), SIZE, STEP, seed=7)[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +76,7 @@ def test_a_catalog_survey_scores_every_row_once_in_its_owner(survey, engine, tmp
     a = table[np.asarray(table["field"]).astype(str) == "A"]
     with Mosaic.open(list(survey.fields[0].images)) as mosaic:
         alone = engine.scan(mosaic, CatalogSource(cat))
-    by_name = {n: s for n, s in zip(alone["name"], alone["score"], strict=True)}
+    by_name = dict(zip(alone["name"], alone["score"], strict=True))
     np.testing.assert_array_equal(np.asarray(a["score"]),
                                   np.array([by_name[n] for n in a["name"]]))
 
