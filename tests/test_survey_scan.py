@@ -154,3 +154,40 @@ def test_a_resumed_survey_skips_finished_fields_and_equals_an_uninterrupted_one(
 
     header = fits.getheader(summary.scoremaps["C"])
     assert WCS(header).has_celestial
+
+
+def test_pyengine_scan_takes_a_manifest_and_refuses_in_one_line(survey, model, tmp_path):
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    cat, ra, _ = _catalog(tmp_path / "cat.fits", survey)
+
+    def run(*args):
+        return CliRunner().invoke(main, ["scan", *map(str, args), "--model", str(model),
+                                         "--runner", "torch", "--tile-size", "64", "-q"])
+
+    out = tmp_path / "m.fits"
+    done = run(manifest, "--catalog", cat, "--out", out)
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"survey: 4 field(s) scanned, {ra.size} positions")
+    table = Table.read(out, mask_invalid=False)
+    assert len(table) == ra.size and "field" in table.colnames
+    refusals = {
+        ("--out", tmp_path / "d.fits"): "Error: detection across several fields is not "
+                                        "supported yet",
+        ("--grid", "25", "--out", tmp_path / "g.fits", "--regions", tmp_path / "g.reg"):
+            "Error: --regions and --scoremap are not written by survey scans yet",
+        ("--grid", "25", "--out", tmp_path / "w.fits", "--within", "200,-30,0.5"):
+            "Error: --within 200,-30,0.5 touches none of the survey's 4 fields",
+        ("--grid", "25", "--out", tmp_path / "w.fits", "--within", "200,-30"):
+            "Error: --within '200,-30' is not accepted",
+        ("--catalog", cat, "--out", out): f"Error: {out}: already exists; pass --overwrite",
+    }
+    for args, message in refusals.items():
+        got = run(manifest, *args)
+        assert got.exit_code == 1 and got.output.startswith(message), got.output
+        assert got.output.count("\n") == 1, got.output
+    mixed = run(manifest, survey.fields[0].images[0], "--grid", "25", "--out", tmp_path / "x.fits")
+    assert mixed.exit_code == 1 and "a survey manifest is scanned alone" in mixed.output

@@ -163,14 +163,21 @@ def _resume_command() -> str:
 @click.option("--max-nan", type=float, default=DEFAULT_MAX_NAN, show_default=True,
               help="Flag cutouts (BLANK, never candidates) where a band has more than this "
                    "share of blank/off-image pixels, or no data at all.")
+@click.option("--within", default=None, metavar="RA,DEC,RADIUS",
+              help="Survey: only positions within RADIUS deg of RA,DEC (deg); fields that "
+                   "do not touch the circle are not read.")
+@click.option("--region", "sky_region", default=None, type=click.Path(dir_okay=False),
+              help="Survey: only positions inside this DS9 sky region file.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
-         detect_band, tile_size, max_nan):
-    """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits) for
-    star-cluster candidates.  Sources: --catalog, --grid, or detection (default)."""
+         detect_band, tile_size, max_nan, within, sky_region):
+    """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits), or a survey
+    manifest (survey.ecsv: many fields, one catalog with a field column), for star-cluster
+    candidates.  Sources: --catalog, --grid, or detection (default)."""
     from pyengine.errors import ConfigError, ScanOutputError
     from pyengine.io.mosaic import Mosaic
+    from pyengine.survey.manifest import is_manifest
 
     if catalog is not None and grid is not None:
         raise ConfigError("--catalog and --grid are exclusive; give one source of positions "
@@ -209,6 +216,23 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         threads = capped_threads(threads)
     output_paths(out, regions, scoremap, grid=grid is not None,
                  inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
+    survey_mode = (len(bands) == 1 and is_manifest(bands[0])) or within or sky_region
+    if survey_mode:
+        _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
+                     precision=precision, batch_size=batch_size, threads=threads,
+                     threshold=threshold, regions=regions, scoremap=scoremap, resume=resume,
+                     overwrite=overwrite, quiet=quiet, log_json=log_json,
+                     band_names=band_names, catalog_opts=catalog_opts, mag_limit=mag_limit,
+                     detect={"threshold": detect_threshold, "min_area": min_area,
+                             "band": detect_band, "mag_limit": mag_limit,
+                             "mag_band": mag_band, "zero_point": zero_point,
+                             "aperture": aperture},
+                     tile_size=tile_size, max_nan=max_nan, within=within,
+                     sky_region=sky_region)
+        return
+    if any(is_manifest(b) for b in bands):
+        raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
+                          "--out ... (not with band images)")
     check_model_file(model)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
     mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
@@ -286,3 +310,81 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
             click.echo(f"  {kind}: {path}")
     for line in summary.warnings:  # whole-field problems (scan.assembly.scan_warnings)
         click.echo(f"Warning: {line}", err=True)
+
+
+def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
+                 threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
+                 catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region):
+    """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
+    one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
+    from pyengine.errors import ConfigError
+    from pyengine.io.inputguard import install_sigbus_handler
+    from pyengine.scan.engine import Engine
+    from pyengine.scan.inputs import check_model_file
+    from pyengine.scan.results import ScanInterrupted
+    from pyengine.sources.catalog import CatalogSource
+    from pyengine.sources.detect import DetectSource
+    from pyengine.sources.grid import GridSource
+    from pyengine.survey.geometry import SurveyGeometry, parse_within, read_sky_region
+    from pyengine.survey.manifest import Survey, is_manifest, read_manifest
+    from pyengine.survey.scan import scan_survey
+
+    if regions is not None or scoremap is not None:
+        raise ConfigError("--regions and --scoremap are not written by survey scans yet (grid "
+                          "mode writes one score map per field beside the catalog)")
+    cone = parse_within(within) if within else None
+    sky = read_sky_region(sky_region) if sky_region else None
+    if len(bands) == 1 and is_manifest(bands[0]):
+        if band_names is not None:
+            raise ConfigError("--bands applies to band images; a survey manifest names its "
+                              "bands in its path_<band> columns")
+        survey = read_manifest(bands[0])
+    else:
+        survey = Survey.single(list(bands), parse_band_list(band_names))
+    geo = SurveyGeometry(survey)
+    touched = geo.fields_touching(cone, sky)
+    if catalog is None and grid is None and len(touched) > 1:
+        raise ConfigError("detection across several fields is not supported yet (a source "
+                          "detected on both sides of a field boundary would be counted "
+                          "twice or not at all); give --catalog or --grid")
+
+    def make_source():
+        if catalog is not None:
+            return CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
+        if grid is not None:
+            return GridSource(grid)
+        return DetectSource(**detect)
+
+    check_model_file(model)
+    install_sigbus_handler()
+    engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
+                    threads=threads, threshold=threshold, core=tile_size,
+                    max_nan_fraction=max_nan)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the batch in flight "
+                   "(again to quit now)...", err=True)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    show = _Progress(quiet=quiet, log_json=log_json)
+    try:
+        summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
+                              regions=sky, resume=resume, overwrite=overwrite, stop=stop,
+                              progress=show)
+    except (ScanInterrupted, KeyboardInterrupt):
+        show.close()
+        click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "
+                   f"{_resume_command()}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        engine.close()
+    show.close()
+    click.echo(summary.line())
+    for fid, path in summary.scoremaps.items():
+        click.echo(f"  score map {fid}: {path}")

@@ -29,7 +29,6 @@ Thread safety: one scan at a time per Engine (see :class:`pyengine.scan.engine.E
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -90,6 +89,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
     for one field. ``cone`` / ``regions``: the area (None: everything)."""
+    from pyengine.atomic import publish
     from pyengine.output.catalog import write_catalog
     from pyengine.scan.run import run_scan
 
@@ -138,7 +138,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         scoremap = parts / (_part_name(fid)[: -len(".fits")] + "_scoremap.fits")
         if scoremap.exists():
             target = out.with_name(f"{out.stem}_{_part_name(fid)[:-5]}_scoremap.fits")
-            os.replace(scoremap, target)
+            publish([(scoremap, target)])
             summary.scoremaps[fid] = str(target)
     shutil.rmtree(parts, ignore_errors=True)
     summary.positions = len(table)
