@@ -100,6 +100,21 @@ def _open_quietly(engine) -> None:
         return
 
 
+def _stop_on_signals() -> tuple[threading.Event, dict]:
+    """SIGINT/SIGTERM set the returned event (the batch in flight finishes); a second one
+    quits at once.  Returns (event, the handlers replaced, to put back)."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the batch in flight "
+                   "(again to quit now)...", err=True)
+
+    return stop, {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def _resume_command() -> str:
     argv = ["pyengine", *sys.argv[1:]]
     if "--resume" not in argv:
@@ -256,18 +271,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     except BaseException:
         mosaic.close()
         raise
-    stop = threading.Event()
-    signals = {}
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        click.echo(f"\n{signal.Signals(signum).name}: finishing the batch in flight "
-                   "(again to quit now)...", err=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signals[sig] = signal.signal(sig, on_signal)
+    stop, signals = _stop_on_signals()
     show = _Progress(quiet=quiet, log_json=log_json)
     # The runner loads (ONNX Runtime builds its session mostly without the GIL) while
     # this thread hashes the model, reads the journal and binds the source: a small
@@ -360,16 +364,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
                     threads=threads, threshold=threshold, core=tile_size,
                     max_nan_fraction=max_nan)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        click.echo(f"\n{signal.Signals(signum).name}: finishing the batch in flight "
-                   "(again to quit now)...", err=True)
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop, old = _stop_on_signals()
     show = _Progress(quiet=quiet, log_json=log_json)
     try:
         summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
