@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -12,6 +14,7 @@ from pyengine.scan.engine import Engine
 from pyengine.sources.catalog import CatalogSource
 from pyengine.sources.grid import GridSource
 from pyengine.survey.geometry import Cone, SurveyGeometry
+from pyengine.survey.manifest import Field, Survey
 from pyengine.survey.scan import parts_folder, scan_survey
 
 SIZE, STEP, SCALE = 200, 160, 0.187
@@ -191,3 +194,42 @@ def test_pyengine_scan_takes_a_manifest_and_refuses_in_one_line(survey, model, t
         assert got.output.count("\n") == 1, got.output
     mixed = run(manifest, survey.fields[0].images[0], "--grid", "25", "--out", tmp_path / "x.fits")
     assert mixed.exit_code == 1 and "a survey manifest is scanned alone" in mixed.output
+
+
+def test_a_resume_over_changed_files_or_options_is_refused_naming_the_field(
+        survey, engine, tmp_path, monkeypatch):
+    import shutil
+
+    import pyengine.scan.run as run_module
+    from pyengine.errors import ResumeError
+
+    root = tmp_path / "copy"
+    fields = []
+    for f in survey.fields:
+        shutil.copytree(Path(f.images[0]).parent, root / f.id)
+        fields.append(Field(f.id, tuple(str(root / f.id / Path(p).name) for p in f.images)))
+    copy = Survey(tuple(fields), survey.bands)
+    out = tmp_path / "r.fits"
+    real = run_module.run_scan
+
+    def failing(engine, mosaic, source, part, **kw):
+        if part.name == "B.fits":
+            raise RuntimeError("killed")
+        return real(engine, mosaic, source, part, **kw)
+
+    monkeypatch.setattr(run_module, "run_scan", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        scan_survey(engine, copy, out, make_source=lambda: GridSource(25))
+    monkeypatch.setattr(run_module, "run_scan", real)
+    with pytest.raises(ResumeError, match=r"^--resume: the survey scan started with options "):
+        scan_survey(engine, copy, out, make_source=lambda: GridSource(20), resume=True)
+    # field A is finished; its g image changes (same size, other bytes)
+    g = Path(copy.fields[0].images[0])
+    data = bytearray(g.read_bytes())
+    data[-2880 * 2 : -2880] = bytes(2880)
+    g.write_bytes(bytes(data))
+    with pytest.raises(ResumeError, match=r"^--resume: field 'A': its band files changed"):
+        scan_survey(engine, copy, out, make_source=lambda: GridSource(25), resume=True)
+    # without --resume it starts again and finishes
+    summary = scan_survey(engine, copy, out, make_source=lambda: GridSource(25))
+    assert "done earlier" not in summary.fields.values()

@@ -20,7 +20,11 @@ the field owns, written beside the catalog as ``<OUT stem>_<field>_scoremap.fits
 
 **Resume:** fields whose catalog exists are done and are not scanned again. The field
 that was running resumes from its journal. The outputs of a finished survey are the
-same whatever was interrupted.
+same whatever was interrupted. ``OUT.fields/survey.json`` records what the survey scan
+started with: the fields (and the area, and the source's options) and each field's band
+files by content (:func:`pyengine.hashing.file_identity`). A resume whose fields, files
+or options differ is refused in one line naming the field, so that a finished field of
+other data is never joined.
 
 A survey's catalog must give RA/Dec: its pixel columns mean nothing across fields.
 
@@ -103,6 +107,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     if parts.exists() and not resume:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    _check_started_with(parts, _identity(geo, touched, make_source, cone, regions), resume)
     summary = SurveySummary(out=str(out))
     summary.skipped_fields = [f.id for k, f in enumerate(geo.survey.fields) if k not in touched]
     kind = None
@@ -145,6 +150,56 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     summary.candidates = int(np.sum(np.asarray(table["is_candidate"], bool)))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _identity(geo, touched, make_source, cone, regions) -> dict:
+    """What a resumed survey scan must share with the run it continues."""
+    from pyengine.hashing import file_identity
+    from pyengine.io.fitsfile import parse_spec
+
+    source = make_source()
+    options = {k: v for k, v in vars(source).items()
+               if not k.startswith("_") and isinstance(v, str | int | float | bool | None)}
+    if isinstance(getattr(source, "spec", None), str):  # a catalog: its content too
+        options["catalog_file"] = file_identity(parse_spec(source.spec)[0])
+    fields = {}
+    for k in touched:
+        f = geo.survey.fields[k]
+        fields[f.id] = [{"spec": spec, **file_identity(parse_spec(spec)[0])}
+                        for spec in f.images]
+    return {"bands": list(geo.survey.bands), "fields": fields, "source": source.kind,
+            "options": options,
+            "cone": None if cone is None else [cone.ra, cone.dec, cone.radius],
+            "regions": [str(r) for r in regions or ()]}
+
+
+def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
+    import json
+
+    from pyengine.atomic import atomic_write_text
+    from pyengine.errors import ResumeError
+
+    record = parts / "survey.json"
+    if resume and record.exists():
+        before = json.loads(record.read_text())
+        for fid, files in identity["fields"].items():
+            was = before.get("fields", {}).get(fid)
+            if was is not None and [(f["size"], f["sha256_sampled"]) for f in was] != \
+                    [(f["size"], f["sha256_sampled"]) for f in files]:
+                raise ResumeError(f"--resume: field {fid!r}: its band files changed since the "
+                                  f"scan started ({', '.join(f['spec'] for f in files)}); "
+                                  "scan again without --resume")
+        for key in ("bands", "source", "options", "cone", "regions"):
+            if before.get(key) != identity[key]:
+                raise ResumeError(f"--resume: the survey scan started with {key} "
+                                  f"{before.get(key)!r}, now {identity[key]!r}; give the same "
+                                  "options, or scan again without --resume")
+        if sorted(before.get("fields", {})) != sorted(identity["fields"]):
+            raise ResumeError("--resume: the survey's fields differ from those the scan "
+                              f"started with ({', '.join(sorted(before.get('fields', {})))});"
+                              " scan again without --resume")
+        return
+    atomic_write_text(record, json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
 def _join(engine, geo, touched, parts, kind):
