@@ -122,27 +122,31 @@ def test_within_scans_only_the_fields_it_touches_and_the_rows_inside(survey, eng
                                   np.array([f"s{k}" for k in np.flatnonzero(inside)]))
 
 
+def _interrupted_at(field_id, engine, survey, out, monkeypatch):
+    """A grid survey scan that fails when it reaches field ``field_id``."""
+    import pyengine.scan.run as run_module
+
+    real = run_module.run_scan
+
+    def failing(engine, mosaic, source, part, **kw):
+        if part.name == f"{field_id}.fits":
+            raise RuntimeError("killed")
+        return real(engine, mosaic, source, part, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "run_scan", failing)
+        with pytest.raises(RuntimeError, match="killed"):
+            scan_survey(engine, survey, out, make_source=lambda: GridSource(25))
+
+
 def test_a_resumed_survey_skips_finished_fields_and_equals_an_uninterrupted_one(
         survey, engine, tmp_path, monkeypatch):
-    import pyengine.scan.run as run_module
 
     whole = tmp_path / "whole.fits"
     scan_survey(engine, survey, whole, make_source=lambda: GridSource(25))
     out = tmp_path / "r.fits"
-    real = run_module.run_scan
-    calls = []
-
-    def failing(engine, mosaic, source, part, **kw):
-        calls.append(part.name)
-        if part.name == "C.fits":
-            raise RuntimeError("killed")
-        return real(engine, mosaic, source, part, **kw)
-
-    monkeypatch.setattr(run_module, "run_scan", failing)
-    with pytest.raises(RuntimeError, match="killed"):
-        scan_survey(engine, survey, out, make_source=lambda: GridSource(25))
+    _interrupted_at("C", engine, survey, out, monkeypatch)
     assert sorted(p.name for p in parts_folder(out).glob("?.fits")) == ["A.fits", "B.fits"]
-    monkeypatch.setattr(run_module, "run_scan", real)
     summary = scan_survey(engine, survey, out, make_source=lambda: GridSource(25), resume=True)
     assert summary.fields["A"] == summary.fields["B"] == "done earlier"
     a, b = (Table.read(p, mask_invalid=False) for p in (whole, out))
@@ -200,7 +204,6 @@ def test_a_resume_over_changed_files_or_options_is_refused_naming_the_field(
         survey, engine, tmp_path, monkeypatch):
     import shutil
 
-    import pyengine.scan.run as run_module
     from pyengine.errors import ResumeError
 
     root = tmp_path / "copy"
@@ -210,17 +213,7 @@ def test_a_resume_over_changed_files_or_options_is_refused_naming_the_field(
         fields.append(Field(f.id, tuple(str(root / f.id / Path(p).name) for p in f.images)))
     copy = Survey(tuple(fields), survey.bands)
     out = tmp_path / "r.fits"
-    real = run_module.run_scan
-
-    def failing(engine, mosaic, source, part, **kw):
-        if part.name == "B.fits":
-            raise RuntimeError("killed")
-        return real(engine, mosaic, source, part, **kw)
-
-    monkeypatch.setattr(run_module, "run_scan", failing)
-    with pytest.raises(RuntimeError, match="killed"):
-        scan_survey(engine, copy, out, make_source=lambda: GridSource(25))
-    monkeypatch.setattr(run_module, "run_scan", real)
+    _interrupted_at("B", engine, copy, out, monkeypatch)
     with pytest.raises(ResumeError, match=r"^--resume: the survey scan started with options "):
         scan_survey(engine, copy, out, make_source=lambda: GridSource(20), resume=True)
     # field A is finished; its g image changes (same size, other bytes)
