@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,6 @@ def test_pyengine_scan_takes_a_manifest_and_refuses_in_one_line(survey, model, t
     table = Table.read(out, mask_invalid=False)
     assert len(table) == ra.size and "field" in table.colnames
     refusals = {
-        ("--out", tmp_path / "d.fits"): "Error: detection across several fields is not "
-                                        "supported yet",
         ("--grid", "25", "--out", tmp_path / "g.fits", "--regions", tmp_path / "g.reg"):
             "Error: --regions and --scoremap are not written by survey scans yet",
         ("--grid", "25", "--out", tmp_path / "w.fits", "--within", "200,-30,0.5"):
@@ -226,3 +225,62 @@ def test_a_resume_over_changed_files_or_options_is_refused_naming_the_field(
     # without --resume it starts again and finishes
     summary = scan_survey(engine, copy, out, make_source=lambda: GridSource(25))
     assert "done earlier" not in summary.fields.values()
+
+
+def test_detections_near_boundaries_are_one_row_per_object(survey):
+    from pyengine.survey.reconcile import reconcile
+
+    geo = SurveyGeometry(survey)
+    a, b = geo.frames[0], geo.frames[1]
+    # the A/B boundary: half-way between their centres (y in the lower half: no C or D)
+    ra_a, dec_a = a.wcs.pixel_to_world_values(99.5, 50.0)
+    ra_b, _ = b.wcs.pixel_to_world_values(99.5, 50.0)
+    mid = (ra_a + ra_b) / 2
+    px = 0.187 / 3600 / math.cos(math.radians(dec_a))  # one pixel in RA, deg
+    rows = [  # (ra, dec, field measured in)
+        (mid + 0.2 * px, dec_a, 0), (mid - 0.3 * px, dec_a, 1),     # one object, A and B
+        (mid + 2 * px, dec_a + 10 * px, 1),                          # B only (A: a gap)
+        (mid - 1 * px, dec_a + 30 * px, 0), (mid - 1 * px, dec_a + 33 * px, 0),
+        (mid - 1.2 * px, dec_a + 31.5 * px, 1),                      # A split, B blended
+        (ra_a, dec_a - 20 * px, 0),                                  # deep inside A
+    ]
+    ra, dec, f = (np.array(v) for v in zip(*rows, strict=True))
+    keep = reconcile(ra, dec, f, geo, radius=1.0, margin=2.0)
+    d = geo.edge_distances(ra[:2], dec[:2])
+    owner_of_pair = geo.owner([ra[:2].mean()], [dec[:2].mean()])[0]
+    assert keep[:2].tolist() == [owner_of_pair == 0, owner_of_pair == 1]
+    assert d.shape == (4, 2)
+    assert keep[2]  # seen in one field only: kept wherever it lies in the margin
+    group_owner = geo.owner([ra[3:6].mean()], [dec[3:6].mean()])[0]
+    assert keep[3:6].tolist() == ([True, True, False] if group_owner == 0 else
+                                  [False, False, True])
+    assert keep[6]
+    one_field = SurveyGeometry(Survey(survey.fields[:1], survey.bands))
+    assert reconcile(ra, dec, np.zeros(ra.size, int), one_field).all()
+
+
+def test_a_detection_survey_keeps_each_detection_in_its_owner_or_unmatched_in_a_margin(
+        survey, engine, tmp_path):
+    """The fields of this test survey are independent synthetic skies (one sky over many
+    fields is the synthetic survey's job), so a detection in an overlap is a different
+    object in each field; what must hold is the rule: a row is in the field that owns its
+    position, or it lies in a margin band and no row of its owner is within 1"."""
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.reconcile import in_margin
+
+    out = tmp_path / "d.fits"
+    scan_survey(engine, survey, out, make_source=lambda: DetectSource())
+    table = Table.read(out, mask_invalid=False)
+    geo = SurveyGeometry(survey)
+    index = {f.id: k for k, f in enumerate(geo.survey.fields)}
+    ra, dec = np.asarray(table["ra"]), np.asarray(table["dec"])
+    fields = np.array([index[f] for f in np.asarray(table["field"]).astype(str)])
+    assert len(table) > 20 and set(fields.tolist()) == {0, 1, 2, 3}
+    owner = geo.owner(ra, dec)
+    margin = in_margin(geo.edge_distances(ra, dec), 2.0)
+    guests = np.flatnonzero(fields != owner)
+    assert np.all(margin[guests])
+    for g in guests:
+        hosts = np.flatnonzero(fields == owner[g])
+        sep = np.hypot((ra[hosts] - ra[g]) * np.cos(np.radians(dec[g])), dec[hosts] - dec[g])
+        assert not np.any(sep * 3600 <= 1.0), "a guest row kept beside its owner's row"

@@ -26,6 +26,11 @@ files by content (:func:`pyengine.hashing.file_identity`). A resume whose fields
 or options differ is refused in one line naming the field, so that a finished field of
 other data is never joined.
 
+**Detections** keep, in each field, the positions within ``MATCH_MARGIN`` (2") of being
+owned; after the join, rows of different fields within ``MATCH_RADIUS`` (1") are one
+object and keep one field's rows (:mod:`pyengine.survey.reconcile`). A detection only
+one field made near a boundary (the owner has a chip gap there, say) is kept.
+
 A survey's catalog must give RA/Dec: its pixel columns mean nothing across fields.
 
 Thread safety: one scan at a time per Engine (see :class:`pyengine.scan.engine.Engine`).
@@ -47,7 +52,10 @@ from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import INPUT_ROW, OwnedSource
 
-__all__ = ["SurveySummary", "parts_folder", "scan_survey"]
+__all__ = ["MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary", "parts_folder", "scan_survey"]
+
+#: Detections: kept this close (arcsec) to being owned, then matched within this radius.
+MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
 
 
 @dataclass
@@ -64,6 +72,7 @@ class SurveySummary:
     seconds: float = 0.0
     out: str = ""
     scoremaps: dict = field(default_factory=dict)
+    merged_duplicates: int = 0
 
     def line(self) -> str:
         return (f"survey: {len(self.fields)} field(s) scanned"
@@ -73,6 +82,8 @@ class SurveySummary:
                 + (f", {self.off_image:,} in no field" if self.off_image else "")
                 + (f", {self.outside_area:,} catalog rows outside the area"
                    if self.outside_area else "")
+                + (f", {self.merged_duplicates:,} detections seen in two fields merged"
+                   if self.merged_duplicates else "")
                 + f" in {self.seconds:.1f} s -> {self.out}")
 
 
@@ -120,8 +131,10 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
             summary.fields[fld.id] = "done earlier"
             continue
         journal = part.with_name(part.name + ".journal")
-        # the first field also reports the catalog rows that no field holds
-        source = OwnedSource(inner, geo, k, cone, regions, report_unowned=k == touched[0])
+        # the first field also reports the catalog rows that no field holds; measured
+        # positions (detections) keep a margin, reconciled after the join
+        source = OwnedSource(inner, geo, k, cone, regions, report_unowned=k == touched[0],
+                             margin=MATCH_MARGIN if inner.kind == "detect" else 0.0)
         mosaic = fld.open(survey.bands)
         try:
             got = run_scan(engine, mosaic, source, part, resume=resume and journal.exists(),
@@ -132,6 +145,16 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         if k == touched[0]:
             summary.outside_area = source.outside_area
     table = _join(engine, geo, touched, parts, kind)
+    if kind == "detect" and len(table):
+        from pyengine.survey.reconcile import reconcile
+
+        index = {f.id: k for k, f in enumerate(geo.survey.fields)}
+        fields = np.asarray(table["field"]).astype(str)
+        keep = reconcile(np.asarray(table["ra"]), np.asarray(table["dec"]),
+                         np.array([index[f] for f in fields]), geo, radius=MATCH_RADIUS,
+                         margin=MATCH_MARGIN)
+        summary.merged_duplicates = int(np.sum(~keep))
+        table = table[keep]
     summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) else 0
     table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
     table.meta["SURVEY"] = str(survey.manifest or "")

@@ -29,13 +29,16 @@ class OwnedSource(Source):
     """The positions of ``inner`` that field ``index`` of ``geometry`` owns, in the area."""
 
     def __init__(self, inner: Source, geometry, index: int, cone=None, regions=None, *,
-                 report_unowned: bool = False):
+                 report_unowned: bool = False, margin: float = 0.0):
         """``report_unowned`` (one field of a survey): this field's ``off_image`` holds
         the catalog rows in the area that no field covers, or whose positions are
-        unusable, so that they appear once in the survey's catalog."""
+        unusable, so that they appear once in the survey's catalog.  ``margin`` (arcsec,
+        for measured positions: detections): also keep the positions within ``margin``
+        of being owned, for :func:`pyengine.survey.reconcile.reconcile` to match."""
         self.inner, self.geometry, self.index = inner, geometry, int(index)
         self.cone, self.regions = cone, list(regions or ())
         self.report_unowned = bool(report_unowned)
+        self.margin = float(margin)
         self.outside_area = 0
         self.kind, self.needs_pixels = inner.kind, inner.needs_pixels
         self._plan = self._mosaic = None
@@ -83,7 +86,11 @@ class OwnedSource(Source):
         if not len(positions):
             return np.zeros(0, bool)
         ra, dec = self._sky(positions)
-        owned = self.geometry.owner(ra, dec) == self.index
+        if self.margin > 0:
+            d = self.geometry.edge_distances(ra, dec)
+            owned = (d[self.index] > 0) & (d[self.index] >= d.max(axis=0) - self.margin)
+        else:
+            owned = self.geometry.owner(ra, dec) == self.index
         if self.cone is not None or self.regions:
             owned &= self.geometry.inside(ra, dec, self.cone, self.regions,
                                           frame=self.geometry.frames[self.index])
