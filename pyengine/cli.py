@@ -64,11 +64,11 @@ from pyengine.demo.cli import demo  # noqa: E402
 from pyengine.export.cli import export  # noqa: E402
 from pyengine.info.cli import info  # noqa: E402
 from pyengine.scan.cli import scan  # noqa: E402
-from pyengine.survey.cli import survey  # noqa: E402
+from pyengine.survey.cli import merge, survey  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
 from pyengine.training.cli import train  # noqa: E402
 
-for _command in (info, scan, survey, demo, synth, train, export, bench):
+for _command in (info, scan, survey, merge, demo, synth, train, export, bench):
     main.add_command(_command)
 
 

@@ -284,3 +284,80 @@ def test_a_detection_survey_keeps_each_detection_in_its_owner_or_unmatched_in_a_
         hosts = np.flatnonzero(fields == owner[g])
         sep = np.hypot((ra[hosts] - ra[g]) * np.cos(np.radians(dec[g])), dec[hosts] - dec[g])
         assert not np.any(sep * 3600 <= 1.0), "a guest row kept beside its owner's row"
+
+
+@pytest.mark.parametrize("kind", ["catalog", "grid", "detect"])
+def test_shards_and_merge_equal_a_single_process_scan_row_for_row(survey, engine, tmp_path,
+                                                                 kind):
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.merge import merge_shards
+
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    described = Survey.read(manifest)
+    cat, _, _ = _catalog(tmp_path / "cat.fits", survey)
+    make = {"catalog": lambda: CatalogSource(cat), "grid": lambda: GridSource(25),
+            "detect": lambda: DetectSource()}[kind]
+    whole = tmp_path / "whole.fits"
+    scan_survey(engine, described, whole, make_source=make)
+    parts = []
+    for i in range(3):  # 4 fields in 3 shards: one shard holds two
+        parts.append(tmp_path / f"part{i}.fits")
+        scan_survey(engine, described, parts[-1], make_source=make, shard=(i, 3))
+    got = merge_shards(parts[::-1], tmp_path / "merged.fits")  # any order
+    a, b = (Table.read(p, mask_invalid=False) for p in (whole, tmp_path / "merged.fits"))
+    assert got["rows"] == len(a) == len(b) and a.colnames == b.colnames
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+
+
+def test_merge_refuses_incomplete_or_foreign_shards_in_one_line(survey, engine, tmp_path):
+    from pyengine.errors import ConfigError
+    from pyengine.survey.merge import merge_shards
+
+    p0, p1, other = (tmp_path / n for n in ("p0.fits", "p1.fits", "o1.fits"))
+    scan_survey(engine, survey, p0, make_source=lambda: GridSource(25), shard=(0, 2))
+    scan_survey(engine, survey, p1, make_source=lambda: GridSource(25), shard=(1, 2))
+    scan_survey(engine, survey, other, make_source=lambda: GridSource(20), shard=(1, 2))
+    whole = tmp_path / "w.fits"
+    scan_survey(engine, survey, whole, make_source=lambda: GridSource(25))
+    cases = [
+        ([p0], r"^merge: shard\(s\) 1/2 missing \(have 1 of 2\)"),
+        ([p0, p0], r"p0.fits: shard 0/2 again"),
+        ([p0, other], r"o1.fits: a shard of another survey scan"),
+        ([p0, whole], r"w.fits: not the output of pyengine scan SURVEY --shard I/N"),
+    ]
+    for parts, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            merge_shards(parts, tmp_path / "m.fits")
+    from pyengine.survey.scan import parse_shard
+
+    for bad in ("3/3", "1/0", "a/b", "-1/2", "1"):
+        with pytest.raises(ConfigError, match=r"^--shard .* is not accepted; accepted: I/N"):
+            parse_shard(bad)
+
+
+def test_shard_and_merge_from_the_command_line(survey, model, tmp_path):
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    common = ["--grid", "25", "--model", str(model), "--runner", "torch", "--tile-size", "64",
+              "-q"]
+    for i in range(2):
+        got = CliRunner().invoke(main, ["scan", str(manifest), *common, "--shard", f"{i}/2",
+                                        "--out", str(tmp_path / f"p{i}.fits")])
+        assert got.exit_code == 0, got.output
+    merged = CliRunner().invoke(main, ["merge", str(tmp_path / "p0.fits"),
+                                       str(tmp_path / "p1.fits"), "--out",
+                                       str(tmp_path / "m.fits")])
+    assert merged.exit_code == 0, merged.output
+    assert merged.output.startswith("merged 2 shard(s): ")
+    bad = CliRunner().invoke(main, ["scan", str(manifest), *common, "--shard", "2/2",
+                                    "--out", str(tmp_path / "x.fits")])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: --shard '2/2' is not accepted")
+    again = CliRunner().invoke(main, ["merge", str(tmp_path / "p0.fits"), "--out",
+                                      str(tmp_path / "m2.fits")])
+    assert again.exit_code == 1
+    assert again.output == "Error: merge: shard(s) 1/2 missing (have 1 of 2); every shard's " \
+                           "output is needed\n"

@@ -183,10 +183,13 @@ def _resume_command() -> str:
                    "do not touch the circle are not read.")
 @click.option("--region", "sky_region", default=None, type=click.Path(dir_okay=False),
               help="Survey: only positions inside this DS9 sky region file.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Survey: scan only share I of N (fields at positions p % N == I) into a "
+                   "shard output; join the N outputs with pyengine merge.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
-         detect_band, tile_size, max_nan, within, sky_region):
+         detect_band, tile_size, max_nan, within, sky_region, shard):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits), or a survey
     manifest (survey.ecsv: many fields, one catalog with a field column), for star-cluster
     candidates.  Sources: --catalog, --grid, or detection (default)."""
@@ -231,7 +234,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         threads = capped_threads(threads)
     output_paths(out, regions, scoremap, grid=grid is not None,
                  inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
-    survey_mode = (len(bands) == 1 and is_manifest(bands[0])) or within or sky_region
+    survey_mode = (len(bands) == 1 and is_manifest(bands[0])) or within or sky_region or shard
     if survey_mode:
         _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
                      precision=precision, batch_size=batch_size, threads=threads,
@@ -243,7 +246,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                              "mag_band": mag_band, "zero_point": zero_point,
                              "aperture": aperture},
                      tile_size=tile_size, max_nan=max_nan, within=within,
-                     sky_region=sky_region)
+                     sky_region=sky_region, shard=shard)
         return
     if any(is_manifest(b) for b in bands):
         raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
@@ -318,7 +321,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
 
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
-                 catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region):
+                 catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
+                 shard):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError
@@ -331,11 +335,12 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     from pyengine.sources.grid import GridSource
     from pyengine.survey.geometry import SurveyGeometry, parse_within, read_sky_region
     from pyengine.survey.manifest import Survey, is_manifest, read_manifest
-    from pyengine.survey.scan import scan_survey
+    from pyengine.survey.scan import parse_shard, scan_survey
 
     if regions is not None or scoremap is not None:
         raise ConfigError("--regions and --scoremap are not written by survey scans yet (grid "
                           "mode writes one score map per field beside the catalog)")
+    share = parse_shard(shard) if shard else None
     cone = parse_within(within) if within else None
     sky = read_sky_region(sky_region) if sky_region else None
     if len(bands) == 1 and is_manifest(bands[0]):
@@ -365,7 +370,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     try:
         summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
                               regions=sky, resume=resume, overwrite=overwrite, stop=stop,
-                              progress=show)
+                              progress=show, shard=share)
     except (ScanInterrupted, KeyboardInterrupt):
         show.close()
         click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["survey"]
+__all__ = ["merge", "survey"]
 
 
 @click.group()
@@ -83,3 +83,19 @@ def show(manifest, png, within, candidates):
     if png:
         draw_footprints(geo, png, cone=cone, candidates=candidates)
         click.echo(f"wrote {png}")
+
+
+@click.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The survey's catalog to write (.fits, .ecsv, .parquet or .csv).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalog.")
+def merge(parts, out, overwrite):
+    """Join the outputs PARTS... of pyengine scan SURVEY --shard I/N (every I of one N)
+    into the catalog a single process would have written."""
+    from pyengine.survey.merge import merge_shards
+
+    got = merge_shards(parts, out, overwrite=overwrite)
+    click.echo(f"merged {got['shards']} shard(s): {got['rows']:,} rows"
+               + (f" ({got['merged_duplicates']:,} detections seen in two fields merged)"
+                  if got["merged_duplicates"] else "") + f" -> {out}")

@@ -52,7 +52,8 @@ from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import INPUT_ROW, OwnedSource
 
-__all__ = ["MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary", "parts_folder", "scan_survey"]
+__all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
+           "finish", "parse_shard", "parts_folder", "scan_survey"]
 
 #: Detections: kept this close (arcsec) to being owned, then matched within this radius.
 MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
@@ -97,13 +98,25 @@ def _part_name(field_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", field_id) + ".fits"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (0 <= I < N) -> (I, N); one line otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise ConfigError(f"--shard {text!r} is not accepted; accepted: I/N with 0 <= I < N, "
+                          "e.g. 0/16 (Slurm: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(m.group(1)), int(m.group(2))
+
+
 def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None, regions=None,
                 resume: bool = False, overwrite: bool = False, stop=None,
-                progress: Callable[[dict], None] | None = None) -> SurveySummary:
+                progress: Callable[[dict], None] | None = None,
+                shard: tuple[int, int] | None = None) -> SurveySummary:
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
-    for one field. ``cone`` / ``regions``: the area (None: everything)."""
+    for one field. ``cone`` / ``regions``: the area (None: everything).  ``shard``
+    (I, N): only the touched fields at positions p with p % N == I, written to ``out``
+    as a shard file for :func:`pyengine.survey.merge.merge_shards`."""
     from pyengine.atomic import publish
     from pyengine.output.catalog import write_catalog
     from pyengine.scan.run import run_scan
@@ -118,11 +131,14 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     if parts.exists() and not resume:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    _check_started_with(parts, _identity(geo, touched, make_source, cone, regions), resume)
+    identity = _identity(geo, touched, make_source, cone, regions)
+    _check_started_with(parts, identity, resume)
     summary = SurveySummary(out=str(out))
     summary.skipped_fields = [f.id for k, f in enumerate(geo.survey.fields) if k not in touched]
-    kind = None
-    for k in touched:
+    mine = touched if shard is None else [k for p, k in enumerate(touched)
+                                          if p % shard[1] == shard[0]]
+    kind = make_source().kind
+    for k in mine:
         fld = geo.survey.fields[k]
         part = parts / _part_name(fld.id)
         inner = make_source()
@@ -144,24 +160,18 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         summary.fields[fld.id] = got.to_dict()
         if k == touched[0]:
             summary.outside_area = source.outside_area
-    table = _join(engine, geo, touched, parts, kind)
-    if kind == "detect" and len(table):
-        from pyengine.survey.reconcile import reconcile
-
-        index = {f.id: k for k, f in enumerate(geo.survey.fields)}
-        fields = np.asarray(table["field"]).astype(str)
-        keep = reconcile(np.asarray(table["ra"]), np.asarray(table["dec"]),
-                         np.array([index[f] for f in fields]), geo, radius=MATCH_RADIUS,
-                         margin=MATCH_MARGIN)
-        summary.merged_duplicates = int(np.sum(~keep))
-        table = table[keep]
-    summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) else 0
-    table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
-    table.meta["SURVEY"] = str(survey.manifest or "")
+    table = _join(engine, geo, mine, parts, kind)
+    table.meta["SURVEY"] = str(Path(survey.manifest).resolve()) if survey.manifest else ""
     table.meta["NFIELDS"] = len(touched)
+    if shard is None:
+        table, summary.merged_duplicates = finish(table, kind, geo)
+    else:
+        table.meta.update(SHARD=f"{shard[0]}/{shard[1]}", SURVEYID=_identity_hash(identity),
+                          SRCKIND=kind)
+    summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) else 0
     write_catalog(table, out)
     # grid mode: each field's score map (on its own grid and WCS) beside the catalog
-    for k in touched:
+    for k in mine:
         fid = geo.survey.fields[k].id
         scoremap = parts / (_part_name(fid)[: -len(".fits")] + "_scoremap.fits")
         if scoremap.exists():
@@ -173,6 +183,40 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     summary.candidates = int(np.sum(np.asarray(table["is_candidate"], bool)))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def finish(table, kind, geo):
+    """The survey's catalog from stacked field catalogs (one process's or all shards'):
+    ordered (catalog mode: input rows; else field order, then each field's order),
+    detections reconciled, ``id`` numbered, the ordering columns dropped; also the
+    number of detections merged."""
+    merged = 0
+    if len(table):
+        key = np.asarray(table[INPUT_ROW]) if kind == "catalog" and INPUT_ROW in \
+            table.colnames else None
+        order = np.argsort(key, kind="stable") if key is not None else \
+            np.lexsort((np.asarray(table[FIELD_ROW]), np.asarray(table[FIELD_ORDER])))
+        table = table[order]
+    if kind == "detect" and len(table):
+        from pyengine.survey.reconcile import reconcile
+
+        keep = reconcile(np.asarray(table["ra"]), np.asarray(table["dec"]),
+                         np.asarray(table[FIELD_ORDER]), geo, radius=MATCH_RADIUS,
+                         margin=MATCH_MARGIN)
+        merged = int(np.sum(~keep))
+        table = table[keep]
+    for name in (INPUT_ROW, FIELD_ORDER, FIELD_ROW):
+        if name in table.colnames:
+            table.remove_column(name)
+    table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
+    return table, merged
+
+
+def _identity_hash(identity: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _identity(geo, touched, make_source, cone, regions) -> dict:
@@ -225,26 +269,30 @@ def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
     atomic_write_text(record, json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
-def _join(engine, geo, touched, parts, kind):
+#: Columns that carry a row's place through shards to the joined catalog (then dropped).
+FIELD_ORDER, FIELD_ROW = "survey_field_order", "survey_field_row"
+
+
+def _join(engine, geo, fields, parts, kind):
+    """The field catalogs of ``fields`` stacked, with the ``field`` column and the
+    columns that order them (``finish`` sorts by them and drops them)."""
     from astropy.table import Table, vstack
 
     from pyengine.output.fits_table import writer_keyword
 
     tables = []
-    for k in touched:
+    width = max(1, *(len(f.id) for f in geo.survey.fields))
+    for k in fields:
         fld = geo.survey.fields[k]
         t = Table.read(parts / _part_name(fld.id), mask_invalid=False)
         if "field" in t.colnames:  # the input catalog's own
             t.rename_column("field", "in_field")
-        width = max(1, *(len(f.id) for f in geo.survey.fields))
         t["field"] = np.where(np.asarray(t["tile"]) < 0, "", fld.id).astype(f"<U{width}")
+        t[FIELD_ORDER] = np.full(len(t), k, np.int64)
+        t[FIELD_ROW] = np.arange(len(t), dtype=np.int64)
         tables.append(t)
     meta = dict(tables[0].meta) if tables else {}
     table = vstack(tables, metadata_conflicts="silent") if tables else Table()
-    if kind == "catalog" and INPUT_ROW in table.colnames:
-        table = table[np.argsort(np.asarray(table[INPUT_ROW]), kind="stable")]
-    if INPUT_ROW in table.colnames:
-        table.remove_column(INPUT_ROW)
     table.meta.clear()
     # the field catalog's own metadata, less what its FITS writer put there itself
     table.meta.update({k: v for k, v in meta.items() if not writer_keyword(k)})
