@@ -7,7 +7,9 @@ edge**. The edge distance is the smallest of the distances, in arcsec, from the 
 to the field's four pixel edges (``x + 0.5``, ``nx - 0.5 - x``, ``y + 0.5``,
 ``ny - 0.5 - y``, each times the field's pixel scale; negative outside). The position
 goes to the field with the largest distance; a tie (to the last bit) goes to the field
-listed first in the manifest. A position outside every field has no owner (-1). The rule
+listed first in the manifest; distances are compared to a micro-arcsecond, so that the
+last bits of a WCS evaluated elsewhere (another process, another astropy) never change an
+owner. A position outside every field has no owner (-1). The rule
 depends only on the fields' WCS and sizes, never on thread count, shard or run order. So
 an object seen in two, three or four overlapping fields is scored once, in the field
 where its cutout lies deepest inside the image. :meth:`SurveyGeometry.ranked` gives the
@@ -213,13 +215,15 @@ class SurveyGeometry:
 
     def owner(self, ra, dec) -> np.ndarray:
         """The owning field's index per position (-1: in no field); see the module rule."""
-        d = self.edge_distances(ra, dec)
+        # Distances to a micro-arcsec: a WCS evaluated in another process or by another
+        # astropy differs in its last bits, and must not turn a tie into another owner.
+        d = np.round(self.edge_distances(ra, dec), 6)
         best = np.argmax(d, axis=0)  # the first of equal maxima: the manifest's order
         return np.where(d[best, np.arange(d.shape[1])] > 0, best, -1).astype(np.int64)
 
     def ranked(self, ra, dec) -> list[list[int]]:
         """Per position, the covering fields, best owner first (the rule's order)."""
-        d = self.edge_distances(ra, dec)
+        d = np.round(self.edge_distances(ra, dec), 6)
         out = []
         for j in range(d.shape[1]):
             cover = [k for k in np.argsort(-d[:, j], kind="stable") if d[k, j] > 0]

@@ -110,16 +110,19 @@ def parse_shard(text: str) -> tuple[int, int]:
 def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None, regions=None,
                 resume: bool = False, overwrite: bool = False, stop=None,
                 progress: Callable[[dict], None] | None = None,
-                shard: tuple[int, int] | None = None) -> SurveySummary:
+                shard: tuple[int, int] | None = None, client=None,
+                engine_config: dict | None = None) -> SurveySummary:
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
     for one field. ``cone`` / ``regions``: the area (None: everything).  ``shard``
     (I, N): only the touched fields at positions p with p % N == I, written to ``out``
-    as a shard file for :func:`pyengine.survey.merge.merge_shards`."""
+    as a shard file for :func:`pyengine.survey.merge.merge_shards`.  ``client`` (a
+    ``dask.distributed.Client``): the fields run as tasks on its workers, each worker
+    making one Engine from ``engine_config`` (``Engine``'s arguments) and keeping it for
+    all its fields (:mod:`pyengine.survey.dask`); ``engine`` may then be None."""
     from pyengine.atomic import publish
     from pyengine.output.catalog import write_catalog
-    from pyengine.scan.run import run_scan
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -138,28 +141,26 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     mine = touched if shard is None else [k for p, k in enumerate(touched)
                                           if p % shard[1] == shard[0]]
     kind = make_source().kind
+    todo = []
     for k in mine:
         fld = geo.survey.fields[k]
-        part = parts / _part_name(fld.id)
-        inner = make_source()
-        kind = inner.kind
-        if part.exists():
+        if (parts / _part_name(fld.id)).exists():
             summary.fields[fld.id] = "done earlier"
-            continue
-        journal = part.with_name(part.name + ".journal")
-        # the first field also reports the catalog rows that no field holds; measured
-        # positions (detections) keep a margin, reconciled after the join
-        source = OwnedSource(inner, geo, k, cone, regions, report_unowned=k == touched[0],
-                             margin=MATCH_MARGIN if inner.kind == "detect" else 0.0)
-        mosaic = fld.open(survey.bands)
-        try:
-            got = run_scan(engine, mosaic, source, part, resume=resume and journal.exists(),
-                           stop=stop, progress=progress, overwrite=True)
-        finally:
-            mosaic.close()
-        summary.fields[fld.id] = got.to_dict()
+        else:
+            todo.append(k)
+    if client is not None:
+        from pyengine.survey.dask import run_fields
+
+        done = run_fields(client, scan_field, engine_config or {}, geo, todo, parts,
+                          make_source, cone, regions, touched[0], progress)
+    else:
+        done = (scan_field(engine, geo, k, parts, make_source, cone, regions,
+                           report_unowned=k == touched[0], stop=stop, progress=progress)
+                for k in todo)
+    for k, got in done:
+        summary.fields[geo.survey.fields[k].id] = got
         if k == touched[0]:
-            summary.outside_area = source.outside_area
+            summary.outside_area = got.get("outside_area", 0)
     table = _join(engine, geo, mine, parts, kind)
     table.meta["SURVEY"] = str(Path(survey.manifest).resolve()) if survey.manifest else ""
     table.meta["NFIELDS"] = len(touched)
@@ -271,6 +272,33 @@ def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
 
 #: Columns that carry a row's place through shards to the joined catalog (then dropped).
 FIELD_ORDER, FIELD_ROW = "survey_field_order", "survey_field_row"
+
+
+def scan_field(engine, geo, k, parts, make_source, cone, regions, *, report_unowned: bool,
+               stop=None, progress=None) -> tuple[int, dict]:
+    """One field's share of the survey, scanned into ``parts/<field>.fits`` (atomically,
+    with its own tile journal): (k, the field's ScanSummary dict plus ``outside_area``).
+    A field whose catalog exists is done; one with a journal resumes from it, so running
+    a field twice (a retried task) changes nothing."""
+    from pyengine.scan.run import run_scan
+
+    fld = geo.survey.fields[k]
+    part = parts / _part_name(fld.id)
+    if part.exists():
+        return k, {"done": "earlier"}
+    journal = part.with_name(part.name + ".journal")
+    inner = make_source()
+    # the first field also reports the catalog rows that no field holds; measured
+    # positions (detections) keep a margin, reconciled after the join
+    source = OwnedSource(inner, geo, k, cone, regions, report_unowned=report_unowned,
+                         margin=MATCH_MARGIN if inner.kind == "detect" else 0.0)
+    mosaic = fld.open(geo.survey.bands)
+    try:
+        got = run_scan(engine, mosaic, source, part, resume=journal.exists(), stop=stop,
+                       progress=progress, overwrite=True)
+    finally:
+        mosaic.close()
+    return k, {**got.to_dict(), "outside_area": source.outside_area}
 
 
 def _join(engine, geo, fields, parts, kind):

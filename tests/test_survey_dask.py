@@ -1,0 +1,107 @@
+"""A survey scanned on a real Dask LocalCluster of worker processes (pyengine.survey.dask):
+the same catalog as one process, also when a worker process is killed mid-survey."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+distributed = pytest.importorskip("distributed")
+
+from pyengine.errors import ConfigError  # noqa: E402
+from pyengine.scan.engine import Engine  # noqa: E402
+from pyengine.sources.catalog import CatalogSource  # noqa: E402
+from pyengine.sources.grid import GridSource  # noqa: E402
+from pyengine.survey.dask import open_client  # noqa: E402
+from pyengine.survey.scan import scan_survey  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    from tests.makedata import make_survey_2x2
+
+    return make_survey_2x2(tmp_path_factory.mktemp("survey"), 200, 160, seed=7)[0]
+
+
+@pytest.fixture(scope="module")
+def config(model):
+    return {"model": str(model), "runner": "torch", "device": "cpu", "batch_size": 16,
+            "core": 64, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def client():
+    client, cluster = open_client("local:2")
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _same(a_path, b_path):
+    a, b = (Table.read(p, mask_invalid=False) for p in (a_path, b_path))
+    assert a.colnames == b.colnames and len(a) == len(b) and len(a) > 0
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["grid", "catalog"])
+def test_a_cluster_writes_the_catalog_one_process_writes(survey, config, client, tmp_path,
+                                                         kind):
+    from tests.test_survey_scan import _catalog
+
+    cat, _, _ = _catalog(tmp_path / "cat.fits", survey)
+    make = (lambda: GridSource(25)) if kind == "grid" else (lambda: CatalogSource(cat))
+    local = tmp_path / "local.fits"
+    scan_survey(Engine(**config), survey, local, make_source=make)
+    remote = tmp_path / "dask.fits"
+    summary = scan_survey(None, survey, remote, make_source=make, client=client,
+                          engine_config=config)
+    assert set(summary.fields) == set("ABCD")
+    _same(local, remote)
+    # each worker process made one Engine and kept it: two pids ran the four fields
+    pids = client.run(os.getpid)
+    assert len(pids) == 2
+
+
+def test_a_worker_killed_mid_survey_changes_nothing(survey, config, client, tmp_path):
+    make = lambda: GridSource(10)  # noqa: E731  (more work per field: time to kill one)
+    local = tmp_path / "local.fits"
+    scan_survey(Engine(**config), survey, local, make_source=make)
+    killed = []
+
+    def kill_one():
+        pids = sorted(client.run(os.getpid).values())
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
+
+    timer = threading.Timer(1.0, kill_one)
+    timer.start()
+    try:
+        remote = tmp_path / "dask.fits"
+        scan_survey(None, survey, remote, make_source=make, client=client,
+                    engine_config=config)
+    finally:
+        timer.join()
+    assert killed
+    _same(local, remote)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_an_address_with_no_scheduler_is_one_line_within_seconds():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^--dask tcp://127.0.0.1:9: no Dask scheduler "
+                                          r"answers there"):
+        open_client("tcp://127.0.0.1:9")
+    assert time.perf_counter() - t0 < 30
+    for bad in ("local:0", "local:x"):
+        with pytest.raises(ConfigError, match=r"is not accepted; accepted: local:N"):
+            open_client(bad)
