@@ -105,3 +105,24 @@ def test_an_address_with_no_scheduler_is_one_line_within_seconds():
     for bad in ("local:0", "local:x"):
         with pytest.raises(ConfigError, match=r"is not accepted; accepted: local:N"):
             open_client(bad)
+
+
+def test_pyengine_scan_dask_local_from_the_command_line(survey, model, tmp_path):
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    common = ["scan", str(manifest), "--grid", "25", "--model", str(model), "--runner",
+              "torch", "--tile-size", "64", "-q"]
+    local = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "l.fits")])
+    assert local.exit_code == 0, local.output
+    got = CliRunner().invoke(main, [*common, "--dask", "local:2", "--out",
+                                    str(tmp_path / "d.fits")])
+    assert got.exit_code == 0, got.output
+    assert "survey: 4 field(s) scanned" in got.output
+    _same(tmp_path / "l.fits", tmp_path / "d.fits")
+    bad = CliRunner().invoke(main, [*common, "--dask", "tcp://127.0.0.1:9", "--out",
+                                    str(tmp_path / "x.fits")])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("Error: --dask tcp://127.0.0.1:9: no Dask scheduler answers")

@@ -186,10 +186,13 @@ def _resume_command() -> str:
 @click.option("--shard", default=None, metavar="I/N",
               help="Survey: scan only share I of N (fields at positions p % N == I) into a "
                    "shard output; join the N outputs with pyengine merge.")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+              help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
+                   "worker processes (pip install 'pyengine[dask]').")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
-         detect_band, tile_size, max_nan, within, sky_region, shard):
+         detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits), or a survey
     manifest (survey.ecsv: many fields, one catalog with a field column), for star-cluster
     candidates.  Sources: --catalog, --grid, or detection (default)."""
@@ -234,7 +237,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         threads = capped_threads(threads)
     output_paths(out, regions, scoremap, grid=grid is not None,
                  inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
-    survey_mode = (len(bands) == 1 and is_manifest(bands[0])) or within or sky_region or shard
+    survey_mode = ((len(bands) == 1 and is_manifest(bands[0])) or within or sky_region or shard
+                   or dask_address)
     if survey_mode:
         _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
                      precision=precision, batch_size=batch_size, threads=threads,
@@ -246,7 +250,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                              "mag_band": mag_band, "zero_point": zero_point,
                              "aperture": aperture},
                      tile_size=tile_size, max_nan=max_nan, within=within,
-                     sky_region=sky_region, shard=shard)
+                     sky_region=sky_region, shard=shard, dask_address=dask_address)
         return
     if any(is_manifest(b) for b in bands):
         raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
@@ -322,7 +326,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
                  catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
-                 shard):
+                 shard, dask_address):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError
@@ -362,15 +366,29 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
 
     check_model_file(model)
     install_sigbus_handler()
-    engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
-                    threads=threads, threshold=threshold, core=tile_size,
-                    max_nan_fraction=max_nan)
+    config = {"model": model, "runner": runner, "precision": precision,
+              "batch_size": batch_size, "threads": threads, "threshold": threshold,
+              "core": tile_size, "max_nan_fraction": max_nan}
+    client = cluster = None
+    if dask_address:
+        from pyengine.survey.dask import open_client
+
+        client, cluster = open_client(dask_address)
+        engine = None  # each worker makes its own
+
+        def show(event):
+            if not quiet and event.get("event") == "field":
+                click.echo(f"field {event['field']} done ({event['done']}/{event['total']})",
+                           err=True)
+        show.close = lambda: None
+    else:
+        engine = Engine(**config)
+        show = _Progress(quiet=quiet, log_json=log_json)
     stop, old = _stop_on_signals()
-    show = _Progress(quiet=quiet, log_json=log_json)
     try:
         summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
                               regions=sky, resume=resume, overwrite=overwrite, stop=stop,
-                              progress=show, shard=share)
+                              progress=show, shard=share, client=client, engine_config=config)
     except (ScanInterrupted, KeyboardInterrupt):
         show.close()
         click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "
@@ -379,7 +397,12 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        engine.close()
+        if engine is not None:
+            engine.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     show.close()
     click.echo(summary.line())
     for fid, path in summary.scoremaps.items():
