@@ -10,6 +10,13 @@ trails and optional CCD gaps, each band with its own Moffat PSF.
 >>> from pyengine.synth import SynthConfig, make_field
 >>> result = make_field("out", SynthConfig(width=1024, height=1024, seed=3))  # doctest: +SKIP
 
+A survey (:mod:`pyengine.synth.survey`) is overlapping fields of one sky, each with
+its own TAN WCS, rotation, seeing and depth, a truth catalog for the whole area and a
+survey manifest:
+
+>>> from pyengine.synth import SurveyConfig, make_survey
+>>> result = make_survey("out", SurveyConfig(columns=3, rows=2))  # doctest: +SKIP
+
 Thread safety: see the submodules; :func:`make_field` runs one field on the
 calling thread (Numba kernels use Numba's thread pool and release the GIL).
 Importing this package is cheap; its names load their modules on first use.
@@ -26,11 +33,15 @@ __all__ = [
     "SUBCLASSES",
     "BandSpec",
     "FieldRenderer",
+    "PlacedObject",
+    "SurveyConfig",
+    "SurveyLayout",
     "SynthConfig",
     "SynthResult",
     "band_header",
     "field_wcs",
     "make_field",
+    "make_survey",
 ]
 
 # Loaded on first use so that ``pyengine --help`` (which registers the synth
@@ -45,6 +56,10 @@ _LAZY = {
     "FieldRenderer": "pyengine.synth.field",
     "SynthResult": "pyengine.synth.field",
     "make_field": "pyengine.synth.field",
+    "PlacedObject": "pyengine.synth.survey",
+    "SurveyConfig": "pyengine.synth.survey",
+    "SurveyLayout": "pyengine.synth.survey",
+    "make_survey": "pyengine.synth.survey",
     "band_header": "pyengine.synth.sky",
     "field_wcs": "pyengine.synth.sky",
 }

@@ -47,7 +47,7 @@ from pyengine.synth.config import SynthConfig
 from pyengine.synth.profiles import R_MAX, king_core_radius, king_sample_radii
 from pyengine.synth.sky import disk_shape
 
-__all__ = ["CELL", "CLASSES", "SUBCLASSES", "Objects", "draw_cell"]
+__all__ = ["CELL", "CLASSES", "SUBCLASSES", "Objects", "draw_cell", "placed_objects"]
 
 #: Cell size, pixels.
 CELL = 256
@@ -105,6 +105,22 @@ class Objects:
             arrays = [getattr(p, f.name) for p in parts]
             out[f.name] = np.concatenate(arrays, axis=-1)
         return cls(**out)
+
+    @classmethod
+    def empty(cls) -> Objects:
+        """No objects."""
+        return cls(**_empty())
+
+    def take(self, t=None, p=None, e=None) -> Objects:
+        """The truth rows ``t``, point sources ``p`` and extended objects ``e`` (index
+        arrays or boolean masks, None for none of that kind), in the order given."""
+        picks = {"t": t, "p": p, "e": e}
+        out = {}
+        for f in fields(self):
+            a = getattr(self, f.name)
+            sel = picks[f.name[0]]
+            out[f.name] = a[..., :0] if sel is None else a[..., sel]
+        return Objects(**out)
 
     @property
     def n_truth(self) -> int:
@@ -192,6 +208,27 @@ class _Cell:
         return disk_shape(self.config, x, y) * self.rel_max
 
 
+def _king_on_stamp(rh_px, conc):
+    """(rc, rt) px of King profiles of half-light radii ``rh_px`` and concentrations
+    ``conc`` (changed in place where lowered): c is lowered, r_h kept, where the tidal
+    radius would not fit on the largest stamp."""
+    rc, rt = king_core_radius(rh_px, conc)
+    for _ in range(3):
+        big = rt > _HALF_MAX - 1
+        if not big.any():
+            break
+        conc[big] = np.log10((_HALF_MAX - 1) / rc[big]) - 0.05
+        rc[big], rt[big] = king_core_radius(rh_px[big], conc[big])
+    return rc, np.minimum(rt, _HALF_MAX - 1)
+
+
+def _sersic_half(re_px, sersic_n):
+    """Stamp half-sizes of Sersic profiles: out to (3 + 2.5 n) r_e, >= 94 % of the
+    light (the stamp is renormalised), within the largest stamp, at least 2."""
+    half = np.minimum(np.ceil(re_px * (3.0 + 2.5 * sersic_n)), _HALF_MAX).astype(np.int64)
+    return np.maximum(half, 2)
+
+
 def _clusters(cfg: SynthConfig, cell: _Cell, rng):
     """Truth, extended and member arrays of the cell's clusters."""
     band_g, band_i = cfg.bands
@@ -221,15 +258,7 @@ def _clusters(cfg: SynthConfig, cell: _Cell, rng):
     q = rng.uniform(0.8, 1.0, n)
     pa = rng.uniform(0.0, math.pi, n)
     rh_px = rh_pc / 1000.0 / cfg.kpc_per_px
-    rc, rt = king_core_radius(rh_px, conc)
-    # Keep the tidal radius on the stamp: lower c (same r_h) where it would not fit.
-    for _ in range(3):
-        big = rt > _HALF_MAX - 1
-        if not big.any():
-            break
-        conc[big] = np.log10((_HALF_MAX - 1) / rc[big]) - 0.05
-        rc[big], rt[big] = king_core_radius(rh_px[big], conc[big])
-    rt = np.minimum(rt, _HALF_MAX - 1)
+    rc, rt = _king_on_stamp(rh_px, conc)
     flux = np.vstack([band_g.flux(i_mag + gi), band_i.flux(i_mag)])
     # Resolved members: as many per unit i light as the field has giants.
     per_flux = cfg.rgb_density / band_i.flux(21.0)
@@ -280,14 +309,12 @@ def _galaxies(cfg: SynthConfig, cell: _Cell, rng):
     gi = np.where(disk, rng.uniform(0.3, 1.0, n), rng.uniform(0.9, 1.6, n))
     re_arcsec = 0.6 * 10.0 ** (-0.1 * (i_mag - 22.0) + 0.15 * rng.standard_normal(n))
     re_px = np.maximum(re_arcsec / cfg.pixel_scale, 0.3)
-    # Draw out to (3 + 2.5 n) r_e: >= 94 % of the light; the stamp is renormalised.
-    half = np.minimum(np.ceil(re_px * (3.0 + 2.5 * sersic_n)), _HALF_MAX).astype(np.int64)
     out = _empty(n, 0, n)
     out.update(t_x=x, t_y=y, t_class=np.full(n, 2, np.int8),
                t_sub=np.where(disk, _SUB["disk"], _SUB["spheroid"]).astype(np.int8),
                t_g=i_mag + gi, t_i=i_mag,
                e_x=x, e_y=y, e_kind=np.ones(n, np.int8), e_scale=re_px, e_shape=sersic_n,
-               e_q=q, e_pa=pa, e_half=np.maximum(half, 2), e_flux=np.vstack(
+               e_q=q, e_pa=pa, e_half=_sersic_half(re_px, sersic_n), e_flux=np.vstack(
                    [band_g.flux(i_mag + gi), band_i.flux(i_mag)]))
     return out
 
@@ -350,3 +377,51 @@ def draw_cell(config: SynthConfig, cx: int, cy: int) -> Objects:
                  p_x=np.concatenate([fx, sx, mx]), p_y=np.concatenate([fy, sy, my]),
                  p_flux=np.hstack([np.vstack([band_g.flux(t_g), band_i.flux(t_i)]), mflux]))
     return Objects.concat([Objects(**clusters), Objects(**galaxies), Objects(**stars)])
+
+
+def placed_objects(config: SynthConfig, x, y, specs) -> Objects:
+    """Objects put at pixels (x, y) of ``config``'s grid, one per spec, in order.
+
+    Each spec has ``kind`` ('cluster', 'star' or 'galaxy'), ``i_mag``, ``g_i`` and,
+    as its kind needs, ``r_h_pc`` and ``concentration`` (a smooth King profile: no
+    resolved members), ``r_e_arcsec`` and ``sersic_n``, ``q`` and ``pa_deg`` (east of
+    north on this grid); see :class:`pyengine.synth.survey.PlacedObject`.  Subclasses:
+    clusters young below g - i = 0.8, old above; stars foreground; galaxies disk
+    below n = 2, spheroid above.
+    """
+    band_g, band_i = config.bands
+    parts = []
+    for xk, yk, spec in zip(np.atleast_1d(x), np.atleast_1d(y), specs, strict=True):
+        i_mag = np.array([float(spec.i_mag)])
+        g_mag = i_mag + float(spec.g_i)
+        flux = np.vstack([band_g.flux(g_mag), band_i.flux(i_mag)])
+        one = np.array([float(xk)]), np.array([float(yk)])
+        q, pa = float(spec.q), math.radians(float(spec.pa_deg))
+        if spec.kind == "star":
+            o = _empty(1, 1, 0)
+            o.update(t_class=np.ones(1, np.int8), p_x=one[0], p_y=one[1], p_flux=flux,
+                     t_sub=np.full(1, _SUB["foreground"], np.int8))
+        elif spec.kind == "cluster":
+            o = _empty(1, 0, 1)
+            rh_px = np.array([float(spec.r_h_pc) / 1000.0 / config.kpc_per_px])
+            rc, rt = _king_on_stamp(rh_px, np.array([float(spec.concentration)]))
+            o.update(t_class=np.zeros(1, np.int8), t_rh=np.array([float(spec.r_h_pc)]),
+                     t_sub=np.full(1, _SUB["young" if spec.g_i < 0.8 else "old"], np.int8),
+                     e_kind=np.zeros(1, np.int8), e_scale=rc, e_shape=rt / rc,
+                     e_half=np.ceil(rt + 1.0).astype(np.int64))
+        elif spec.kind == "galaxy":
+            o = _empty(1, 0, 1)
+            re_px = np.array([max(float(spec.r_e_arcsec) / config.pixel_scale, 0.3)])
+            n = np.array([float(spec.sersic_n)])
+            o.update(t_class=np.full(1, 2, np.int8),
+                     t_sub=np.full(1, _SUB["disk" if n[0] < 2.0 else "spheroid"], np.int8),
+                     e_kind=np.ones(1, np.int8), e_scale=re_px, e_shape=n,
+                     e_half=_sersic_half(re_px, n))
+        else:
+            raise ValueError(f"unknown kind {spec.kind!r}")
+        if spec.kind != "star":
+            o.update(e_x=one[0], e_y=one[1], e_q=np.array([q]), e_pa=np.array([pa]),
+                     e_flux=flux)
+        o.update(t_x=one[0], t_y=one[1], t_g=g_mag, t_i=i_mag)
+        parts.append(Objects(**o))
+    return Objects.concat(parts) if parts else Objects.empty()

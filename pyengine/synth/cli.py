@@ -1,4 +1,4 @@
-"""``pyengine synth``: write a synthetic PAndAS-like g, i field and its truth catalog.
+"""``pyengine synth``: write a synthetic PAndAS-like g, i field (or survey) and its truth.
 
 Importing this module is cheap (click only); the renderer loads when the
 command runs.  Bad values raise :class:`pyengine.errors.ConfigError`, which
@@ -13,21 +13,25 @@ import sys
 
 import click
 
+from pyengine.errors import ConfigError
+
 __all__ = ["synth"]
+
+_SURVEY_ONLY = ("--field-size", "--overlap", "--rotation", "--dither")
 
 
 @click.command()
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--size", type=int, default=2048, show_default=True,
-              help="Width and height of the field, pixels.")
+@click.option("--size", type=int, default=None,
+              help="Width and height of the field, pixels [default: 2048].")
 @click.option("--width", type=int, default=None, help="Width, pixels (overrides --size).")
 @click.option("--height", type=int, default=None, help="Height, pixels (overrides --size).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed: the same seed gives the same bytes.")
 @click.option("--ra", type=float, default=None,
-              help="Field centre RA, deg [default: 11.013, on M31's NE disk].")
+              help="Field (or survey) centre RA, deg [default: 11.013, on M31's NE disk].")
 @click.option("--dec", type=float, default=None,
-              help="Field centre Dec, deg [default: 41.584].")
+              help="Field (or survey) centre Dec, deg [default: 41.584].")
 @click.option("--encoding", type=click.Choice(["float32", "int16", "rice", "mef"]),
               default="float32", show_default=True,
               help="float32 or int16 files per band, RICE-compressed .fits.fz per band, "
@@ -43,19 +47,48 @@ __all__ = ["synth"]
                    "[default: 3000].")
 @click.option("--star-limit", type=float, default=None,
               help="Faintest star drawn, i mag [default: 23.5].")
+@click.option("--survey", "grid", default=None, metavar="COLSxROWS",
+              help="Write a survey: COLS x ROWS overlapping fields of one sky (F<col><row>/ "
+                   "folders, truth.fits, survey.ecsv).")
+@click.option("--field-size", type=int, default=None,
+              help="Survey: width and height of each field, pixels [default: 1024].")
+@click.option("--overlap", type=float, default=None,
+              help="Survey: overlap of neighbouring fields, fraction of the field size "
+                   "[default: 0.1].")
+@click.option("--rotation", type=float, default=None,
+              help="Survey: largest |rotation| of a field, deg [default: 0.5].")
+@click.option("--dither", type=float, default=None,
+              help="Survey: largest offset of a field's centre from its grid place, px "
+                   "[default: 20].")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
 def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_gaps,
-          sky_subtracted, seeing_g, seeing_i, cluster_density, star_limit, quiet):
+          sky_subtracted, seeing_g, seeing_i, cluster_density, star_limit, grid, field_size,
+          overlap, rotation, dither, quiet):
     """Write a synthetic PAndAS-like g, i field of M31 and its truth catalog to OUTDIR.
 
     Files: g.fits and i.fits (or g.fits.fz, i.fits.fz, or field.fits) and
     truth.fits (id, ra, dec, x, y, class, g_mag, i_mag, r_h_pc, subclass).
     Existing files of those names are replaced.
+
+    With --survey COLSxROWS: overlapping fields of one sky, each in its own folder
+    F<col><row> (column 0 east, row 0 south) with its images and truth.fits; truth.fits
+    of the whole area (each object once, with placed, n_fields and fields); and the
+    manifest survey.ecsv, written last.
     """
     import dataclasses
 
     from pyengine.synth.config import SynthConfig
 
+    survey_options = dict(zip(_SURVEY_ONLY, (field_size, overlap, rotation, dither),
+                              strict=True))
+    if grid is None and any(v is not None for v in survey_options.values()):
+        given = [k for k, v in survey_options.items() if v is not None]
+        raise ConfigError(f"{', '.join(given)}: survey option{'s' if len(given) > 1 else ''}; "
+                          "give --survey COLSxROWS too")
+    if grid is not None and any(v is not None for v in (size, width, height)):
+        raise ConfigError("--size, --width and --height set a single field's size; with "
+                          "--survey give --field-size")
+    size = 2048 if size is None else size
     overrides = {"ra": ra, "dec": dec, "cluster_density": cluster_density,
                  "star_limit": star_limit}
     defaults = SynthConfig()
@@ -67,6 +100,9 @@ def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_
         seed=seed, encoding=encoding, tile_size=tile_size, chip_gaps=chip_gaps,
         sky_subtracted=sky_subtracted, bands=bands,
         **{k: v for k, v in overrides.items() if v is not None})
+    if grid is not None:
+        _survey(outdir, config, grid, field_size, overlap, rotation, dither, quiet)
+        return
 
     from pyengine.synth.field import make_field
 
@@ -75,18 +111,47 @@ def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_
     else:
         with click.progressbar(length=config.height, label="rendering rows",
                                file=sys.stderr) as bar:
-            done = [0]
-
-            def progress(rows, total):
-                bar.update(rows - done[0])
-                done[0] = rows
-
-            result = make_field(outdir, config, progress=progress)
+            result = make_field(outdir, config, progress=_updater(bar))
     files = sorted({str(p) for p, _ in result.images.values()})
     for f in files:
         click.echo(f"wrote {f}")
     click.echo(f"wrote {result.truth}")
-    plural = {"cluster": "clusters", "star": "stars", "galaxy": "galaxies"}
-    counts = ", ".join(f"{n} {plural.get(k, k)}" for k, n in result.counts.items())
     click.echo(f"{config.width} x {config.height} px, seed {config.seed}, {config.encoding}: "
-               f"{counts} in {result.seconds:.1f} s")
+               f"{_counts(result.counts)} in {result.seconds:.1f} s")
+
+
+def _updater(bar):
+    done = [0]
+
+    def progress(rows, total):
+        bar.update(rows - done[0])
+        done[0] = rows
+
+    return progress
+
+
+def _counts(counts: dict[str, int]) -> str:
+    plural = {"cluster": "clusters", "star": "stars", "galaxy": "galaxies"}
+    return ", ".join(f"{n} {plural.get(k, k)}" for k, n in counts.items())
+
+
+def _survey(outdir, base, grid, field_size, overlap, rotation, dither, quiet) -> None:
+    from pyengine.synth.survey import SurveyConfig, make_survey, parse_grid
+
+    columns, rows = parse_grid(grid)
+    given = {"field_size": field_size, "overlap": overlap, "rotation_deg": rotation,
+             "dither": dither}
+    config = SurveyConfig(columns=columns, rows=rows, base=base,
+                          **{k: v for k, v in given.items() if v is not None})
+    if quiet:
+        result = make_survey(outdir, config)
+    else:
+        with click.progressbar(length=columns * rows * config.field_size,
+                               label="rendering fields", file=sys.stderr) as bar:
+            result = make_survey(outdir, config, progress=_updater(bar))
+    ids = list(result.fields)
+    click.echo(f"wrote {len(ids)} fields ({ids[0]} .. {ids[-1]}) under {outdir}")
+    click.echo(f"wrote {result.truth}")
+    click.echo(f"wrote {result.manifest}")
+    click.echo(f"{columns} x {rows} fields of {config.field_size} px, seed {base.seed}, "
+               f"{base.encoding}: {_counts(result.counts)} in {result.seconds:.1f} s")

@@ -159,6 +159,9 @@ class SynthConfig:
     #: Field centre (the WCS reference point), degrees ICRS.
     ra: float = 11.013
     dec: float = 41.584
+    #: Rotation of the pixel grid on the sky, degrees, as FITS CROTA2: in the image,
+    #: north points this far from +y towards -x (east).  0 is north up, east left.
+    rotation_deg: float = 0.0
     #: Arcsec per pixel (CFHT MegaCam).
     pixel_scale: float = 0.187
     bands: tuple[BandSpec, BandSpec] = DEFAULT_BANDS
@@ -212,6 +215,7 @@ class SynthConfig:
         _check_int("seed (--seed)", self.seed, 0, 2**63 - 1)
         _check_range("ra (--ra)", self.ra, 0.0, 360.0, "deg")
         _check_range("dec (--dec)", self.dec, -89.0, 89.0, "deg")
+        _check_range("rotation_deg", self.rotation_deg, -180.0, 180.0, "deg")
         _check_range("pixel_scale", self.pixel_scale, 0.01, 10.0, "arcsec/px")
         if (not isinstance(self.bands, tuple) or len(self.bands) != 2
                 or not all(isinstance(b, BandSpec) for b in self.bands)

@@ -12,6 +12,13 @@ functions of global coordinates (see :mod:`pyengine.synth.render`), objects
 come from cells seeded independently (:mod:`pyengine.synth.catalog`), and each
 extended object's PSF-convolved stamp depends only on the object.
 
+A field of a synthetic survey (:mod:`pyengine.synth.survey`) is rendered from
+objects given to it instead (``objects=``: drawn once on the survey's sky and
+moved onto this field's grid), which may lie up to one cell (R_MAX px) beyond
+the image so that their light reaches it; they are grouped into cell rows by
+position, including the row of cells above and below the image, and rendered
+as drawn ones are.
+
 Thread safety: a FieldRenderer keeps caches (cells, stamps) and must be used
 from one thread.  Its Numba kernels release the GIL and run on Numba's thread
 pool; NumPy FFTs and catalog draws hold the GIL.  Separate renderers (and
@@ -46,7 +53,7 @@ from pyengine.synth.sky import (
 )
 from pyengine.synth.writers import FieldWriters, TruthWriter
 
-__all__ = ["FieldRenderer", "SynthResult", "make_field"]
+__all__ = ["FieldRenderer", "SynthResult", "make_field", "prepare_output_dir"]
 
 #: A pixel skips an object's light below this fraction of the sky noise.
 EPSILON = 0.01
@@ -84,10 +91,12 @@ class FieldRenderer:
     """Pixels of both bands for any block of rows; call :meth:`render` with
     increasing rows for efficiency (cells are drawn once and dropped behind)."""
 
-    def __init__(self, config: SynthConfig, on_cells=None):
+    def __init__(self, config: SynthConfig, on_cells=None, objects: Objects | None = None):
         self.config = c = config
         #: Called with (cell row index, Objects) the first time a cell row is drawn.
         self.on_cells = on_cells
+        if objects is not None and on_cells is not None:
+            raise ValueError("on_cells reports drawn cells; given objects are not drawn")
         self.psfs = [PSF(b.seeing / c.pixel_scale, b.moffat_beta) for b in c.bands]
         self.sky = np.array([sky_counts(c, b.name) for b in c.bands])
         self.disk_amp = np.array([b.flux(b.disk_mu0) * c.pixel_area_arcsec2 for b in c.bands])
@@ -105,11 +114,30 @@ class FieldRenderer:
         self.gaps = gap_pattern(c)
         self.n_cell_rows = -(-c.height // CELL)
         self.n_cell_cols = -(-c.width // CELL)
+        #: Given objects grouped by cell row (None: cells are drawn from the seed).
+        self._given = None if objects is None else self._group(objects)
+        #: Cell rows that may hold objects: one more each side for given objects.
+        self._cy_min, self._cy_max = ((0, self.n_cell_rows - 1) if objects is None
+                                      else (-1, self.n_cell_rows))
         self._rows: dict[int, _CellRow] = {}
-        self._drawn = 0
+        self._drawn = self._cy_min
         self._stamps: dict[tuple[int, int], list[np.ndarray]] = {}
 
     # -- cells ---------------------------------------------------------------
+    def _group(self, objs: Objects) -> dict[int, Objects]:
+        """Given objects by cell row (point sources and extended objects by their own
+        row, order kept); their truth rows are not needed to render."""
+        rows = {}
+        cy_p = np.floor((objs.p_y + 0.5) / CELL).astype(np.int64)
+        cy_e = np.floor((objs.e_y + 0.5) / CELL).astype(np.int64)
+        both = np.concatenate([cy_p, cy_e])
+        if len(both) and (both.min() < -1 or both.max() > self.n_cell_rows):
+            raise ValueError(f"given objects must lie within {CELL} rows of the image")
+        for cy in np.unique(both):
+            rows[int(cy)] = objs.take(p=np.flatnonzero(cy_p == cy),
+                                      e=np.flatnonzero(cy_e == cy))
+        return rows
+
     def _prepare(self, cy: int, objs: Objects) -> _CellRow:
         """Footprints, stamp extents and bleed trails of one cell row's objects.
 
@@ -119,7 +147,9 @@ class FieldRenderer:
         R_MAX of it.
         """
         row_lo = cy * CELL - 0.5
-        row_hi = min((cy + 1) * CELL, self.config.height) - 0.5
+        row_hi = (cy + 1) * CELL - 0.5
+        if self._given is None:   # drawn objects lie on the image
+            row_hi = min(row_hi, self.config.height - 0.5)
         room = R_MAX - np.maximum(np.maximum(row_lo - objs.p_y, objs.p_y - row_hi), 0.0)
         p_rad = np.vstack([np.minimum(psf.radius_for(objs.p_flux[b], self.threshold[b]), room)
                            for b, psf in enumerate(self.psfs)])
@@ -165,8 +195,11 @@ class FieldRenderer:
     def _cell_row(self, cy: int) -> _CellRow:
         row = self._rows.get(cy)
         if row is None:
-            objs = Objects.concat([draw_cell(self.config, cx, cy)
-                                   for cx in range(self.n_cell_cols)])
+            if self._given is not None:
+                objs = self._given.get(cy) or Objects.empty()
+            else:
+                objs = Objects.concat([draw_cell(self.config, cx, cy)
+                                       for cx in range(self.n_cell_cols)])
             if cy >= self._drawn:
                 if cy != self._drawn:
                     raise RuntimeError("cell rows must be drawn in order")
@@ -178,8 +211,8 @@ class FieldRenderer:
 
     def _rows_for(self, y0: int, y1: int) -> list[tuple[int, _CellRow]]:
         """Cell rows whose objects may reach image rows y0 .. y1 - 1, in order."""
-        last = min((y1 + R_MAX) // CELL, self.n_cell_rows - 1)
-        first = max((y0 - R_MAX) // CELL, 0)
+        last = min((y1 + R_MAX) // CELL, self._cy_max)
+        first = max((y0 - R_MAX) // CELL, self._cy_min)
         for cy in range(self._drawn, last + 1):   # draw (and report) in order
             self._cell_row(cy)
         for cy in [k for k in self._rows if k < first]:
@@ -189,7 +222,7 @@ class FieldRenderer:
 
     def finish_drawing(self) -> None:
         """Draw (and report) any cell rows not drawn yet."""
-        for cy in range(self._drawn, self.n_cell_rows):
+        for cy in range(self._drawn, self._cy_max + 1):
             self._cell_row(cy)
             del self._rows[cy]
 
@@ -268,18 +301,8 @@ class FieldRenderer:
         return out
 
 
-def make_field(out_dir: str | os.PathLike, config: SynthConfig | None = None, *,
-               progress=None) -> SynthResult:
-    """Write a synthetic g, i field and its truth catalog into ``out_dir``.
-
-    Files: ``g.fits``/``i.fits`` (float32, int16), ``g.fits.fz``/``i.fits.fz``
-    (rice) or ``field.fits`` (mef), and ``truth.fits``; existing files of these
-    names are replaced (atomically).  ``out_dir`` is created if missing.
-    ``progress(rows_done, rows_total)`` is called after each block.
-    """
-    config = SynthConfig() if config is None else config
-    if not isinstance(config, SynthConfig):
-        raise ConfigError(f"config must be a SynthConfig; got {type(config).__name__}")
+def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path, created if missing; ConfigError unless a writable folder."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {str(out)!r} exists and is not a directory")
@@ -289,11 +312,39 @@ def make_field(out_dir: str | os.PathLike, config: SynthConfig | None = None, *,
         raise ConfigError(f"cannot create output directory {str(out)!r}: {exc.strerror}") from exc
     if not os.access(out, os.W_OK):
         raise ConfigError(f"output directory {str(out)!r} is not writable")
+    return out
+
+
+def make_field(out_dir: str | os.PathLike, config: SynthConfig | None = None, *,
+               progress=None, objects: Objects | None = None, truth_ids=None,
+               truth_comments=()) -> SynthResult:
+    """Write a synthetic g, i field and its truth catalog into ``out_dir``.
+
+    Files: ``g.fits``/``i.fits`` (float32, int16), ``g.fits.fz``/``i.fits.fz``
+    (rice) or ``field.fits`` (mef), and ``truth.fits``; existing files of these
+    names are replaced (atomically).  ``out_dir`` is created if missing.
+    ``progress(rows_done, rows_total)`` is called after each block.
+
+    ``objects`` (in this field's 0-based pixels, on the image or up to R_MAX px
+    beyond it) replaces the objects drawn from the seed: its point sources and
+    extended objects are rendered, in the order given, and its truth rows are the
+    rows of truth.fits, with ids ``truth_ids`` (default 1, 2, ...);
+    ``truth_comments`` are added to that catalog's header.  The seed then sets
+    only the noise.  :func:`pyengine.synth.survey.make_survey` renders its fields so.
+    """
+    config = SynthConfig() if config is None else config
+    if not isinstance(config, SynthConfig):
+        raise ConfigError(f"config must be a SynthConfig; got {type(config).__name__}")
+    out = prepare_output_dir(out_dir)
     t0 = time.perf_counter()
     wcs = field_wcs(config)
-    with TruthWriter(out / "truth.fits", config, wcs) as truth, \
+    with TruthWriter(out / "truth.fits", config, wcs, comments=truth_comments) as truth, \
             FieldWriters(out, config) as images:
-        renderer = FieldRenderer(config, on_cells=truth.add)
+        if objects is None:
+            renderer = FieldRenderer(config, on_cells=truth.add)
+        else:
+            truth.add(0, objects, ids=truth_ids)
+            renderer = FieldRenderer(config, objects=objects)
         tile = min(config.tile_size, config.height)
         buffer = np.empty((2, tile, config.width))   # reused: no page faults per block
         for y0 in range(0, config.height, tile):

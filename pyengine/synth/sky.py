@@ -3,7 +3,10 @@
 The WCS is a pure gnomonic (TAN) projection centred on the field centre, north
 up and east left (CD1_1 < 0), 0-based pixel (x, y) following astropy: the
 reference pixel is the middle of the image, CRPIX = ((width + 1) / 2,
-(height + 1) / 2) in FITS's 1-based convention.
+(height + 1) / 2) in FITS's 1-based convention.  A field of a synthetic survey
+may be rotated (``SynthConfig.rotation_deg``, CROTA2's convention written as a
+CD matrix); an unrotated field's cards and pixels are those of before rotation
+existed, bit for bit.
 
 M31's disk is a thin exponential disk (scale length h) inclined by i with its
 major axis at position angle PA (east of north).  A pixel's position in M31's
@@ -33,6 +36,7 @@ from pyengine.synth.config import SynthConfig
 
 __all__ = [
     "band_header",
+    "cd_matrix",
     "disk_coefficients",
     "disk_geometry",
     "disk_shape",
@@ -58,8 +62,18 @@ def _reference_pixel(config: SynthConfig) -> tuple[float, float]:
     return (config.width - 1) / 2.0, (config.height - 1) / 2.0
 
 
+def cd_matrix(config: SynthConfig) -> tuple[float, float, float, float]:
+    """(CD1_1, CD1_2, CD2_1, CD2_2), deg/px: -s, 0, 0, s when unrotated, else CROTA2's
+    ``CDELT1 cos r, -CDELT2 sin r, CDELT1 sin r, CDELT2 cos r`` (CDELT1 = -s, CDELT2 = s)."""
+    s = config.pixel_scale / 3600.0
+    if config.rotation_deg == 0.0:
+        return -s, 0.0, 0.0, s
+    r = math.radians(config.rotation_deg)
+    return -s * math.cos(r), -s * math.sin(r), -s * math.sin(r), s * math.cos(r)
+
+
 def wcs_header(config: SynthConfig) -> Header:
-    """TAN WCS cards of the field (north up, east left)."""
+    """TAN WCS cards of the field (north up, east left, unless rotated)."""
     s = config.pixel_scale / 3600.0
     xc, yc = _reference_pixel(config)
     h = Header()
@@ -72,10 +86,16 @@ def wcs_header(config: SynthConfig) -> Header:
     h["CRVAL2"] = (float(config.dec), "[deg] Dec of the reference pixel")
     h["CRPIX1"] = (xc + 1.0, "reference pixel x (1-based)")
     h["CRPIX2"] = (yc + 1.0, "reference pixel y (1-based)")
-    h["CD1_1"] = (-s, "[deg/px] east is left")
-    h["CD1_2"] = (0.0, "")
-    h["CD2_1"] = (0.0, "")
-    h["CD2_2"] = (s, "[deg/px] north is up")
+    if config.rotation_deg == 0.0:
+        h["CD1_1"] = (-s, "[deg/px] east is left")
+        h["CD1_2"] = (0.0, "")
+        h["CD2_1"] = (0.0, "")
+        h["CD2_2"] = (s, "[deg/px] north is up")
+    else:
+        note = f"[deg/px] rotated {config.rotation_deg:.4f} deg"
+        for key, value in zip(("CD1_1", "CD1_2", "CD2_1", "CD2_2"), cd_matrix(config),
+                              strict=True):
+            h[key] = (value, note)
     h["RADESYS"] = ("ICRS", "")
     return h
 
@@ -137,11 +157,18 @@ def disk_coefficients(config: SynthConfig) -> np.ndarray:
     s = math.radians(config.pixel_scale / 3600.0)
     xc, yc = _reference_pixel(config)
     c, e, n = _unit_vectors(config.ra, config.dec)
-    # Tangent-plane point of pixel (x, y): p = c + xi e + eta n with
-    # xi = -s (x - xc) (east is left), eta = s (y - yc).
-    p0 = c + s * xc * e - s * yc * n
-    px = -s * e
-    py = s * n
+    if config.rotation_deg == 0.0:
+        # Tangent-plane point of pixel (x, y): p = c + xi e + eta n with
+        # xi = -s (x - xc) (east is left), eta = s (y - yc).
+        p0 = c + s * xc * e - s * yc * n
+        px = -s * e
+        py = s * n
+    else:
+        # (xi, eta) = CD (x - xc, y - yc), in radians.
+        cd11, cd12, cd21, cd22 = (math.radians(v) for v in cd_matrix(config))
+        px = cd11 * e + cd21 * n
+        py = cd12 * e + cd22 * n
+        p0 = c - xc * px - yc * py
     cm, em, nm = _unit_vectors(config.m31_ra, config.m31_dec)
     rows = (em, nm, cm)
     return np.array([[r @ p0, r @ px, r @ py] for r in rows], dtype=np.float64)

@@ -38,7 +38,7 @@ from pyengine.synth.catalog import CLASSES, SUBCLASSES, Objects
 from pyengine.synth.config import SynthConfig
 from pyengine.synth.sky import band_header, primary_header, sky_counts
 
-__all__ = ["FieldWriters", "TruthWriter", "int16_scaling"]
+__all__ = ["FieldWriters", "SurveyTruthWriter", "TruthWriter", "int16_scaling"]
 
 #: RICE quantisation level (cfitsio/fpack default): step = noise / 4.
 RICE_QLEVEL = 4.0
@@ -48,6 +48,12 @@ TRUTH_DTYPE = np.dtype([
     ("class", "S7"), ("g_mag", ">f4"), ("i_mag", ">f4"), ("r_h_pc", ">f4"), ("subclass", "S10"),
 ])
 TRUTH_UNITS = ["", "deg", "deg", "pix", "pix", "", "mag", "mag", "pc", ""]
+#: A survey's truth (one row per object of the whole area): the field truth's columns
+#: less x, y, plus whether the object was placed and which fields' images hold it.
+_SURVEY_COLUMNS = [("id", ">i8", ""), ("ra", ">f8", "deg"), ("dec", ">f8", "deg"),
+                   ("class", "S7", ""), ("g_mag", ">f4", "mag"), ("i_mag", ">f4", "mag"),
+                   ("r_h_pc", ">f4", "pc"), ("subclass", "S10", ""), ("placed", "?", ""),
+                   ("n_fields", ">i2", "")]
 
 
 def int16_scaling(config: SynthConfig, band: str) -> tuple[float, float]:
@@ -157,7 +163,7 @@ class FieldWriters(AtomicOutput):
 class TruthWriter:
     """truth.fits: one row per object, appended as cell rows are drawn."""
 
-    def __init__(self, path: Path, config: SynthConfig, wcs: WCS):
+    def __init__(self, path: Path, config: SynthConfig, wcs: WCS, comments=()):
         self.path = path
         self.wcs = wcs
         self.counts = dict.fromkeys(CLASSES, 0)
@@ -168,6 +174,8 @@ class TruthWriter:
         header = primary_header(config)
         header["COMMENT"] = "x, y: 0-based pixels (astropy); r_h_pc is NaN for non-clusters."
         header["COMMENT"] = "Cluster member stars are drawn but are not rows here."
+        for line in comments:
+            header["COMMENT"] = line
         self.fits.create_table_hdu(dtype=TRUTH_DTYPE, units=TRUTH_UNITS, extname="TRUTH")
         self.fits[-1].write_keys(_fitsio_records(header))
 
@@ -182,14 +190,20 @@ class TruthWriter:
         finally:
             self.tmp.unlink(missing_ok=True)
 
-    def add(self, cell_row: int, objs: Objects) -> None:
-        """Append the truth rows of one cell row (ids continue in order)."""
+    def add(self, cell_row: int, objs: Objects, ids=None) -> None:
+        """Append the truth rows of one cell row: ids continue in order, or are
+        ``ids`` (one per row; a survey's fields use the survey truth's ids)."""
         n = objs.n_truth
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} truth rows")
         if n == 0:
             return
         rows = np.zeros(n, TRUTH_DTYPE)
-        rows["id"] = np.arange(self._next_id, self._next_id + n)
-        self._next_id += n
+        if ids is None:
+            rows["id"] = np.arange(self._next_id, self._next_id + n)
+            self._next_id += n
+        else:
+            rows["id"] = ids
         ra, dec = self.wcs.wcs_pix2world(objs.t_x, objs.t_y, 0)
         rows["ra"], rows["dec"] = ra, dec
         rows["x"], rows["y"] = objs.t_x, objs.t_y
@@ -198,4 +212,67 @@ class TruthWriter:
         rows["g_mag"], rows["i_mag"], rows["r_h_pc"] = objs.t_g, objs.t_i, objs.t_rh
         for k, name in enumerate(CLASSES):
             self.counts[name] += int(np.count_nonzero(objs.t_class == k))
+        self.fits[-1].append(rows)
+
+
+class SurveyTruthWriter:
+    """A survey's truth.fits: every object of the area once, appended cell by cell.
+
+    Columns: id, ra, dec, class, g_mag, i_mag, r_h_pc, subclass (as a field's truth),
+    ``placed`` (put there by the caller, not drawn), ``n_fields`` (how many fields'
+    images hold its centre) and ``fields`` (their ids, comma-separated, in manifest
+    order); ``fields_width`` bounds that column's characters.
+    """
+
+    def __init__(self, path: Path, config: SynthConfig, fields_width: int, comments=()):
+        self.path = path
+        self.counts = dict.fromkeys(CLASSES, 0)
+        self.placed = 0
+        self.dtype = np.dtype([(n, t) for n, t, _ in _SURVEY_COLUMNS]
+                              + [("fields", f"S{max(int(fields_width), 1)}")])
+        path.unlink(missing_ok=True)   # a stale catalog must not vouch for new fields
+        self.tmp = temporary_beside(path)
+        self.fits = fitsio.FITS(str(self.tmp), "rw")
+        header = primary_header(config)
+        header["COMMENT"] = "One row per object of the survey; each field's truth.fits has"
+        header["COMMENT"] = "the rows of the objects centred on its images, with these ids."
+        header["COMMENT"] = "r_h_pc is NaN for non-clusters; cluster members are not rows."
+        for line in comments:
+            header["COMMENT"] = line
+        self.fits.create_table_hdu(dtype=self.dtype, units=[u for *_, u in _SURVEY_COLUMNS]
+                                   + [""], extname="TRUTH")
+        self.fits[-1].write_keys(_fitsio_records(header))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fits.close()
+        try:
+            if exc_type is None:
+                publish([(self.tmp, self.path)])
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def add(self, objs: Objects, ids, ra, dec, fields: list[str], placed: bool) -> None:
+        """Append the truth rows of ``objs`` with their ids, sky positions and the
+        comma-separated ids of the fields holding each."""
+        n = objs.n_truth
+        if n == 0:
+            return
+        rows = np.zeros(n, self.dtype)
+        width = self.dtype["fields"].itemsize
+        encoded = [f.encode() for f in fields]
+        if max(len(f) for f in encoded) > width:
+            raise RuntimeError(f"a field list is longer than the {width} characters allowed")
+        rows["id"], rows["ra"], rows["dec"] = ids, ra, dec
+        rows["class"] = np.array([c.encode() for c in CLASSES])[objs.t_class]
+        rows["subclass"] = np.array([c.encode() for c in SUBCLASSES])[objs.t_sub]
+        rows["g_mag"], rows["i_mag"], rows["r_h_pc"] = objs.t_g, objs.t_i, objs.t_rh
+        rows["placed"] = placed
+        rows["n_fields"] = [f.count(",") + 1 if f else 0 for f in fields]
+        rows["fields"] = encoded
+        for k, name in enumerate(CLASSES):
+            self.counts[name] += int(np.count_nonzero(objs.t_class == k))
+        self.placed += n if placed else 0
         self.fits[-1].append(rows)
