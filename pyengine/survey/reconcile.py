@@ -67,8 +67,10 @@ def reconcile(ra, dec, field_index, geometry, *, radius: float = 1.0,
     if ra.size == 0 or len(geometry) < 2:
         return keep
     d = geometry.edge_distances(ra, dec)
-    # rows a margin row can match: their edge distances differ by at most 2 x radius more
-    near = np.flatnonzero(in_margin(d, margin + 2 * radius) & np.isfinite(ra) &
+    # rows a margin row can match: their edge distances differ by at most 2 x radius more,
+    # also where the second field's edge is just beyond them (a row just off its image)
+    top2 = np.sort(d, axis=0)[-2:]
+    near = np.flatnonzero((top2[1] - top2[0] <= margin + 2 * radius) & np.isfinite(ra) &
                           np.isfinite(dec))
     if near.size < 2:
         return keep
