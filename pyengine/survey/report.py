@@ -16,12 +16,12 @@ import numpy as np
 
 from pyengine.survey.geometry import Cone, SurveyGeometry, gnomonic
 
-__all__ = ["coverage", "draw_footprints"]
+__all__ = ["coverage", "draw_footprints", "survey_centre"]
 
 _GRID = 400
 
 
-def _centre(geo: SurveyGeometry) -> tuple[float, float]:
+def survey_centre(geo: SurveyGeometry) -> tuple[float, float]:
     corners = np.array([c for f in geo.frames for c in f.corners])
     vec = np.stack([np.cos(np.radians(corners[:, 1])) * np.cos(np.radians(corners[:, 0])),
                     np.cos(np.radians(corners[:, 1])) * np.sin(np.radians(corners[:, 0])),
@@ -45,7 +45,7 @@ def _inverse_gnomonic(ra0, dec0, xi, eta):
 def coverage(geo: SurveyGeometry) -> dict:
     """Union area, summed footprint area (deg^2), the share of the union covered twice or
     more, and the pairs of fields that overlap."""
-    ra0, dec0 = _centre(geo)
+    ra0, dec0 = survey_centre(geo)
     corners = np.array([c for f in geo.frames for c in f.corners])
     xi, eta = gnomonic(ra0, dec0, corners[:, 0], corners[:, 1])
     gx = np.linspace(np.nanmin(xi), np.nanmax(xi), _GRID)
@@ -80,7 +80,7 @@ def draw_footprints(geo: SurveyGeometry, path, cone: Cone | None = None,
 
     from pyengine.atomic import atomic_path
 
-    ra0, dec0 = _centre(geo)
+    ra0, dec0 = survey_centre(geo)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     for frame in geo.frames:
         c = np.array(frame.corners + frame.corners[:1])
