@@ -361,3 +361,19 @@ def test_shard_and_merge_from_the_command_line(survey, model, tmp_path):
     assert again.exit_code == 1
     assert again.output == "Error: merge: shard(s) 1/2 missing (have 1 of 2); every shard's " \
                            "output is needed\n"
+
+
+def test_more_shards_than_fields_leave_empty_shards_that_merge(survey, engine, tmp_path):
+    from pyengine.survey.merge import merge_shards
+
+    parts = [tmp_path / f"p{i}.fits" for i in range(5)]
+    for i, part in enumerate(parts):
+        scan_survey(engine, survey, part, make_source=lambda: GridSource(25), shard=(i, 5))
+    assert len(Table.read(parts[4])) == 0  # 4 fields: shard 4 holds none
+    merge_shards(parts, tmp_path / "m.fits")
+    whole = tmp_path / "w.fits"
+    scan_survey(engine, survey, whole, make_source=lambda: GridSource(25))
+    a, b = (Table.read(p, mask_invalid=False) for p in (whole, tmp_path / "m.fits"))
+    assert a.colnames == b.colnames and len(a) == len(b)
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)

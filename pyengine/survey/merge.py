@@ -73,7 +73,9 @@ def merge_shards(parts, out, *, overwrite: bool = False) -> dict:
                           f"(have {len(seen)} of {n}); every shard's output is needed")
     meta = {k: v for k, v in tables[0].meta.items() if not writer_keyword(k)
             and str(k).upper() not in ("SHARD", "SURVEYID", "SRCKIND")}
-    table = vstack(tables, metadata_conflicts="silent")
+    # shards that held no field add no rows (and have no columns to match)
+    filled = [t for t in tables if len(t)] or tables[:1]
+    table = vstack(filled, metadata_conflicts="silent")
     kind = first[2]
     geo = None
     if kind == "detect":  # reconciliation needs the fields' geometry

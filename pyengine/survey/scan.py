@@ -162,6 +162,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         if k == touched[0]:
             summary.outside_area = got.get("outside_area", 0)
     table = _join(engine, geo, mine, parts, kind)
+    if not table.colnames:  # a shard with no field (more shards than fields)
+        table["id"] = np.zeros(0, np.int64)
     table.meta["SURVEY"] = str(Path(survey.manifest).resolve()) if survey.manifest else ""
     table.meta["NFIELDS"] = len(touched)
     if shard is None:
@@ -169,7 +171,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     else:
         table.meta.update(SHARD=f"{shard[0]}/{shard[1]}", SURVEYID=_identity_hash(identity),
                           SRCKIND=kind)
-    summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) else 0
+    summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) and \
+        "tile" in table.colnames else 0
     write_catalog(table, out)
     # grid mode: each field's score map (on its own grid and WCS) beside the catalog
     for k in mine:
@@ -181,7 +184,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
             summary.scoremaps[fid] = str(target)
     shutil.rmtree(parts, ignore_errors=True)
     summary.positions = len(table)
-    summary.candidates = int(np.sum(np.asarray(table["is_candidate"], bool)))
+    summary.candidates = (int(np.sum(np.asarray(table["is_candidate"], bool)))
+                          if "is_candidate" in table.colnames else 0)
     summary.seconds = time.perf_counter() - t0
     return summary
 
