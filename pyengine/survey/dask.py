@@ -56,7 +56,7 @@ def open_client(address: str):
                               "worker processes (1..1024), or a scheduler address such as "
                               "tcp://host:8786")
         cluster = distributed.LocalCluster(n_workers=int(count), threads_per_worker=1,
-                                           processes=True, dashboard_address=None,
+                                           processes=True, dashboard_address=":0",
                                            silence_logs=logging.ERROR)
         return distributed.Client(cluster), cluster
     try:
