@@ -160,7 +160,23 @@ class FieldWriters(AtomicOutput):
             self._files.pop().abort()
 
 
-class TruthWriter:
+class _PublishedOnClose:
+    """A FITS file written at ``self.tmp`` and published onto ``self.path`` when the
+    ``with`` block ends normally (removed otherwise)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fits.close()
+        try:
+            if exc_type is None:
+                publish([(self.tmp, self.path)])
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class TruthWriter(_PublishedOnClose):
     """truth.fits: one row per object, appended as cell rows are drawn."""
 
     def __init__(self, path: Path, config: SynthConfig, wcs: WCS, comments=()):
@@ -178,17 +194,6 @@ class TruthWriter:
             header["COMMENT"] = line
         self.fits.create_table_hdu(dtype=TRUTH_DTYPE, units=TRUTH_UNITS, extname="TRUTH")
         self.fits[-1].write_keys(_fitsio_records(header))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.fits.close()
-        try:
-            if exc_type is None:
-                publish([(self.tmp, self.path)])
-        finally:
-            self.tmp.unlink(missing_ok=True)
 
     def add(self, cell_row: int, objs: Objects, ids=None) -> None:
         """Append the truth rows of one cell row: ids continue in order, or are
@@ -215,7 +220,7 @@ class TruthWriter:
         self.fits[-1].append(rows)
 
 
-class SurveyTruthWriter:
+class SurveyTruthWriter(_PublishedOnClose):
     """A survey's truth.fits: every object of the area once, appended cell by cell.
 
     Columns: id, ra, dec, class, g_mag, i_mag, r_h_pc, subclass (as a field's truth),
@@ -242,17 +247,6 @@ class SurveyTruthWriter:
         self.fits.create_table_hdu(dtype=self.dtype, units=[u for *_, u in _SURVEY_COLUMNS]
                                    + [""], extname="TRUTH")
         self.fits[-1].write_keys(_fitsio_records(header))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.fits.close()
-        try:
-            if exc_type is None:
-                publish([(self.tmp, self.path)])
-        finally:
-            self.tmp.unlink(missing_ok=True)
 
     def add(self, objs: Objects, ids, ra, dec, fields: list[str], placed: bool) -> None:
         """Append the truth rows of ``objs`` with their ids, sky positions and the
