@@ -517,23 +517,9 @@ class _Context:
 
 
 def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
-    from pyengine.runners.tensorrt import EnginePlan
 
     runner = TensorRTRunner(_onnx_file(tmp_path / "m.onnx", "fp32"), cache_dir=tmp_path)
-    feed = CudaFeed(StandIn, torch.device("cpu"), runner.input_shape, 16)
-    outputs = {"probabilities": torch.zeros((16, 2)), "score": torch.zeros(16)}
-    cast = torch.zeros((16, 2, 32, 32))
-
-    def buffers():
-        ring = [t for r in feed._device_in.values() for t in r]
-        return [*ring, cast, *outputs.values()]
-
-    context = _Context(buffers)
-    for name, t in outputs.items():
-        context.set_tensor_address(name, t.data_ptr())
-    runner._plan = EnginePlan(None, None, context, [], np.dtype(np.float32), 0, (4, 8, 16))
-    runner._feed, runner._outputs, runner._cast = feed, outputs, cast
-    runner._engine_dtype, runner._where, runner.active = torch.float32, "e", True
+    feed, context, cast = _activated_by_hand(runner, np.float32, (4, 8, 16))
     assert (runner.preferred_batch_size, runner.max_batch_size) == (8, 16)
     assert runner.input_dtype == np.float32
     x = _cutouts(8)
@@ -556,21 +542,17 @@ def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
     assert runner._plan is None and runner._feed is None
 
 
-def test_tensorrt_launch_into_a_float16_engine_saturates_like_the_gather(tmp_path, fake_trt):
-    """A float32 batch for a float16-input engine is cast on the "GPU" into its float16
-    buffer: rounded, finite values beyond 65504 saturated there (as the scan's gather
-    does, so a bright pixel is not read as missing), NaN and inf kept; float16 batches
-    go in as they are."""
-    from pyengine.runners.base import to_half
+def _activated_by_hand(runner, dtype, batches):
+    """What ``_activate`` sets up, on the CPU stand-ins: a feed, output buffers, the cast
+    buffer of the engine's input dtype and a recording context for the profile
+    ``batches`` (min, opt, max); (feed, context, cast)."""
     from pyengine.runners.tensorrt import EnginePlan
-    from pyengine.scan.batching import gather_reference
 
-    onnx_path = _onnx_file(tmp_path / "m.onnx", input_type=TensorProto.FLOAT16)
-    runner = TensorRTRunner(onnx_path, cache_dir=tmp_path)
-    assert runner.input_dtype == np.float16
-    feed = CudaFeed(StandIn, torch.device("cpu"), runner.input_shape, 8)
-    outputs = {"probabilities": torch.zeros((8, 2)), "score": torch.zeros(8)}
-    cast = torch.zeros((8, 2, 32, 32), dtype=torch.float16)
+    rows = batches[2]
+    feed = CudaFeed(StandIn, torch.device("cpu"), runner.input_shape, rows)
+    outputs = {"probabilities": torch.zeros((rows, 2)), "score": torch.zeros(rows)}
+    tdtype = torch.float16 if np.dtype(dtype) == np.float16 else torch.float32
+    cast = torch.zeros((rows, 2, 32, 32), dtype=tdtype)
 
     def buffers():
         ring = [t for r in feed._device_in.values() for t in r]
@@ -579,9 +561,24 @@ def test_tensorrt_launch_into_a_float16_engine_saturates_like_the_gather(tmp_pat
     context = _Context(buffers)
     for name, t in outputs.items():
         context.set_tensor_address(name, t.data_ptr())
-    runner._plan = EnginePlan(None, None, context, [], np.dtype(np.float16), 0, (1, 8, 8))
+    runner._plan = EnginePlan(None, None, context, [], np.dtype(dtype), 0, batches)
     runner._feed, runner._outputs, runner._cast = feed, outputs, cast
-    runner._engine_dtype, runner._where, runner.active = torch.float16, "e", True
+    runner._engine_dtype, runner._where, runner.active = tdtype, "e", True
+    return feed, context, cast
+
+
+def test_tensorrt_launch_into_a_float16_engine_saturates_like_the_gather(tmp_path, fake_trt):
+    """A float32 batch for a float16-input engine is cast on the "GPU" into its float16
+    buffer: rounded, finite values beyond 65504 saturated there (as the scan's gather
+    does, so a bright pixel is not read as missing), NaN and inf kept; float16 batches
+    go in as they are."""
+    from pyengine.runners.base import to_half
+    from pyengine.scan.batching import gather_reference
+
+    onnx_path = _onnx_file(tmp_path / "m.onnx", input_type=TensorProto.FLOAT16)
+    runner = TensorRTRunner(onnx_path, cache_dir=tmp_path)
+    assert runner.input_dtype == np.float16
+    _, context, cast = _activated_by_hand(runner, np.float16, (1, 8, 8))
     x = _cutouts(4) - 500.0
     x[1, 0, 5, 5] = 1e5
     x[1, 1, 6, 6] = -3e5
