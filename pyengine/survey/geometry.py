@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.errors import ConfigError
-from pyengine.survey.manifest import Survey, SurveyError
+from pyengine.survey.manifest import Survey, described_with_wcs
 
 __all__ = ["Cone", "FieldFrame", "SurveyGeometry", "gnomonic", "parse_within", "read_sky_region"]
 
@@ -191,18 +191,15 @@ class SurveyGeometry:
     """The fields of a survey on the sky (their WCS read from the files' headers)."""
 
     def __init__(self, survey: Survey):
-        survey = survey if all(f.described for f in survey.fields) else survey.described()
-        self.survey = survey
-        frames = []
-        for k, field in enumerate(survey.fields):
-            try:
-                with field.open(survey.bands) as mosaic:
-                    wcs = mosaic.wcs.celestial
-            except Exception as exc:
-                raise SurveyError(f"{survey.manifest or 'survey'}: field {field.id!r}: {exc}"
-                                  ) from None
+        from dataclasses import replace
+
+        fields, frames = [], []
+        for k, field in enumerate(survey.fields):  # each field's headers read once
+            field, wcs = described_with_wcs(field, survey.bands, survey.manifest)
+            fields.append(field)
             frames.append(FieldFrame(k, field.id, wcs, tuple(field.shape), field.pixel_scale,
                                      field.corners))
+        self.survey = replace(survey, fields=tuple(fields))
         self.frames: tuple[FieldFrame, ...] = tuple(frames)
 
     def __len__(self) -> int:

@@ -307,6 +307,12 @@ def pixel_scale_arcsec(wcs) -> float:
 def describe_field(field: Field, bands: Sequence[str], manifest=None) -> Field:
     """``field`` with its shape, scale and footprint, from its images (opened as one
     Mosaic, which checks them); any problem is one SurveyError naming the field."""
+    return described_with_wcs(field, bands, manifest)[0]
+
+
+def described_with_wcs(field: Field, bands: Sequence[str], manifest=None):
+    """(``field`` described as :func:`describe_field` does, its celestial WCS), from one
+    opening of its images."""
     where = f"{manifest or 'survey'}: field {field.id!r}"
     for spec in (*field.images, *(w for w in field.weights if w)):
         file = _split(spec)[0]
@@ -321,4 +327,4 @@ def describe_field(field: Field, bands: Sequence[str], manifest=None) -> Field:
         raise
     except PyEngineError as exc:
         raise SurveyError(f"{where}: {exc}") from None
-    return replace(field, shape=tuple(shape), pixel_scale=scale, corners=corners)
+    return replace(field, shape=tuple(shape), pixel_scale=scale, corners=corners), wcs.celestial
