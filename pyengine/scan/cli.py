@@ -377,9 +377,10 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         engine = None  # each worker makes its own
 
         def show(event):
-            if not quiet and event.get("event") == "field":
-                click.echo(f"field {event['field']} done ({event['done']}/{event['total']})",
-                           err=True)
+            if not quiet and event.get("event") == "part":
+                first, last = event["tiles"]
+                click.echo(f"field {event['field']} tiles {first}-{last} done "
+                           f"({event['done']}/{event['total']} tasks)", err=True)
         show.close = lambda: None
     else:
         engine = Engine(**config)

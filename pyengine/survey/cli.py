@@ -99,3 +99,5 @@ def merge(parts, out, overwrite):
     click.echo(f"merged {got['shards']} shard(s): {got['rows']:,} rows"
                + (f" ({got['merged_duplicates']:,} detections seen in two fields merged)"
                   if got["merged_duplicates"] else "") + f" -> {out}")
+    for name, path in got["scoremaps"].items():
+        click.echo(f"  score map {name}: {path}")
