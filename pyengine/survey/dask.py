@@ -72,7 +72,7 @@ def open_client(address: str):
 
 def worker_engine(config: dict):
     """This worker thread's Engine for ``config`` (made once, then kept)."""
-    from pyengine.scan.engine import Engine
+    from pyengine import Engine  # the package's lazy export: no import cycle with the engine
 
     key = (threading.get_ident(), json.dumps(config, sort_keys=True, default=str))
     with _LOCK:

@@ -65,7 +65,7 @@ from pyengine.survey.sources import INPUT_ROW, OwnedSource
 
 __all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
            "combine_scoremaps", "finish", "parse_shard", "parts_folder", "scan_part",
-           "scan_survey"]
+           "scan_survey", "scan_table"]
 
 #: Detections: kept this close (arcsec) to being owned, then matched within this radius.
 MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
@@ -119,7 +119,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                 resume: bool = False, overwrite: bool = False, stop=None,
                 progress: Callable[[dict], None] | None = None,
                 shard: tuple[int, int] | None = None, client=None,
-                engine_config: dict | None = None) -> SurveySummary:
+                engine_config: dict | None = None, whole: dict | None = None):
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
@@ -129,10 +129,24 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     :func:`pyengine.survey.merge.merge_shards`.  ``client`` (a
     ``dask.distributed.Client``): the parts run as tasks on its workers, each worker
     making one Engine from ``engine_config`` (``Engine``'s arguments) and keeping it for
-    all its parts (:mod:`pyengine.survey.dask`); ``engine`` may then be None."""
+    all its parts (:mod:`pyengine.survey.dask`); ``engine`` may then be None.
+
+    ``whole`` (``pyengine scan g.fits i.fits``): a one-field survey scanned whole, with no
+    area, shard or cluster, is one part, the field itself. Its catalog is ``out``, as a
+    single-field scan writes it (no ``field`` column, no ownership to decide, so no
+    celestial WCS needed), with its journal ``OUT.journal``, and ``whole``'s options for
+    :func:`pyengine.scan.run.run_scan`: ``mosaic`` (the field, opened; else opened here),
+    ``regions``, ``scoremap``, ``outputs_probed``. Returns the field's
+    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`."""
     from pyengine.output.catalog import write_catalog
     from pyengine.survey import units as U
 
+    if whole is not None:
+        if len(survey.fields) != 1 or cone is not None or regions or shard or client:
+            raise ConfigError("a survey scanned whole is one field, with no --within, "
+                              "--region, --shard or --dask")
+        return _scan_whole(engine, survey, out, make_source(), resume=resume,
+                           overwrite=overwrite, stop=stop, progress=progress, **whole)
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and not (overwrite or resume):
@@ -197,6 +211,56 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                           if "is_candidate" in table.colnames else 0)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=None,
+               client=None):
+    """The survey's catalog as an astropy Table (:meth:`pyengine.scan.engine.Engine.scan`
+    of a survey): :func:`scan_survey` in a temporary folder, read back. ``sources``: an
+    unbound source (default: detection), copied for each part; ``within``: a Cone or
+    ``"RA,DEC,RADIUS"``; ``client``: a ``dask.distributed.Client``, whose workers make
+    Engines of ``engine``'s settings."""
+    import copy
+    import tempfile
+
+    from astropy.table import Table
+
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.geometry import parse_within
+
+    template = sources if sources is not None else DetectSource()
+    if template.bound:
+        raise ConfigError("a survey's source is given unbound (each part binds its own "
+                          "copy to its field)")
+    config = None
+    if client is not None:
+        config = engine.config
+        if config is None:
+            raise ConfigError("client=: the workers make their Engines from this one's "
+                              "settings; make it with a runner name, not a Runner object")
+    cone = parse_within(within) if isinstance(within, str) else within
+    with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
+        out = Path(tmp) / "survey.fits"
+        scan_survey(engine, survey, out, make_source=lambda: copy.deepcopy(template),
+                    cone=cone, regions=regions, client=client, engine_config=config)
+        return Table.read(out, mask_invalid=False, memmap=False)
+
+
+def _scan_whole(engine, survey, out, source, *, mosaic=None, resume, overwrite, stop, progress,
+                **options):
+    """A one-field survey's one part, the whole field, written as ``out`` (see
+    :func:`scan_survey`'s ``whole``)."""
+    from pyengine.scan.run import run_scan
+
+    opened = mosaic is None
+    if opened:
+        mosaic = survey.fields[0].open(survey.bands)
+    try:
+        return run_scan(engine, mosaic, source, out, resume=resume, stop=stop,
+                        progress=progress, overwrite=overwrite, **options)
+    finally:
+        if opened:
+            mosaic.close()
 
 
 def _add_field_summary(fields: dict, fid: str, got: dict) -> None:
