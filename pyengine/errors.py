@@ -80,7 +80,10 @@ class ScanOutputError(OutputError):
     def __init__(self, reason: str, journal, done: int, resume: str = "rerun with --resume"):
         super().__init__(f"{reason}; the {done} completed tiles are kept in {journal}; fix "
                          f"that (e.g. free disk space), then {resume}")
-        self.reason, self.journal, self.done = reason, journal, done
+        self.reason, self.journal, self.done, self.resume = reason, journal, done, resume
+
+    def __reduce__(self):  # pickled whole (a Dask worker's error reaches the client)
+        return type(self), (self.reason, self.journal, self.done, self.resume)
 
 
 class ResumeError(PyEngineError):

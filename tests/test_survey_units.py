@@ -125,3 +125,65 @@ def test_catalog_parts_run_at_the_fields_batch_size_so_scores_match_bit_for_bit(
     monkeypatch.setattr(U, "runs", lambda units: U.split_runs(real_runs(units), 1))
     scan_survey(engine, survey_2x2, tmp_path / "cut.fits", make_source=make)
     _same(tmp_path / "whole.fits", tmp_path / "cut.fits")
+
+
+@pytest.mark.parametrize("where", ["journal", "join"])
+def test_a_full_disk_in_a_survey_is_one_line_keeps_the_work_and_resumes(
+        survey_2x2, model, tmp_path, monkeypatch, where):
+    """A part's tile journal, or the joined catalog, hits a full disk: one line giving
+    the resume command; what was scanned is kept; the resume equals a whole scan."""
+    import errno
+    import os
+    import sys
+
+    from click.testing import CliRunner
+
+    import pyengine.output.catalog as catalog_module
+    import pyengine.output.journal as journal_module
+    from pyengine.cli import main
+
+    manifest = survey_2x2.described().write(tmp_path / "s.ecsv")
+    out = tmp_path / "o.fits"
+    common = [str(manifest), "--grid", "25", "--model", str(model), "--runner", "torch",
+              "--tile-size", "64", "-q"]
+
+    def run(*more):
+        return CliRunner().invoke(main, ["scan", *common, *more])
+
+    assert run("--out", str(tmp_path / "whole.fits")).exit_code == 0
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if where == "journal":
+        real, calls = journal_module.publish, []
+
+        def publish(pairs):
+            pairs = list(pairs)
+            target = pairs[0][1]
+            if target.name.startswith("tile-") and target.parent.name.startswith("B@"):
+                calls.append(target)
+                if len(calls) == 3:  # field B's 3rd tile
+                    raise full
+            real(pairs)
+
+        monkeypatch.setattr(journal_module, "publish", publish)
+    else:
+        real = catalog_module.write_catalog
+
+        def write_catalog(table, path, *a, **k):
+            if path == out:
+                raise full
+            return real(table, path, *a, **k)
+
+        monkeypatch.setattr(catalog_module, "write_catalog", write_catalog)
+    monkeypatch.setattr(sys, "argv", ["pyengine", "scan", *common, "--out", str(out)])
+    got = run("--out", str(out))
+    assert got.exit_code == 1 and got.output.count("\n") == 1, got.output
+    assert got.output.startswith("Error: ") and "No space left on device" in got.output
+    assert got.output.rstrip().endswith(f"--out {out} --resume"), got.output
+    assert not out.exists()
+    kept = U.done_units(parts_folder(out), SurveyGeometry(survey_2x2), [0, 1, 2, 3])
+    assert len(kept) == (16 if where == "journal" else 64)  # A done (B: 2 tiles journalled)
+    monkeypatch.undo()
+    done = run("--out", str(out), "--resume")
+    assert done.exit_code == 0, done.output
+    _same(tmp_path / "whole.fits", out)
+    assert not parts_folder(out).exists()

@@ -237,10 +237,22 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         integer(batch_size, "--batch-size", 1, 65536)
     if threads is not None:
         threads = capped_threads(threads)
-    output_paths(out, regions, scoremap, grid=grid is not None,
-                 inputs=scan_inputs(bands, catalog, model), overwrite=overwrite, resume=resume)
     survey_mode = ((len(bands) == 1 and is_manifest(bands[0])) or within or sky_region or shard
                    or dask_address)
+    if survey_mode:
+        # a survey's work in progress is its parts folder (OUT.fields), not OUT.journal
+        from pyengine.errors import ResumeError
+        from pyengine.survey.scan import parts_folder
+
+        parts = parts_folder(out)
+        if resume and not parts.is_dir():
+            raise ResumeError(f"nothing to resume at {parts}; run without --resume")
+        output_paths(out, grid=False, inputs=scan_inputs(bands, catalog, model),
+                     overwrite=overwrite or resume)
+    else:
+        output_paths(out, regions, scoremap, grid=grid is not None,
+                     inputs=scan_inputs(bands, catalog, model), overwrite=overwrite,
+                     resume=resume)
     if survey_mode:
         _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
                      precision=precision, batch_size=batch_size, threads=threads,
@@ -336,7 +348,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
                  shard, dask_address):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
-    from pyengine.errors import ConfigError
+    from pyengine.errors import ConfigError, ScanOutputError
     from pyengine.io.inputguard import install_sigbus_handler
     from pyengine.scan.engine import Engine
     from pyengine.scan.inputs import check_model_file
@@ -402,6 +414,10 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "
                    f"{_resume_command()}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except ScanOutputError as exc:  # a full disk under a part's journal, or the join
+        show.close()
+        raise ScanOutputError(exc.reason, exc.journal, exc.done,
+                              f"resume with: {_resume_command()}") from None
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.defaults import DEFAULT_CORE
-from pyengine.errors import ConfigError
+from pyengine.errors import ConfigError, OutputError, ScanOutputError
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import INPUT_ROW, OwnedSource
@@ -200,11 +200,15 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                           SRCKIND=kind)
     summary.off_image = int(np.sum(np.asarray(table["tile"]) < 0)) if len(table) and \
         "tile" in table.colnames else 0
-    write_catalog(table, out)
-    # grid mode: each field's score map (on its own grid and WCS) beside the catalog
-    for fid, maps in _part_scoremaps(parts, geo, files).items():
-        target = out.with_name(f"{out.stem}_{U.safe_name(fid)}_scoremap.fits")
-        summary.scoremaps[fid] = str(combine_scoremaps(maps, target))
+    try:
+        write_catalog(table, out)
+        # grid mode: each field's score map (on its own grid and WCS) beside the catalog
+        for fid, maps in _part_scoremaps(parts, geo, files).items():
+            target = out.with_name(f"{out.stem}_{U.safe_name(fid)}_scoremap.fits")
+            summary.scoremaps[fid] = str(combine_scoremaps(maps, target))
+    except (OutputError, OSError) as exc:  # a full disk: the parts stay for --resume
+        text = str(exc) if isinstance(exc, OutputError) else f"{out}: cannot write ({exc})"
+        raise ScanOutputError(text, parts, len(mine)) from None
     shutil.rmtree(parts, ignore_errors=True)
     summary.positions = len(table)
     summary.candidates = (int(np.sum(np.asarray(table["is_candidate"], bool)))
