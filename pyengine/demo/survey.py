@@ -76,11 +76,11 @@ def run_demo_survey(out_dir, *, grid: tuple[int, int] = (2, 2), field_size: int 
     """Synthesise a survey, scan it within a circle, and score it per field and in total."""
     from astropy.table import Table
 
+    from pyengine.output.regions import write_regions
     from pyengine.scan.engine import Engine
     from pyengine.sources.detect import DetectSource
     from pyengine.survey.geometry import Cone, SurveyGeometry
     from pyengine.survey.manifest import Survey
-    from pyengine.output.regions import write_regions
     from pyengine.survey.report import draw_footprints, survey_centre
     from pyengine.survey.scan import scan_survey
     from pyengine.synth.config import SynthConfig
