@@ -9,7 +9,8 @@ again: :func:`pyengine.runners.loaders.cached_export`).  A file ONNX Runtime
 cannot load (``InvalidProtobuf``, ``InvalidGraph``, ...) is a one-line
 ``ModelFileError``.  An int8 graph is calibrated on cutouts, so it is never made
 silently here: export it with ``pyengine export MODEL --precision int8`` and give
-the .onnx.
+the .onnx, or let ``pyengine scan --precision int8`` calibrate one on the scan's own
+cutouts (:mod:`pyengine.scan.int8`, which gives the scan its .onnx).
 
 ``submit`` computes synchronously (ONNX Runtime's CPU session); slots are
 page-aligned NumPy arrays.  ``input_dtype`` is the graph's input dtype: float32,

@@ -102,7 +102,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.errors import ConfigError, ExportCheckError
+from pyengine.errors import ConfigError, ExportCheckError, OutputError
 
 __all__ = ["CALIBRATION_KEY", "CUTOUTS", "DETECT_TILES", "MIN_AGREEMENT", "MIN_FIELDS",
            "MIN_TILES", "SAMPLE_RULES", "SEED", "SampleField", "applies", "calibration_key",
@@ -194,10 +194,9 @@ def prepare_int8(model, fields, source, inputs: str, *, core: int, area=None, ca
     of ``fields`` (:class:`SampleField`) with ``source`` (unbound: its options name the
     entry), reused or calibrated now (module docstring); ``inputs`` names the fields in
     messages.  ``report`` gets the one line said (default: stderr)."""
-    from pyengine.export.onnx import finish_onnx, onnx_metadata
     from pyengine.hashing import file_sha256
     from pyengine.runners.loaders import cached_export, model_file_export
-    from pyengine.runners.onnxrt import calibrate_int8, default_cache_dir
+    from pyengine.runners.onnxrt import default_cache_dir
 
     report = report or (lambda line: print(line, file=sys.stderr))
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -220,35 +219,51 @@ def prepare_int8(model, fields, source, inputs: str, *, core: int, area=None, ca
             f"least {CUTOUTS // 4} are needed to calibrate and check an int8 graph; scan with "
             f"--precision fp32, or make the graph with pyengine export {model_path} "
             "--precision int8 --images ... (a larger field) and give the .onnx")
-    cached_export(model_path, fp32, "fp32")  # the fp32 graph a scan runs: the reference
-    from pyengine.atomic import temporary_beside
-
-    unchecked = temporary_beside(entry, suffix=".onnx")  # ONNX Runtime wants .onnx
     try:
-        check = calibrate_int8(fp32, unchecked, cutouts, spec.threshold)
-        if not check.agreement >= MIN_AGREEMENT:
-            raise ExportCheckError(
-                f"--precision int8: calibrated on {check.calibrated} cutouts of {described}, "
-                f"the int8 graph takes the fp32 decision (threshold {spec.threshold:g}) on "
-                f"{100 * check.agreement:.2f} % of {check.held_out} held-out cutouts, below the "
-                f"{100 * MIN_AGREEMENT:g} % a scan requires; scan with --precision fp32, or "
-                f"make the graph with pyengine export {model_path} --precision int8 --images "
-                "... --cutouts 4096 (more calibration cutouts; --min-agreement sets its bar) "
-                "and give the .onnx")
-        record = {"key": key, "inputs": described, "calibrated": check.calibrated,
-                  "held_out": check.held_out, "agreement": check.agreement,
-                  "largest_difference": check.largest_difference,
-                  "threshold": spec.threshold, "min_agreement": MIN_AGREEMENT}
-        meta = onnx_metadata(unchecked)
-        finish_onnx(unchecked, entry, meta["pyengine"], meta["pyengine_model_sha256"], "int8",
-                    extra={CALIBRATION_KEY: json.dumps(record, sort_keys=True)})
-    finally:
-        unchecked.unlink(missing_ok=True)
+        cached_export(model_path, fp32, "fp32")  # the fp32 graph a scan runs: the reference
+        check = _calibrated(fp32, entry, cutouts, spec, {"key": key, "inputs": described})
+    except OSError as exc:  # the cache folder: unwritable, full
+        raise OutputError(f"--precision int8: cannot write the int8 graph in {cache_dir} "
+                          f"({exc.strerror or exc}); set XDG_CACHE_HOME to a writable folder, "
+                          "or scan with --precision fp32") from None
+    if not check.agreement >= MIN_AGREEMENT:
+        raise ExportCheckError(
+            f"--precision int8: calibrated on {check.calibrated} cutouts of {described}, "
+            f"the int8 graph takes the fp32 decision (threshold {spec.threshold:g}) on "
+            f"{100 * check.agreement:.2f} % of {check.held_out} held-out cutouts, below the "
+            f"{100 * MIN_AGREEMENT:g} % a scan requires; scan with --precision fp32, or "
+            f"make the graph with pyengine export {model_path} --precision int8 --images "
+            "... --cutouts 4096 (more calibration cutouts; --min-agreement sets its bar) "
+            "and give the .onnx")
     report(f"int8: calibrated on {check.calibrated} cutouts of {described}, decisions agree "
            f"with fp32 on {_percent(check.agreement)} % of {check.held_out} held-out cutouts "
            f"(threshold {spec.threshold:g}, {100 * MIN_AGREEMENT:g} % required; "
            f"{time.perf_counter() - t0:.0f} s); cached at {entry}")
     return entry
+
+
+def _calibrated(fp32: Path, entry: Path, cutouts, spec, record: dict):
+    """:func:`~pyengine.runners.onnxrt.calibrate_int8` of ``fp32`` on ``cutouts``; the graph
+    renamed onto ``entry``, with ``record`` and the check in its metadata, only when it
+    passes :data:`MIN_AGREEMENT` (written under a hidden name beside it until then)."""
+    from pyengine.atomic import temporary_beside
+    from pyengine.export.onnx import finish_onnx, onnx_metadata
+    from pyengine.runners.onnxrt import calibrate_int8
+
+    unchecked = temporary_beside(entry, suffix=".onnx")  # ONNX Runtime wants .onnx
+    try:
+        check = calibrate_int8(fp32, unchecked, cutouts, spec.threshold)
+        if check.agreement >= MIN_AGREEMENT:
+            record = {**record, "calibrated": check.calibrated, "held_out": check.held_out,
+                      "agreement": check.agreement,
+                      "largest_difference": check.largest_difference,
+                      "threshold": spec.threshold, "min_agreement": MIN_AGREEMENT}
+            meta = onnx_metadata(unchecked)
+            finish_onnx(unchecked, entry, meta["pyengine"], meta["pyengine_model_sha256"],
+                        "int8", extra={CALIBRATION_KEY: json.dumps(record, sort_keys=True)})
+    finally:
+        unchecked.unlink(missing_ok=True)
+    return check
 
 
 def _percent(share: float) -> str:
