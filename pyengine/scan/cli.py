@@ -37,6 +37,7 @@ from pyengine.defaults import (
     DEFAULT_MAX_NAN,
     DEFAULT_MIN_AREA,
 )
+from pyengine.scan.int8 import MIN_AGREEMENT
 
 __all__ = ["scan"]
 
@@ -139,8 +140,8 @@ def _resume_command() -> str:
 @click.option("--precision", default=None, help="fp32, tf32, fp16, bf16 or int8 (runner-dependent; "
               "fp32 on a GPU is IEEE, tf32 asks for TensorFloat-32).  int8 with a model file "
               "on ONNX Runtime calibrates on the scan's own cutouts the first time, refuses a "
-              "graph whose decisions agree with fp32 on under 99.5 % of held-out cutouts, "
-              "and caches it for the next scan of the same inputs.")
+              f"graph whose decisions agree with fp32 on under {100 * MIN_AGREEMENT:g} % of "
+              "held-out cutouts, and caches it for the next scan of the same inputs.")
 @click.option("--batch-size", type=int, default=None, help="Cutouts per batch [runner's choice].")
 @click.option("--threads", type=int, default=None, help="CPU threads [all].")
 @click.option("--threshold", type=float, default=None,

@@ -82,9 +82,13 @@ same cached graph resumes, and a graph calibrated anew with other bytes is refus
 any other change of graph is.  The catalog's ``MODEL`` is the graph's path; its
 ``MODELSHA`` is the model file's hash, as for every export.
 
-**Cost** (2-core AMD EPYC, the demo model, 512 cutouts): about 30 s once (the fp32 export,
-if not cached yet, 5 s; quantisation 15 s; the check 5 s; SEP on the sampled tiles in
-detection mode).  A reuse costs the hashes of the model file and the cached graph.
+**Cost** (2-core AMD EPYC, the demo model, the 1536 px demo field, 512 cutouts): about
+11 s once: the sample 1.4 s (SEP on one tile), quantisation and the check 8.5 s, writing
+the entry 1 s; plus 4.5 s for the fp32 export when it is not cached yet.  It took 25-30 s
+while another job shared the cores.  A reuse costs the hashes of the model file and of the
+cached graph.
+
+Importing this module is cheap (``pyengine scan --help`` reads :data:`MIN_AGREEMENT`).
 
 Thread safety: call from one thread; the functions use the ONNX Runtime sessions they
 make and write only their own cache entry (atomically).
@@ -99,8 +103,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from pyengine.errors import ConfigError, ExportCheckError, OutputError
 
@@ -123,6 +126,9 @@ DETECT_TILES = 8
 SAMPLE_RULES = "fields-then-tiles/1"
 #: The metadata key of a cached graph's calibration record (JSON).
 CALIBRATION_KEY = "pyengine_int8_calibration"
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _KINDS = {"catalog": "catalog positions", "grid": "grid points", "detect": "detections"}
 
@@ -158,12 +164,17 @@ def int8_for_field(model, runner: str, precision: str | None, mosaic, source, *,
     ``mosaic`` (open) with ``source`` (unbound; bound here and again by the scan)."""
     if not applies(model, runner, precision):
         return model
-    from pyengine.io.fitsfile import parse_spec
-
-    names = ", ".join(Path(parse_spec(p)[0]).name for p in mosaic.paths)
+    names = _file_names(mosaic.paths)
     fields = [SampleField(names, tuple(mosaic.paths), tuple(mosaic.bands), tuple(mosaic.shape),
                           lambda: source)]
     return str(prepare_int8(model, fields, source, names, core=core, report=report))
+
+
+def _file_names(specs) -> str:
+    """Band images as messages name them: their file names (``g.fits, i.fits``)."""
+    from pyengine.io.fitsfile import parse_spec
+
+    return ", ".join(Path(parse_spec(p)[0]).name for p in specs)
 
 
 def int8_for_survey(model, runner: str, precision: str | None, geo, make_source, cone=None,
@@ -181,11 +192,12 @@ def int8_for_survey(model, runner: str, precision: str | None, geo, make_source,
         fields.append(SampleField(fld.id, tuple(fld.images), tuple(geo.survey.bands),
                                   tuple(geo.frames[k].shape),
                                   lambda k=k: OwnedSource(make_source(), geo, k, cone, regions)))
-    where = Path(geo.survey.manifest).name if geo.survey.manifest else fields[0].name
+    inputs = (f"{_count(len(fields), 'field')} of {Path(geo.survey.manifest).name}"
+              if geo.survey.manifest else _file_names(fields[0].images))  # images, an area
     area = {"cone": None if cone is None else [cone.ra, cone.dec, cone.radius],
             "regions": [str(r) for r in regions or ()]}
-    return str(prepare_int8(model, fields, make_source(), f"{_count(len(fields), 'field')} of {where}",
-                            core=core, area=area, report=report))
+    return str(prepare_int8(model, fields, make_source(), inputs, core=core, area=area,
+                            report=report))
 
 
 def prepare_int8(model, fields, source, inputs: str, *, core: int, area=None, cache_dir=None,
@@ -345,6 +357,8 @@ def sample_cutouts(fields, spec, core: int) -> tuple[np.ndarray, str]:
     """(up to :data:`CUTOUTS` cutouts (n, nband, S, S) in the model's band order, what they
     were drawn from) for a scan of ``fields`` with tile core ``core``, by the rules of the
     module docstring; the same inputs give the same cutouts."""
+    import numpy as np
+
     rng = np.random.default_rng(SEED)
     parts: list[np.ndarray] = []
     have, used_fields, used_tiles, reads = 0, 0, 0, 0
