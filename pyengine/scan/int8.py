@@ -73,8 +73,11 @@ runs.  With ``--dask``, the client passes the graph's path to the workers in the
 config, so they run it and never calibrate.  The cache must then be on a file system the
 workers see (a shared ``$XDG_CACHE_HOME``).  Each ``--shard I/N`` process computes the same
 key (the sample does not depend on the shard) and reuses the entry when it exists, so
-shards on a shared file system share one entry.  Shards that calibrate at the same time
-write byte-identical graphs (calibration is deterministic); the last rename wins.
+shards on a shared file system share one entry.  Shards that calibrate apart make
+byte-identical graphs on machines of one kind (calibration is deterministic; tested);
+another CPU's kernels may round the calibration's activation ranges otherwise, which a
+shared entry avoids.  Shards calibrating at the same time each write the whole entry;
+the last rename wins.
 
 **Resume.** The scan runs the cached ``.onnx`` as its model.  The resume fingerprint names
 that graph (``model_file``: its content identity) and its precision, so a resume with the
