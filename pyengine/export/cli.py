@@ -92,7 +92,7 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
 
     from pyengine import Mosaic
     from pyengine.errors import ConfigError
-    from pyengine.scan.cutouts import extract_cutouts
+    from pyengine.scan.cutouts import usable_cutouts
 
     columns = {}
     if bands is not None and not images:
@@ -130,10 +130,8 @@ def _check_cutouts(spec, images, catalog, count: int, seed: int, bands=None):
                 x, y = gx.ravel(), gy.ravel()
             rng = np.random.default_rng(seed)
             pick = rng.permutation(len(x))[:count]
-            cut = extract_cutouts(mosaic, x[pick], y[pick], spec.cutout_size)
-    keep = cut.on_image & (cut.nan_fraction < 0.5)
-    pixels = cut.pixels[keep][:, order]  # the model's band order
-    return np.ascontiguousarray(pixels), f"{int(keep.sum())} cutouts from {where}"
+            pixels = usable_cutouts(mosaic, x[pick], y[pick], spec.cutout_size, order)
+    return pixels, f"{len(pixels)} cutouts from {where}"
 
 
 @click.command(help=(
@@ -237,8 +235,7 @@ def _export_int8(net, spec, onnx_path, unchecked, cutouts, reference, where, fmt
     the cutouts, judged by decision agreement on the other half, then renamed into place."""
     from pyengine.errors import ConfigError, ExportCheckError
     from pyengine.export.onnx import export_onnx
-    from pyengine.export.quantize import quantize_int8
-    from pyengine.runners.onnxrt import decision_agreement, onnx_scores
+    from pyengine.runners.onnxrt import calibrate_int8, onnx_scores
 
     target = int8_target or ("tensorrt" if fmt == "tensorrt" else "onnxruntime")
     if fmt == "tensorrt" and target != "tensorrt":
@@ -248,20 +245,17 @@ def _export_int8(net, spec, onnx_path, unchecked, cutouts, reference, where, fmt
     try:
         export_onnx(net, fp32_path)
         _check_scores(fp32_path, onnx_scores(fp32_path, cutouts), reference, "fp32", where)
-        # Calibrate on half the cutouts, check on the other half: agreement on the
-        # calibration set itself would flatter the int8 graph.
-        calibration, held_out = cutouts[0::2], cutouts[1::2]
-        quantize_int8(fp32_path, unchecked, calibration, target=target)
-        agree, diff = decision_agreement(fp32_path, unchecked, held_out, spec.threshold)
+        check = calibrate_int8(fp32_path, unchecked, cutouts, spec.threshold, target=target)
     finally:
         fp32_path.unlink(missing_ok=True)
-    if not agree >= min_agreement:
+    if not check.agreement >= min_agreement:
         raise ExportCheckError(
             f"{onnx_path}: int8 and fp32 take the same decision at threshold "
-            f"{spec.threshold:g} on {100 * agree:.2f} % of {len(held_out)} held-out cutouts, "
-            f"below --min-agreement {100 * min_agreement:g} %; the export was not written")
+            f"{spec.threshold:g} on {100 * check.agreement:.2f} % of {check.held_out} held-out "
+            f"cutouts, below --min-agreement {100 * min_agreement:g} %; the export was not "
+            "written")
     publish([(unchecked, onnx_path)])
     click.echo(f"wrote {onnx_path} (int8 QDQ for {target}, calibrated on half of {where})")
-    click.echo(f"int8 vs fp32 on the other {len(held_out)} cutouts: decision agreement at "
-               f"threshold {spec.threshold:g}: {100 * agree:.2f} %; largest score difference "
-               f"{diff:.3g}")
+    click.echo(f"int8 vs fp32 on the other {check.held_out} cutouts: decision agreement at "
+               f"threshold {spec.threshold:g}: {100 * check.agreement:.2f} %; largest score "
+               f"difference {check.largest_difference:.3g}")

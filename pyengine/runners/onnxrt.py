@@ -9,7 +9,8 @@ again: :func:`pyengine.runners.loaders.cached_export`).  A file ONNX Runtime
 cannot load (``InvalidProtobuf``, ``InvalidGraph``, ...) is a one-line
 ``ModelFileError``.  An int8 graph is calibrated on cutouts, so it is never made
 silently here: export it with ``pyengine export MODEL --precision int8`` and give
-the .onnx.
+the .onnx, or let ``pyengine scan --precision int8`` calibrate one on the scan's own
+cutouts (:mod:`pyengine.scan.int8`, which gives the scan its .onnx).
 
 ``submit`` computes synchronously (ONNX Runtime's CPU session); slots are
 page-aligned NumPy arrays.  ``input_dtype`` is the graph's input dtype: float32,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,7 +39,8 @@ from pyengine.runners.base import Runner
 from pyengine.runners.loaders import cached_export, model_file_export
 from pyengine.runners.probe import unavailable
 
-__all__ = ["OnnxRuntimeRunner", "decision_agreement", "default_cache_dir", "onnx_scores"]
+__all__ = ["Int8Check", "OnnxRuntimeRunner", "calibrate_int8", "decision_agreement",
+           "default_cache_dir", "onnx_scores"]
 
 
 # Whether ONNX Runtime's intra-op threads busy-wait between runs (see _activate).
@@ -166,3 +169,28 @@ def decision_agreement(reference_path, other_path, cutouts: np.ndarray, threshol
     got = onnx_scores(other_path, cutouts)
     agree = float(np.mean((ref >= threshold) == (got >= threshold))) if len(ref) else 1.0
     return agree, float(np.max(np.abs(ref - got))) if len(ref) else 0.0
+
+
+class Int8Check(NamedTuple):
+    """How an int8 graph was made and judged (:func:`calibrate_int8`)."""
+
+    calibrated: int  # cutouts it was calibrated on
+    held_out: int  # cutouts it was judged on (none of them calibrated it)
+    agreement: float  # share of held-out cutouts with the fp32 graph's decision
+    largest_difference: float  # largest |int8 score - fp32 score| on them
+
+
+def calibrate_int8(fp32_path, int8_path, cutouts: np.ndarray, threshold: float, *,
+                   target: str = "onnxruntime") -> Int8Check:
+    """Quantise the fp32 ONNX graph ``fp32_path`` to int8 at ``int8_path``
+    (:func:`pyengine.export.quantize.quantize_int8`, recipe ``target``), calibrated on the
+    even-numbered ``cutouts``, and judge it against ``fp32_path`` at ``threshold`` on the
+    odd-numbered ones: agreement on the calibration set itself would flatter the int8
+    graph.  The one recipe of ``pyengine export --precision int8`` and of a scan's own
+    calibration (:mod:`pyengine.scan.int8`); the caller decides what agreement passes."""
+    from pyengine.export.quantize import quantize_int8
+
+    calibration, held_out = cutouts[0::2], cutouts[1::2]
+    quantize_int8(fp32_path, int8_path, calibration, target=target)
+    agree, diff = decision_agreement(fp32_path, int8_path, held_out, threshold)
+    return Int8Check(len(calibration), len(held_out), agree, diff)

@@ -16,7 +16,7 @@ from pyengine.runners.probe import (
     unavailable,
 )
 
-__all__ = ["ENGINE_SUFFIXES", "PRECISIONS", "RUNNER_NAMES", "make_runner"]
+__all__ = ["ENGINE_SUFFIXES", "PRECISIONS", "RUNNER_NAMES", "chosen_runner", "make_runner"]
 
 RUNNER_NAMES = ("auto", "onnxruntime", "torch", "tensorrt")
 
@@ -83,6 +83,14 @@ def _choose(model: Path | None, precision: str | None, device: str) -> tuple[str
     what = {"model": "a model file", "onnx": "an ONNX file", "engine": "a TensorRT engine"}[kind]
     raise RunnerUnavailable(f"runner auto: nothing here runs {what}"
                             f"{f' at {precision}' if precision else ''}: {'; '.join(passed)}")
+
+
+def chosen_runner(name: str, model, precision: str | None = None, device: str = "auto") -> str:
+    """The runner :func:`make_runner` builds for ``name`` (``auto``: its choice, probed as
+    :func:`make_runner` probes), without building it."""
+    if name != "auto":
+        return name
+    return _choose(Path(model) if model is not None else None, precision, device)[0]
 
 
 def make_runner(name: str, model, *, precision: str | None = None, threads: int | None = None,

@@ -12,6 +12,8 @@
 * :mod:`~pyengine.scan.assembly`: per-tile results -> the catalog (DESIGN.md §4).
 * :mod:`~pyengine.scan.run`: :func:`~pyengine.scan.run.run_scan`, a whole scan with its
   journal and output files.
+* :mod:`~pyengine.scan.int8`: the int8 graph a scan of a model file at ``--precision
+  int8`` calibrates on its own cutouts, checks and caches.
 * :mod:`~pyengine.scan.cli`: ``pyengine scan``.
 
 Nothing is imported here, so ``import pyengine.scan.cli`` stays cheap.

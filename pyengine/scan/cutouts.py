@@ -26,7 +26,11 @@ from pyengine.coords import centre_pixel
 from pyengine.io.tiles import Tile, TilePlan
 from pyengine.scan.batching import gather
 
-__all__ = ["Cutouts", "extract_cutouts", "iter_tile_cutouts"]
+__all__ = ["MAX_CHECK_NAN", "Cutouts", "extract_cutouts", "iter_tile_cutouts", "usable_cutouts"]
+
+#: Cutouts blank over this share of their pixels (or off the image) are left out of the
+#: cutouts that export checks and int8 calibrations use (:func:`usable_cutouts`).
+MAX_CHECK_NAN = 0.5
 
 
 def iter_tile_cutouts(mosaic, x, y, size: int, *, core: int = 2048
@@ -70,3 +74,13 @@ def extract_cutouts(mosaic, x, y, size: int, *, core: int = 2048) -> Cutouts:
         tile_of[members] = tile.index
     nan_fraction = np.isnan(pixels).mean(axis=(1, 2, 3), dtype=np.float64).astype(np.float32)
     return Cutouts(pixels, tile_of >= 0, nan_fraction, tile_of)
+
+
+def usable_cutouts(mosaic, x, y, size: int, order=None) -> np.ndarray:
+    """The cutouts of positions (x, y) fit to check or calibrate a graph on: centred on
+    the image and blank over less than :data:`MAX_CHECK_NAN` of their pixels, in input
+    order, their bands taken in ``order`` (indices into the mosaic's bands: the model's
+    order; None keeps the mosaic's); (k, nband, S, S) float32, contiguous."""
+    cut = extract_cutouts(mosaic, x, y, size)
+    pixels = cut.pixels[cut.on_image & (cut.nan_fraction < MAX_CHECK_NAN)]
+    return np.ascontiguousarray(pixels if order is None else pixels[:, order])
