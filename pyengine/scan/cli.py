@@ -127,8 +127,10 @@ def _resume_command() -> str:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Catalog to write; format from the suffix: .fits, .ecsv, .parquet or .csv.")
 @click.option("--catalog", type=click.Path(dir_okay=False),
-              help="Classify these positions (FITS, FITS_LDAC, ECSV, CSV, Parquet; RA/Dec deg "
-                   "or x/y pixels).")
+              help="Classify these positions: FITS tables and FITS_LDAC (by content, any "
+                   "name: .cat, .ldac), SExtractor ASCII, ECSV, CSV, Parquet; RA/Dec deg or x/y "
+                   "pixels (both present: RA/Dec). A survey: one catalog for the whole region "
+                   "[each field's own, when its manifest has a catalog column].")
 @click.option("--grid", type=int, metavar="STRIDE",
               help="Classify every STRIDE pixels and write a score map.")
 @click.option("--model", type=click.Path(dir_okay=False),
@@ -155,8 +157,10 @@ def _resume_command() -> str:
 @click.option("--bands", "band_names", default=None, help=BANDS_HELP)
 @click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
 @click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")
-@click.option("--x-col", default=None, help="Catalog x column (0-based pixels).")
-@click.option("--y-col", default=None, help="Catalog y column (0-based pixels).")
+@click.option("--x-col", default=None,
+              help="Catalog x column (0-based pixels; SExtractor's X_IMAGE, XWIN_IMAGE, ... "
+                   "are 1-based and converted); chooses pixels where RA/Dec exist too.")
+@click.option("--y-col", default=None, help="Catalog y column (as --x-col).")
 @click.option("--mag-col", default=None, help="Catalog magnitude column for --mag-limit.")
 @click.option("--mag-limit", type=float, default=None,
               help="Keep sources with magnitude <= this (catalog column, or detection "
