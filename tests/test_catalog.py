@@ -105,7 +105,7 @@ def test_masked_values_become_nan(tmp_path):
 
 @pytest.mark.parametrize("name", ["sources.cat", "field.ldac", "sources", "looks.csv"])
 def test_fits_tables_are_recognised_by_content_whatever_the_name(tmp_path, name):
-    table, x, _ = _sky_table(n=5)
+    table, _, _ = _sky_table(n=5)
     table.write(tmp_path / "t.fits")
     (tmp_path / "t.fits").rename(tmp_path / name)
     got = read_catalog(tmp_path / name)
