@@ -11,11 +11,13 @@ from pyengine.errors import PyEngineError
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Mosaic", "PyEngineError", "TilePlan", "__version__", "load_model"]
+__all__ = ["Engine", "Mosaic", "PyEngineError", "Survey", "TilePlan", "__version__",
+           "load_model"]
 
 _LAZY = {
     "Engine": "pyengine.scan.engine",
     "Mosaic": "pyengine.io.mosaic",
+    "Survey": "pyengine.survey.manifest",
     "TilePlan": "pyengine.io.tiles",
     "load_model": "pyengine.models.checkpoint",
 }

@@ -57,3 +57,19 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory, field):
     return _scanfield().write_catalog(tmp_path_factory.mktemp("cat") / "cat.fits", field)
+
+
+@pytest.fixture(scope="session")
+def survey_2x2(tmp_path_factory):
+    """Four overlapping 200 px fields A, B, C, D on a 2 x 2 grid (tests.makedata)."""
+    from tests.makedata import make_survey_2x2
+
+    return make_survey_2x2(tmp_path_factory.mktemp("survey"), 200, 160, seed=7)[0]
+
+
+@pytest.fixture(scope="session")
+def engine_64(model):
+    """The test model on torch's CPU, tiles of 64 px (16 per 200 px field)."""
+    from pyengine.scan.engine import Engine
+
+    return Engine(model, runner="torch", device="cpu", batch_size=16, core=64)

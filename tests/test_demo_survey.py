@@ -1,4 +1,5 @@
-"""``pyengine demo --survey``: a synthetic survey scanned as a survey, scored per field."""
+"""``pyengine demo``: a synthetic survey scanned as a survey, scored per field (the
+default), or one field (``--single``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pyengine.cli import main
 
 @pytest.mark.slow
 def test_demo_survey_prints_per_field_and_total_completeness_and_purity(tmp_path):
-    got = CliRunner().invoke(main, ["demo", "--survey", "2x2", "--size", "320", "--out",
-                                    str(tmp_path / "d"), "--runner", "torch"])
+    got = CliRunner().invoke(main, ["demo", "--size", "320", "--out", str(tmp_path / "d"),
+                                    "--runner", "torch"])  # the default: a 2 x 2 survey
     assert got.exit_code == 0, got.output
     rows = re.findall(r"^  (F\d\d): completeness .*\((\d+)/(\d+)\), purity .*\((\d+)/(\d+)\)$",
                       got.output, re.M)
@@ -25,7 +26,18 @@ def test_demo_survey_prints_per_field_and_total_completeness_and_purity(tmp_path
     for i in range(4):
         assert sum(int(r[i + 1]) for r in rows) == int(total.group(i + 1))
     assert "survey: 4 field(s) scanned" in got.output
-    assert (tmp_path / "d" / "candidates.fits").exists()
+    for name in ("candidates.fits", "candidates.reg", "footprints.png"):
+        assert (tmp_path / "d" / name).exists(), name
+    assert re.search(r"purity (\d+\.\d%|n/a) \(", got.output) and "nan%" not in got.output
+
+
+@pytest.mark.slow
+def test_demo_single_scans_one_field(tmp_path):
+    got = CliRunner().invoke(main, ["demo", "--single", "--size", "256", "--out",
+                                    str(tmp_path / "d"), "--runner", "torch"])
+    assert got.exit_code == 0, got.output
+    assert "completeness" in got.output and "survey:" not in got.output
+    assert (tmp_path / "d" / "overview.png").exists()
 
 
 def test_demo_survey_options_are_checked(tmp_path):
@@ -33,3 +45,5 @@ def test_demo_survey_options_are_checked(tmp_path):
         got = CliRunner().invoke(main, ["demo", "--survey", bad, "--out", str(tmp_path)])
         assert got.exit_code == 1
         assert got.output.startswith(f"Error: --survey {bad!r} is not accepted")
+    got = CliRunner().invoke(main, ["demo", "--size", "5000", "--out", str(tmp_path)])
+    assert got.exit_code == 1 and "accepted: 256..4096 pixels per field" in got.output

@@ -23,20 +23,26 @@ from pyengine.survey.manifest import Survey, SurveyError
 from pyengine.survey.scan import parts_folder, scan_survey
 from pyengine.survey.sources import FieldCatalogs
 from pyengine.synth.writers import write_sextractor_catalog
-from tests import test_survey_scan
 
-# the survey scan tests' fixtures: the 2 x 2 test survey (fields A, B, C, D of SIZE px
-# square, STEP px apart) and the engine
-survey, engine = test_survey_scan.survey, test_survey_scan.engine
-SIZE, STEP = test_survey_scan.SIZE, test_survey_scan.STEP
+SIZE, STEP = 200, 160  # the fields of tests.conftest's survey_2x2, and their spacing
+
+
+@pytest.fixture
+def survey(survey_2x2):
+    return survey_2x2
+
+
+@pytest.fixture
+def engine(engine_64):  # tiles of 64 px: 16 per field
+    return engine_64
 
 
 @pytest.fixture(scope="module")
-def objects(survey):
+def objects(survey_2x2):
     """Sky positions on the survey's fields, at least 2" apart: a jittered grid, the
     point half-way between A's and B's centres (their boundary) and the middle of the
     four fields (a 4-way overlap)."""
-    geo = SurveyGeometry(survey)
+    geo = SurveyGeometry(survey_2x2)
     centres = np.array([f.wcs.pixel_to_world_values((SIZE - 1) / 2, (SIZE - 1) / 2)
                         for f in geo.frames], float)
     special = np.array([(centres[0] + centres[1]) / 2, centres.mean(axis=0)])
@@ -56,11 +62,12 @@ def objects(survey):
 
 
 def _with_catalogs(survey, folder: Path, ra, dec, *, jitter: float = 0.0, seed: int = 0,
-                   name: str = "{}.cat") -> Survey:
-    """``survey`` with a SExtractor FITS_LDAC catalog per field (``name``, in ``folder``):
-    the objects on its image, in object order, TRUTH_ID the object's 1-based number;
-    ``jitter`` (arcsec, per field and object) makes each field's RA/Dec its own
-    measurement."""
+                   unusable=()) -> Survey:
+    """``survey`` with a SExtractor FITS_LDAC catalog per field (``<field>.cat`` in
+    ``folder``): the objects on its image, in object order, TRUTH_ID the object's 1-based
+    number; ``jitter`` (arcsec, per field and object) makes each field's RA/Dec its own
+    measurement; the fields ``unusable`` names get a last row with no position (TRUTH_ID
+    -1)."""
     geo = SurveyGeometry(survey)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -70,12 +77,15 @@ def _with_catalogs(survey, folder: Path, ra, dec, *, jitter: float = 0.0, seed: 
         fdec = dec + rng.normal(0, jitter, ra.size) / 3600
         x, y = (np.asarray(v, float) for v in frame.wcs.world_to_pixel_values(fra, fdec))
         on = (x >= -0.5) & (x < SIZE - 0.5) & (y >= -0.5) & (y < SIZE - 0.5)
-        n = int(on.sum())
+        ids, rows = np.flatnonzero(on) + 1, [fra[on], fdec[on], x[on], y[on]]
+        if f.id in unusable:
+            ids, rows = np.append(ids, -1), [np.append(v, np.nan) for v in rows]
         truth = folder / f"{f.id}_truth.fits"
-        Table({"id": np.flatnonzero(on) + 1, "ra": fra[on], "dec": fdec[on], "x": x[on],
-               "y": y[on], "class": ["cluster"] * n,
-               "i_mag": np.linspace(18, 22, n, dtype=np.float32)}).write(truth, overwrite=True)
-        path = write_sextractor_catalog(folder / name.format(f.id), truth,
+        Table({"id": ids, "ra": rows[0], "dec": rows[1], "x": rows[2], "y": rows[3],
+               "class": ["cluster"] * ids.size,
+               "i_mag": np.linspace(18, 22, ids.size, dtype=np.float32)}).write(truth,
+                                                                                 overwrite=True)
+        path = write_sextractor_catalog(folder / f"{f.id}.cat", truth,
                                         fits.getheader(f.images[0]))
         fields.append(replace(f, catalog=str(path)))
     return Survey(tuple(fields), survey.bands)
@@ -145,22 +155,31 @@ def test_measured_positions_keep_each_object_once_near_boundaries(survey, engine
 
 def test_shards_of_per_field_catalogs_merge_into_the_single_process_catalog(
         survey, engine, objects, tmp_path):
+    """3 shards of the 64 units (field, tile): B and C are cut between two shards.  The
+    merged catalog is the single-process one row for row: field order, then each
+    catalog's rows; B's row with no position is there once, flagged, in no field."""
+    from pyengine.flags import OFF_IMAGE_FLAGS
     from pyengine.survey.merge import merge_shards
 
     ra, dec = objects
-    manifest = _manifest(_with_catalogs(survey, tmp_path / "c", ra[::3], dec[::3], jitter=0.1),
-                         tmp_path / "s.ecsv")
+    manifest = _manifest(_with_catalogs(survey, tmp_path / "c", ra[::3], dec[::3], jitter=0.1,
+                                        unusable=("B",)), tmp_path / "s.ecsv")
     read, make = Survey.read(manifest), FieldCatalogs(manifest=manifest)
-    scan_survey(engine, read, tmp_path / "whole.fits", make_source=make)
-    parts = [tmp_path / f"p{i}.fits" for i in range(2)]
+    summary = scan_survey(engine, read, tmp_path / "whole.fits", make_source=make)
+    parts = [tmp_path / f"p{i}.fits" for i in range(3)]
     for i, part in enumerate(parts):
-        scan_survey(engine, read, part, make_source=make, shard=(i, 2))
+        scan_survey(engine, read, part, make_source=make, shard=(i, 3))
     assert Table.read(parts[0]).meta["SRCKIND"] == "field-catalogs"
     merge_shards(parts, tmp_path / "merged.fits")
     a, b = (Table.read(tmp_path / n, mask_invalid=False) for n in ("whole.fits", "merged.fits"))
     assert a.colnames == b.colnames and len(a) == len(b)
     for name in a.colnames:
         np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+    nowhere = np.flatnonzero(np.asarray(a["TRUTH_ID"]) == -1)
+    assert nowhere.size == 1 and a["field"][nowhere[0]] == "" and summary.off_image == 1
+    assert a["flags"][nowhere[0]] == OFF_IMAGE_FLAGS and np.isnan(a["score"][nowhere[0]])
+    field = np.array(["ABCD".index(f) for f in np.asarray(a["field"]).astype(str) if f])
+    assert np.all(np.diff(field) >= 0)
 
 
 def _cli(*args):
@@ -290,7 +309,7 @@ def test_a_resume_refuses_a_changed_per_field_catalog_naming_the_field(
     real = run_module.run_scan
 
     def failing(engine, mosaic, source, part, **kw):
-        if part.name == "C.fits":
+        if part.name.startswith("C@"):
             raise RuntimeError("killed")
         return real(engine, mosaic, source, part, **kw)
 
@@ -298,7 +317,7 @@ def test_a_resume_refuses_a_changed_per_field_catalog_naming_the_field(
         patch.setattr(run_module, "run_scan", failing)
         with pytest.raises(RuntimeError, match="killed"):
             scan_survey(engine, read, out, make_source=make)
-    assert (parts_folder(out) / "A.fits").exists()
+    assert list(parts_folder(out).glob("A@*[0-9].fits"))
     # field A is finished; its catalog changes (same size, other bytes: a magnitude)
     a_cat = Path(cats.fields[0].catalog)
     with fits.open(a_cat, mode="update") as hdul:

@@ -126,3 +126,25 @@ def test_pyengine_scan_dask_local_from_the_command_line(survey, model, tmp_path)
                                     str(tmp_path / "x.fits")])
     assert bad.exit_code == 1
     assert bad.output.startswith("Error: --dask tcp://127.0.0.1:9: no Dask scheduler answers")
+
+
+def test_engine_scan_takes_a_survey_and_a_client_the_user_has(survey, config, client,
+                                                               tmp_path):
+    """The embedding API: Engine.scan of a Survey (or its manifest) returns the survey's
+    catalog; with client= the parts run on that cluster, with this Engine's settings."""
+    engine = Engine(**config)
+    local = tmp_path / "local.fits"
+    scan_survey(engine, survey, local, make_source=lambda: GridSource(25))
+    want = Table.read(local, mask_invalid=False)
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    for got in (engine.scan(survey, GridSource(25), client=client),
+                engine.scan(str(manifest), GridSource(25))):
+        assert got.colnames == want.colnames and len(got) == len(want)
+        for name in want.colnames:
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]),
+                                          err_msg=name)
+    centre = want[len(want) // 2]
+    inside = engine.scan(survey, GridSource(25), within=f"{centre['ra']},{centre['dec']},0.002")
+    assert 0 < len(inside) < len(want)
+    with pytest.raises(ConfigError, match="apply to surveys"):
+        engine.scan(survey.fields[0].images, GridSource(25), client=client)

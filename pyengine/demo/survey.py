@@ -80,7 +80,8 @@ def run_demo_survey(out_dir, *, grid: tuple[int, int] = (2, 2), field_size: int 
     from pyengine.sources.detect import DetectSource
     from pyengine.survey.geometry import Cone, SurveyGeometry
     from pyengine.survey.manifest import Survey
-    from pyengine.survey.report import survey_centre
+    from pyengine.output.regions import write_regions
+    from pyengine.survey.report import draw_footprints, survey_centre
     from pyengine.survey.scan import scan_survey
     from pyengine.synth.config import SynthConfig
     from pyengine.synth.survey import SurveyConfig, make_survey
@@ -113,11 +114,20 @@ def run_demo_survey(out_dir, *, grid: tuple[int, int] = (2, 2), field_size: int 
     echo(f"candidates at threshold {threshold:g}, per field (each cluster counted in the "
          "field that owns it):")
     for fid, counts in result.fields.items():
-        comp, pur = result.rates(counts)
-        echo(f"  {fid}: completeness {100 * comp:.1f}% ({counts[1]}/{counts[0]}), "
-             f"purity {100 * pur:.1f}% ({counts[3]}/{counts[2]})")
-    comp, pur = result.rates(result.total)
-    t = result.total
-    echo(f"total: completeness {100 * comp:.1f}% ({t[1]}/{t[0]}), purity {100 * pur:.1f}% "
-         f"({t[3]}/{t[2]}); {time.perf_counter() - t0:.1f} s")
+        echo(f"  {fid}: {_rates_line(counts)}")
+    cand = np.asarray(catalog["is_candidate"], bool)
+    regions = write_regions(out / "candidates.reg", np.asarray(catalog["ra"])[cand],
+                            np.asarray(catalog["dec"])[cand], np.asarray(catalog["score"])[cand])
+    png = out / "footprints.png"
+    draw_footprints(geo, png, cone, catalog_path)
+    echo(f"total: {_rates_line(result.total)}; {time.perf_counter() - t0:.1f} s")
+    echo(f"  catalog: {catalog_path}\n  regions: {regions}\n  footprints: {png}")
     return result
+
+
+def _rates_line(counts) -> str:
+    """``completeness 33.3% (2/6), purity 40.0% (2/5)``; n/a where nothing is counted."""
+    comp, pur = SurveyDemoResult.rates(counts)
+    show = (lambda v: "n/a" if v != v else f"{100 * v:.1f}%")  # noqa: E731  (NaN: none)
+    return (f"completeness {show(comp)} ({counts[1]}/{counts[0]}), "
+            f"purity {show(pur)} ({counts[3]}/{counts[2]})")

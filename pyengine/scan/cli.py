@@ -231,10 +231,12 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     from pyengine.scan.engine import Engine, capped_threads
     from pyengine.scan.inputs import check_catalog, check_model_file
     from pyengine.scan.results import ScanInterrupted
-    from pyengine.scan.run import output_paths, run_scan, scan_inputs
+    from pyengine.scan.run import output_paths, scan_inputs
     from pyengine.sources.catalog import CatalogSource
     from pyengine.sources.detect import DetectSource
     from pyengine.sources.grid import GridSource
+    from pyengine.survey.manifest import Survey
+    from pyengine.survey.scan import scan_survey
     from pyengine.validate import integer
 
     # Every input and output is checked before the model or a runtime loads (seconds,
@@ -298,9 +300,14 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     opening.start()
     try:
         try:
-            summary = run_scan(engine, mosaic, source, out, regions=regions, scoremap=scoremap,
-                               resume=resume, stop=stop, progress=show, outputs_probed=True,
-                               overwrite=overwrite)
+            # a one-field survey scanned whole: the survey's own code path, whose one
+            # part is the field itself (the catalog, regions, score map and journal of
+            # a single-field scan, unchanged)
+            summary = scan_survey(engine, Survey.single(list(bands), mosaic.bands), out,
+                                  make_source=lambda: source, resume=resume, stop=stop,
+                                  progress=show, overwrite=overwrite,
+                                  whole={"mosaic": mosaic, "regions": regions,
+                                         "scoremap": scoremap, "outputs_probed": True})
         finally:
             opening.join()
             engine.close()
@@ -399,9 +406,10 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         engine = None  # each worker makes its own
 
         def show(event):
-            if not quiet and event.get("event") == "field":
-                click.echo(f"field {event['field']} done ({event['done']}/{event['total']})",
-                           err=True)
+            if not quiet and event.get("event") == "part":
+                first, last = event["tiles"]
+                click.echo(f"field {event['field']} tiles {first}-{last} done "
+                           f"({event['done']}/{event['total']} tasks)", err=True)
         show.close = lambda: None
     else:
         engine = Engine(**config)

@@ -122,6 +122,13 @@ class Engine:
         number(threshold, "threshold", 0.0, 1.0, allow_none=True,
                accepted="a probability in [0, 1] is needed")
         integer(core, "tile core", 64, 1 << 16, whole_floats=True)
+        # What another process needs to make this Engine again (a Dask worker of a
+        # survey scan); None when the runner was given as an object.
+        self.config = None if isinstance(runner, Runner) else {
+            "model": None if model is None else str(model), "runner": runner,
+            "precision": precision, "batch_size": batch_size, "threads": threads,
+            "threshold": threshold, "core": core, "max_nan_fraction": max_nan_fraction,
+            "device": device, "cache_dir": None if cache_dir is None else str(cache_dir)}
         if isinstance(runner, Runner):
             self.runner = runner
         else:
@@ -300,8 +307,27 @@ class Engine:
             if ready[0] is not mosaic:
                 ready[0].close()
 
-    def scan(self, mosaic, sources=None):
-        """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``."""
+    def scan(self, mosaic, sources=None, *, within=None, regions=None, client=None):
+        """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``.
+
+        ``mosaic`` may be a survey (a :class:`pyengine.survey.Survey`, or a manifest's
+        path): then the catalog of every field touching the area (``within``: a
+        :class:`pyengine.survey.Cone` or ``"RA,DEC,RADIUS"``; ``regions``: sky regions),
+        with its ``field`` column, as ``pyengine scan survey.ecsv`` writes it; ``sources``
+        is then an unbound source, copied for each part; ``client`` (a
+        ``dask.distributed.Client``) runs the parts on its workers, each making an Engine
+        of this one's settings (:mod:`pyengine.survey.scan`)."""
+        from pyengine.survey.manifest import as_survey
+
+        survey = as_survey(mosaic)
+        if survey is not None:
+            from pyengine.survey.scan import scan_table
+
+            return scan_table(self, survey, sources, within=within, regions=regions,
+                              client=client)
+        if within is not None or regions is not None or client is not None:
+            raise ConfigError("within=, regions= and client= apply to surveys (a Survey or "
+                              "a manifest), not to one mosaic")
         from pyengine.scan.assembly import assemble_catalog
 
         with self.prepared(mosaic, sources) as (mosaic, source, plan):

@@ -122,9 +122,13 @@ class Pipeline:
         # Every batch reaches the runner at one size (_padded): the batch size, or the
         # scan's whole position count when that is known (catalog, grid) and smaller, so a
         # scan of a few positions does not pay for a full batch.  Both depend only on the
-        # scan's inputs, never on what a resume skips.
-        counts = [source.count(tile) for tile in plan]
-        total = sum(counts) if all(c is not None for c in counts) else None
+        # scan's inputs, never on what a resume skips.  A source that is one part of a
+        # larger scan (a survey's tiles of one field) gives the whole's count instead.
+        if hasattr(source, "run_positions"):
+            total = source.run_positions()
+        else:
+            counts = [source.count(tile) for tile in plan]
+            total = sum(counts) if all(c is not None for c in counts) else None
         self.run_size = self.batch if total is None else max(1, min(self.batch, total))
         self.tiles_q: queue.Queue = queue.Queue(maxsize=engine.prefetch)
         self.infer_q: queue.Queue = queue.Queue(maxsize=engine.nslots)

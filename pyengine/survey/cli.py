@@ -126,3 +126,5 @@ def merge(parts, out, overwrite):
     click.echo(f"merged {got['shards']} shard(s): {got['rows']:,} rows"
                + (f" ({got['merged_duplicates']:,} rows merged: objects two fields measured)"
                   if got["merged_duplicates"] else "") + f" -> {out}")
+    for name, path in got["scoremaps"].items():
+        click.echo(f"  score map {name}: {path}")

@@ -1,22 +1,24 @@
-"""A survey's fields as tasks on a Dask cluster (``--dask ADDRESS``, ``--dask local:N``).
+"""A survey's units as tasks on a Dask cluster (``--dask ADDRESS``, ``--dask local:N``).
 
-Each field is one task (:func:`pyengine.survey.scan.scan_field`). It writes the field's
-catalog atomically under its name in the shared ``OUT.fields/`` folder, with its own tile
-journal, and returns a small summary dict, never pixels. So a task that Dask runs twice
-(it retries a task whose worker died) finds the catalog done, or resumes the journal the
-dead worker left, and changes nothing.
+Each task is a part of the survey's units (:mod:`pyengine.survey.units`: whole tiles of
+one field; :func:`pyengine.survey.scan.scan_part`), the parts cut so that every worker
+thread gets several (:data:`TASKS_PER_THREAD`). A task writes its part's catalog
+atomically under its name in the shared ``OUT.fields/`` folder, with its own tile journal,
+and returns a small summary dict, never pixels. So a task that Dask runs twice (it
+retries a task whose worker died) finds the part done, or resumes the journal the dead
+worker left, and changes nothing.
 
 Each worker process makes one Engine from the scan's engine settings the first time it
-runs a field, and keeps it for every later field (:func:`worker_engine`). Where workers
+runs a part, and keeps it for every later part (:func:`worker_engine`). Where workers
 declare GPUs (``dask worker --resources GPU=1``, dask-cuda's ``LocalCUDACluster``), each
-task asks for ``GPU=1``, so a GPU runs one field at a time. The client does the
+task asks for ``GPU=1``, so a GPU runs one part at a time. The client does the
 ownership bookkeeping and the join, as in a local scan.
 
 ``local:N`` starts a ``LocalCluster`` of N worker processes with one thread each. Another
 address is connected with a 10 s timeout. An address where no scheduler answers is one
 line naming it.
 
-Thread safety: the worker-side Engine cache is per process, and a worker runs one field
+Thread safety: the worker-side Engine cache is per process, and a worker runs one part
 per thread; workers have one thread each (``local:N``) unless their operator chose
 otherwise, and each thread gets its own Engine.
 """
@@ -28,7 +30,7 @@ import threading
 
 from pyengine.errors import ConfigError
 
-__all__ = ["open_client", "run_fields", "worker_engine"]
+__all__ = ["TASKS_PER_THREAD", "open_client", "run_parts", "worker_engine"]
 
 _ENGINES: dict = {}
 _LOCK = threading.Lock()
@@ -70,7 +72,7 @@ def open_client(address: str):
 
 def worker_engine(config: dict):
     """This worker thread's Engine for ``config`` (made once, then kept)."""
-    from pyengine.scan.engine import Engine
+    from pyengine import Engine  # the package's lazy export: no import cycle with the engine
 
     key = (threading.get_ident(), json.dumps(config, sort_keys=True, default=str))
     with _LOCK:
@@ -100,30 +102,46 @@ def worker_geometry(survey):
     return geo
 
 
-def _field_task(scan_field, config, survey, k, parts, make_source, cone, regions,
-                report_unowned):
-    return scan_field(worker_engine(config), worker_geometry(survey), k, parts, make_source,
-                      cone, regions, report_unowned=report_unowned)
+def _part_task(scan_part, config, survey, part, parts, make_source, cone, regions,
+               report_unowned):
+    return scan_part(worker_engine(config), worker_geometry(survey), part, parts, make_source,
+                     cone, regions, report_unowned=report_unowned)
 
 
-def run_fields(client, scan_field, config, geo, todo, parts, make_source, cone, regions,
-               first, progress=None):
-    """The fields ``todo`` as tasks on ``client``'s workers, each running ``scan_field``
-    (:func:`pyengine.survey.scan.scan_field`); yields (k, summary dict) as they finish.
+#: Tasks a cluster gets per worker thread, at least: parts are cut to fit (whole tiles,
+#: never more than a field), so that a slow worker or a field larger than the others
+#: does not leave the rest idle at the end.
+TASKS_PER_THREAD = 4
+
+
+def run_parts(client, scan_part, config, geo, todo, parts, make_source, cone, regions,
+              first_unit, progress=None):
+    """The parts ``todo`` (:class:`pyengine.survey.units.Part`), cut into tasks of whole
+    tiles (:data:`TASKS_PER_THREAD`), on ``client``'s workers, each running ``scan_part``
+    (:func:`pyengine.survey.scan.scan_part`); yields (part, summary dict) as they finish.
     A task whose worker dies is run again (3 tries in all)."""
+    import math
+
+    from pyengine.survey.units import split_runs
+
     distributed = _import_distributed()
     info = client.scheduler_info()
-    gpus = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
+    workers = info.get("workers", {}).values()
+    gpus = any("GPU" in (w.get("resources") or {}) for w in workers)
+    threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+    tiles = sum(len(p.tiles) for p in todo)
+    tasks = split_runs(todo, math.ceil(tiles / (TASKS_PER_THREAD * threads)) if tiles else 1)
     futures = []
-    for k in todo:
+    for part in tasks:
+        fid = geo.survey.fields[part.field].id
         futures.append(client.submit(
-            _field_task, scan_field, config, geo.survey, k, parts, make_source, cone, regions,
-            k == first,
-            key=f"pyengine-field-{parts.name}-{geo.survey.fields[k].id}", retries=2,
+            _part_task, scan_part, config, geo.survey, part, parts, make_source, cone, regions,
+            first_unit in part,
+            key=f"pyengine-part-{parts.name}-{part.name(fid)}", retries=2,
             pure=False, resources={"GPU": 1} if gpus else None))
     for done, future in enumerate(distributed.as_completed(futures), start=1):
-        k, got = future.result()
+        part, got = future.result()
         if progress is not None:
-            progress({"event": "field", "field": geo.survey.fields[k].id, "done": done,
-                      "total": len(todo)})
-        yield k, got
+            progress({"event": "part", "field": geo.survey.fields[part.field].id,
+                      "tiles": [part.first, part.last], "done": done, "total": len(tasks)})
+        yield part, got

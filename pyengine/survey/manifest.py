@@ -48,7 +48,8 @@ import numpy as np
 
 from pyengine.errors import ConfigError, InputFileError, PyEngineError
 
-__all__ = ["FORMAT", "Field", "Survey", "SurveyError", "is_manifest", "read_manifest"]
+__all__ = ["FORMAT", "Field", "Survey", "SurveyError", "as_survey", "is_manifest",
+           "read_manifest"]
 
 FORMAT = "pyengine.survey/1"
 _SUFFIXES = (".ecsv", ".csv")
@@ -205,6 +206,16 @@ class Survey:
 
 
 # -- reading -------------------------------------------------------------------------------
+def as_survey(value) -> Survey | None:
+    """``value`` as a Survey: itself, or the survey a manifest path describes; None for
+    anything else (a mosaic, band image paths)."""
+    if isinstance(value, Survey):
+        return value
+    if isinstance(value, str | os.PathLike) and is_manifest(value):
+        return read_manifest(value)
+    return None
+
+
 def is_manifest(path) -> bool:
     """Whether ``path`` names a survey manifest (.ecsv or .csv), not a FITS image."""
     return Path(os.fspath(path)).suffix.lower() in _SUFFIXES

@@ -8,7 +8,9 @@ fields, their band files by content, the source's options and the area) and ``SR
 in its header. Merging checks that every part is a shard of one survey scan and that the
 shards 0..N-1 are there exactly once. It stacks them, then orders, reconciles detections
 and per-field catalog rows, and numbers the rows as a single-process scan does
-(:func:`pyengine.survey.scan.finish`). Anything else is one line naming the file.
+(:func:`pyengine.survey.scan.finish`). In grid mode the shards' score maps of each field
+(a field cut between shards has part of its map in each) are combined beside ``OUT``.
+Anything else is one line naming the file.
 
 Thread safety: reads its inputs, writes its output atomically.
 """
@@ -40,7 +42,7 @@ def merge_shards(parts, out, *, overwrite: bool = False) -> dict:
     from pyengine.output.fits_table import writer_keyword
     from pyengine.survey.geometry import SurveyGeometry
     from pyengine.survey.manifest import read_manifest
-    from pyengine.survey.scan import finish
+    from pyengine.survey.scan import combine_scoremaps, finish
     from pyengine.survey.sources import MEASURED
 
     out = Path(out)
@@ -87,5 +89,27 @@ def merge_shards(parts, out, *, overwrite: bool = False) -> dict:
     table, merged = finish(table, kind, geo)
     table.meta.clear()
     table.meta.update(meta)
+    maps = _scoremap_sets([seen[i] for i in range(n)], out)
+    for _, target in maps.values():
+        if target.exists() and not overwrite:
+            raise ConfigError(f"{target}: the score map exists; add --overwrite to replace it")
     write_catalog(table, out)
-    return {"rows": len(table), "shards": n, "merged_duplicates": merged, "out": str(out)}
+    scoremaps = {name: str(combine_scoremaps(paths, target))
+                 for name, (paths, target) in maps.items()}
+    return {"rows": len(table), "shards": n, "merged_duplicates": merged, "out": str(out),
+            "scoremaps": scoremaps}
+
+
+def _scoremap_sets(shards, out: Path) -> dict[str, tuple[list[Path], Path]]:
+    """Grid mode: field name -> (the shards' score maps of the field, ``<shard stem>_
+    <field>_scoremap.fits``: a field cut between shards has one in each; the combined
+    map's path, ``<out stem>_<field>_scoremap.fits``)."""
+    by_field: dict[str, list[Path]] = {}
+    for shard in shards:
+        shard = Path(shard)
+        prefix = f"{shard.stem}_"
+        for path in sorted(shard.parent.glob(f"{shard.stem}_*_scoremap.fits")):
+            name = path.name[len(prefix): -len("_scoremap.fits")]
+            by_field.setdefault(name, []).append(path)
+    return {name: (paths, out.with_name(f"{out.stem}_{name}_scoremap.fits"))
+            for name, paths in by_field.items()}

@@ -1,33 +1,43 @@
 """Scanning a survey: every field that touches the area, each with the positions it owns,
 joined into one catalog with a ``field`` column.
 
-:func:`scan_survey` runs :func:`pyengine.scan.run.run_scan` once per field. Each field
-gets its share of the positions (:class:`pyengine.survey.sources.OwnedSource`: the
-ownership rule and the area), so the field's own tile journal, atomic writes and
-checks apply unchanged. The field's catalog goes to ``OUT.fields/<field>.fits``. Once
-every field is done they are joined into ``OUT``, and the folder is removed.
+**Units and parts.** The work is the survey's units (field, tile) (:mod:`pyengine.survey.
+units`), scanned in parts: runs of consecutive tiles of one field. Each part is one
+:func:`pyengine.scan.run.run_scan` of the field with its share of the positions
+(:class:`pyengine.survey.sources.OwnedSource`: the ownership rule, the area and the
+part's tiles), so the field's tile journal, atomic writes and checks apply unchanged.
+One process scans each field as one part; a cluster cuts fields into several
+(:mod:`pyengine.survey.dask`); ``--shard I/N`` takes a contiguous share of the units.
+A part's catalog goes to ``OUT.fields/<field>@<first>-<last>.fits``. Once every unit is
+done the parts are joined into ``OUT``, and the folder is removed.
 
 **Order:** with one catalog for the region, input row order; with each field's own
 catalog (:class:`~pyengine.survey.sources.FieldCatalogs`), field order (the
 manifest's), then each catalog's row order; otherwise field order, then each field's
-tile order. ``id`` numbers the joined catalog.
+tile order. ``id`` numbers the joined catalog. Every part of a field runs batches of the
+field's one size (:meth:`OwnedSource.run_positions`), so a score does not depend on how
+the field was cut: the catalog of a cluster or of merged shards equals the one-process
+catalog bit for bit.
 
 **Catalog rows that no field holds:** rows inside the area that no field covers, and
 rows with unusable positions (wherever the area: where they lie is not known), are kept:
-flagged off the image, not scored, with an empty ``field``. Rows outside the area are left
-out. The summary counts them.
+flagged off the image, not scored, with an empty ``field``. The part holding the
+survey's first unit reports them. Rows outside the area are left out. The summary
+counts them.
 
 **Score maps** (grid mode): one per field, on its own grid and WCS, holding the points
-the field owns, written beside the catalog as ``<OUT stem>_<field>_scoremap.fits``.
+the field owns, written beside the catalog as ``<OUT stem>_<field>_scoremap.fits``
+(combined from its parts' maps, :func:`combine_scoremaps`).
 
-**Resume:** fields whose catalog exists are done and are not scanned again. The field
-that was running resumes from its journal. The outputs of a finished survey are the
-same whatever was interrupted. ``OUT.fields/survey.json`` records what the survey scan
-started with: the fields (and the area, and the source's options), each field's band
-files and, with per-field catalogs, its catalog by content
+**Resume:** units whose part exists are done and are not scanned again, whatever
+grouping made the part. A part that was running resumes from its journal when the same
+run is formed again. The outputs of a finished survey are the same whatever was
+interrupted. ``OUT.fields/survey.json`` records what the survey scan started with: the
+fields (and the area, the tile size and the source's options), each field's band files
+and, with per-field catalogs, its catalog by content
 (:func:`pyengine.hashing.file_identity`). A resume whose fields, files or options differ
-is refused in one line naming the field, so that a finished field of other data is
-never joined.
+is refused in one line naming the field, so that a finished part of other data is never
+joined.
 
 **Detections and per-field catalogs** (measured positions: an object in an overlap is
 in each field's list at that field's position) keep, in each field, the positions
@@ -53,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyengine.defaults import DEFAULT_CORE
 from pyengine.errors import ConfigError
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
@@ -66,7 +77,8 @@ from pyengine.survey.sources import (
 )
 
 __all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
-           "finish", "parse_shard", "parts_folder", "scan_survey"]
+           "combine_scoremaps", "finish", "parse_shard", "parts_folder", "scan_part",
+           "scan_survey", "scan_table"]
 
 #: Detections: kept this close (arcsec) to being owned, then matched within this radius.
 MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
@@ -107,10 +119,6 @@ def parts_folder(out) -> Path:
     return out.with_name(out.name + ".fields")
 
 
-def _part_name(field_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", field_id) + ".fits"
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """``I/N`` (0 <= I < N) -> (I, N); one line otherwise."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
@@ -124,20 +132,35 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                 resume: bool = False, overwrite: bool = False, stop=None,
                 progress: Callable[[dict], None] | None = None,
                 shard: tuple[int, int] | None = None, client=None,
-                engine_config: dict | None = None) -> SurveySummary:
+                engine_config: dict | None = None, whole: dict | None = None):
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
     for one field; a :class:`~pyengine.survey.sources.FieldCatalogs` makes each field's
-    from its own catalog. ``cone`` / ``regions``: the area (None: everything).  ``shard``
-    (I, N): only the touched fields at positions p with p % N == I, written to ``out``
-    as a shard file for :func:`pyengine.survey.merge.merge_shards`.  ``client`` (a
-    ``dask.distributed.Client``): the fields run as tasks on its workers, each worker
+    from its own catalog. ``cone`` / ``regions``: the area (None: everything).  The work
+    is the survey's units (field, tile) (:mod:`pyengine.survey.units`), scanned in parts.
+    ``shard`` (I, N): only share I of the units, written to ``out`` as a shard file for
+    :func:`pyengine.survey.merge.merge_shards`.  ``client`` (a
+    ``dask.distributed.Client``): the parts run as tasks on its workers, each worker
     making one Engine from ``engine_config`` (``Engine``'s arguments) and keeping it for
-    all its fields (:mod:`pyengine.survey.dask`); ``engine`` may then be None."""
-    from pyengine.atomic import publish
-    from pyengine.output.catalog import write_catalog
+    all its parts (:mod:`pyengine.survey.dask`); ``engine`` may then be None.
 
+    ``whole`` (``pyengine scan g.fits i.fits``): a one-field survey scanned whole, with no
+    area, shard or cluster, is one part, the field itself. Its catalog is ``out``, as a
+    single-field scan writes it (no ``field`` column, no ownership to decide, so no
+    celestial WCS needed), with its journal ``OUT.journal``, and ``whole``'s options for
+    :func:`pyengine.scan.run.run_scan`: ``mosaic`` (the field, opened; else opened here),
+    ``regions``, ``scoremap``, ``outputs_probed``. Returns the field's
+    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`."""
+    from pyengine.output.catalog import write_catalog
+    from pyengine.survey import units as U
+
+    if whole is not None:
+        if len(survey.fields) != 1 or cone is not None or regions or shard or client:
+            raise ConfigError("a survey scanned whole is one field, with no --within, "
+                              "--region, --shard or --dask")
+        return _scan_whole(engine, survey, out, make_source(), resume=resume,
+                           overwrite=overwrite, stop=stop, progress=progress, **whole)
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and not (overwrite or resume):
@@ -148,34 +171,38 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     if parts.exists() and not resume:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    core = engine.core if engine is not None else (engine_config or {}).get("core") \
+        or DEFAULT_CORE
     identity = _identity(geo, touched, make_source, cone, regions)
+    identity["tile_core"] = int(core)
     _check_started_with(parts, identity, resume)
     summary = SurveySummary(out=str(out))
     summary.skipped_fields = [f.id for k, f in enumerate(geo.survey.fields) if k not in touched]
-    mine = touched if shard is None else [k for p, k in enumerate(touched)
-                                          if p % shard[1] == shard[0]]
+    every = U.unit_list(geo, touched, core)
+    mine = U.share(every, shard)
+    first_unit = every[0] if every else None  # its part reports the rows no field holds
+    done_before = U.done_units(parts, geo, touched)
+    todo = U.runs([u for u in mine if u not in done_before])
     kind = source_kind(make_source)
-    todo = []
-    for k in mine:
-        fld = geo.survey.fields[k]
-        if (parts / _part_name(fld.id)).exists():
-            summary.fields[fld.id] = "done earlier"
-        else:
-            todo.append(k)
+    for k in dict.fromkeys(k for k, _ in mine):
+        if all((k, t) in done_before for kk, t in mine if kk == k):
+            summary.fields[geo.survey.fields[k].id] = "done earlier"
     if client is not None:
-        from pyengine.survey.dask import run_fields
+        from pyengine.survey.dask import run_parts
 
-        done = run_fields(client, scan_field, engine_config or {}, geo, todo, parts,
-                          make_source, cone, regions, touched[0], progress)
+        done = run_parts(client, scan_part, engine_config or {}, geo, todo, parts,
+                         make_source, cone, regions, first_unit, progress)
     else:
-        done = (scan_field(engine, geo, k, parts, make_source, cone, regions,
-                           report_unowned=k == touched[0], stop=stop, progress=progress)
-                for k in todo)
-    for k, got in done:
-        summary.fields[geo.survey.fields[k].id] = got
-        summary.outside_area += got.get("outside_area", 0)  # the reporting fields'
-    table = _join(engine, geo, mine, parts, kind)
-    if not table.colnames:  # a shard with no field (more shards than fields)
+        done = (scan_part(engine, geo, part, parts, make_source, cone, regions,
+                          report_unowned=first_unit in part, stop=stop, progress=progress)
+                for part in todo)
+    for part, got in done:
+        fid = geo.survey.fields[part.field].id
+        _add_field_summary(summary.fields, fid, got)
+        summary.outside_area += got.get("outside_area", 0)  # the reporting parts'
+    files = _part_files(parts, geo, mine)
+    table = _join(geo, files, kind)
+    if not table.colnames:  # a shard with no unit (more shards than units)
         table["id"] = np.zeros(0, np.int64)
     table.meta["SURVEY"] = str(Path(survey.manifest).resolve()) if survey.manifest else ""
     table.meta["NFIELDS"] = len(touched)
@@ -188,19 +215,126 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         "tile" in table.colnames else 0
     write_catalog(table, out)
     # grid mode: each field's score map (on its own grid and WCS) beside the catalog
-    for k in mine:
-        fid = geo.survey.fields[k].id
-        scoremap = parts / (_part_name(fid)[: -len(".fits")] + "_scoremap.fits")
-        if scoremap.exists():
-            target = out.with_name(f"{out.stem}_{_part_name(fid)[:-5]}_scoremap.fits")
-            publish([(scoremap, target)])
-            summary.scoremaps[fid] = str(target)
+    for fid, maps in _part_scoremaps(parts, geo, files).items():
+        target = out.with_name(f"{out.stem}_{U.safe_name(fid)}_scoremap.fits")
+        summary.scoremaps[fid] = str(combine_scoremaps(maps, target))
     shutil.rmtree(parts, ignore_errors=True)
     summary.positions = len(table)
     summary.candidates = (int(np.sum(np.asarray(table["is_candidate"], bool)))
                           if "is_candidate" in table.colnames else 0)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=None,
+               client=None):
+    """The survey's catalog as an astropy Table (:meth:`pyengine.scan.engine.Engine.scan`
+    of a survey): :func:`scan_survey` in a temporary folder, read back. ``sources``: an
+    unbound source (default: detection), copied for each part; ``within``: a Cone or
+    ``"RA,DEC,RADIUS"``; ``client``: a ``dask.distributed.Client``, whose workers make
+    Engines of ``engine``'s settings."""
+    import copy
+    import tempfile
+
+    from astropy.table import Table
+
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.geometry import parse_within
+
+    template = sources if sources is not None else DetectSource()
+    if template.bound:
+        raise ConfigError("a survey's source is given unbound (each part binds its own "
+                          "copy to its field)")
+    config = None
+    if client is not None:
+        config = engine.config
+        if config is None:
+            raise ConfigError("client=: the workers make their Engines from this one's "
+                              "settings; make it with a runner name, not a Runner object")
+    cone = parse_within(within) if isinstance(within, str) else within
+    with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
+        out = Path(tmp) / "survey.fits"
+        scan_survey(engine, survey, out, make_source=lambda: copy.deepcopy(template),
+                    cone=cone, regions=regions, client=client, engine_config=config)
+        return Table.read(out, mask_invalid=False, memmap=False)
+
+
+def _scan_whole(engine, survey, out, source, *, mosaic=None, resume, overwrite, stop, progress,
+                **options):
+    """A one-field survey's one part, the whole field, written as ``out`` (see
+    :func:`scan_survey`'s ``whole``)."""
+    from pyengine.scan.run import run_scan
+
+    opened = mosaic is None
+    if opened:
+        mosaic = survey.fields[0].open(survey.bands)
+    try:
+        return run_scan(engine, mosaic, source, out, resume=resume, stop=stop,
+                        progress=progress, overwrite=overwrite, **options)
+    finally:
+        if opened:
+            mosaic.close()
+
+
+def _add_field_summary(fields: dict, fid: str, got: dict) -> None:
+    """A part's summary added into its field's: counts summed, parts counted."""
+    have = fields.get(fid)
+    if not isinstance(have, dict):
+        fields[fid] = have = {"parts": 0}
+    have["parts"] += 1
+    for key, value in got.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            have[key] = have.get(key, 0) + value
+
+
+def _part_files(parts: Path, geo, units) -> list[tuple[int, int, Path]]:
+    """(field, first tile, file) of the parts holding ``units``, in unit order."""
+    from pyengine.survey.units import done_units
+
+    touched = sorted({k for k, _ in units})
+    found = done_units(parts, geo, touched)
+    files, seen = [], set()
+    for unit in units:
+        path = found.get(unit)
+        if path is None:
+            raise RuntimeError(f"survey scan: unit {unit} has no part in {parts}")  # a bug
+        if path not in seen:
+            seen.add(path)
+            first = int(path.name.rsplit("@", 1)[1].split("-")[0])
+            files.append((unit[0], first, path))
+    return files
+
+
+def _part_scoremaps(parts: Path, geo, files) -> dict[str, list[Path]]:
+    """Field id -> the score maps its parts wrote (grid mode), in part order."""
+    maps: dict[str, list[Path]] = {}
+    for k, _, path in files:
+        scoremap = path.with_name(path.name[: -len(".fits")] + "_scoremap.fits")
+        if scoremap.exists():
+            maps.setdefault(geo.survey.fields[k].id, []).append(scoremap)
+    return maps
+
+
+def combine_scoremaps(paths, target) -> Path:
+    """One field's score map from its parts' (one grid and WCS, each part scored on its
+    own tiles, NaN elsewhere): every scored pixel kept, written atomically to ``target``
+    with the first part's header; the parts' files are left as they are."""
+    from astropy.io import fits
+
+    from pyengine.io.fitswrite import write_image
+
+    paths = [Path(p) for p in paths]
+    with fits.open(paths[0], memmap=False) as first:
+        header, data = first[0].header.copy(), np.array(first[0].data, np.float32)
+    for path in paths[1:]:
+        with fits.open(path, memmap=False) as hdul:
+            more = np.asarray(hdul[0].data, np.float32)
+        if more.shape != data.shape:
+            raise RuntimeError(f"{path}: a score map of {more.shape}, not {data.shape}")  # a bug
+        data = np.where(np.isfinite(more), more, data)
+    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"):
+        header.remove(key, ignore_missing=True)
+    return write_image(target, data, header)
 
 
 def finish(table, kind, geo):
@@ -212,8 +346,10 @@ def finish(table, kind, geo):
     if len(table):
         key = np.asarray(table[INPUT_ROW]) if kind == "catalog" and INPUT_ROW in \
             table.colnames else None
+        # per-field catalogs: field order, then each catalog's rows (whatever the parts)
+        within = INPUT_ROW if kind == FIELD_CATALOGS else FIELD_ROW
         order = np.argsort(key, kind="stable") if key is not None else \
-            np.lexsort((np.asarray(table[FIELD_ROW]), np.asarray(table[FIELD_ORDER])))
+            np.lexsort((np.asarray(table[within]), np.asarray(table[FIELD_ORDER])))
         table = table[order]
     if kind in MEASURED and len(table):
         from pyengine.survey.reconcile import reconcile
@@ -303,55 +439,61 @@ def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
 FIELD_ORDER, FIELD_ROW = "survey_field_order", "survey_field_row"
 
 
-def scan_field(engine, geo, k, parts, make_source, cone, regions, *, report_unowned: bool,
-               stop=None, progress=None) -> tuple[int, dict]:
-    """One field's share of the survey, scanned into ``parts/<field>.fits`` (atomically,
-    with its own tile journal): (k, the field's ScanSummary dict plus ``outside_area``).
-    A field whose catalog exists is done; one with a journal resumes from it, so running
-    a field twice (a retried task) changes nothing."""
+def scan_part(engine, geo, part, parts, make_source, cone, regions, *, report_unowned: bool,
+              stop=None, progress=None) -> tuple:
+    """One part (:class:`pyengine.survey.units.Part`: tiles of one field) scanned into its
+    file in ``parts`` (atomically, with its own tile journal): (part, the part's
+    ScanSummary dict plus ``outside_area``).  A part whose file exists is done; one with
+    a journal resumes from it, so running a part twice (a retried task) changes nothing."""
     from pyengine.scan.run import run_scan
 
-    fld = geo.survey.fields[k]
-    part = parts / _part_name(fld.id)
-    if part.exists():
-        return k, {"done": "earlier"}
-    journal = part.with_name(part.name + ".journal")
+    fld = geo.survey.fields[part.field]
+    path = part.path(parts, fld.id)
+    if path.exists():
+        return part, {"done": "earlier"}
+    journal = path.with_name(path.name + ".journal")
     inner, kind = field_source(make_source, fld), source_kind(make_source)
-    # the first field (each field, of its own catalog) also reports the catalog rows that
-    # no field holds; measured positions keep a margin, reconciled after the join
-    source = OwnedSource(inner, geo, k, cone, regions,
-                         report_unowned=report_unowned or kind == FIELD_CATALOGS,
-                         margin=MATCH_MARGIN if kind in MEASURED else 0.0)
+    # the first unit's part (with per-field catalogs, each field's first part, of its own
+    # catalog) also reports the catalog rows that no field holds; measured positions keep
+    # a margin, reconciled after the join
+    source = OwnedSource(inner, geo, part.field, cone, regions,
+                         report_unowned=report_unowned or (kind == FIELD_CATALOGS
+                                                           and part.first == 0),
+                         margin=MATCH_MARGIN if kind in MEASURED else 0.0,
+                         tiles=part.tiles)
     mosaic = fld.open(geo.survey.bands)
     try:
-        got = run_scan(engine, mosaic, source, part, resume=journal.exists(), stop=stop,
+        got = run_scan(engine, mosaic, source, path, resume=journal.exists(), stop=stop,
                        progress=progress, overwrite=True)
     finally:
         mosaic.close()
-    return k, {**got.to_dict(), "outside_area": source.outside_area}
+    return part, {**got.to_dict(), "outside_area": source.outside_area}
 
 
-def _join(engine, geo, fields, parts, kind):
-    """The field catalogs of ``fields`` stacked, with the ``field`` column and the
-    columns that order them (``finish`` sorts by them and drops them)."""
+def _join(geo, files, kind):
+    """The part catalogs ``files`` ((field, first tile, path), in unit order) stacked,
+    with the ``field`` column and the columns that order them (``finish`` sorts by them
+    and drops them)."""
     from astropy.table import Table, vstack
 
     from pyengine.output.fits_table import writer_keyword
 
     tables = []
     width = max(1, *(len(f.id) for f in geo.survey.fields))
-    for k in fields:
-        fld = geo.survey.fields[k]
-        t = Table.read(parts / _part_name(fld.id), mask_invalid=False)
+    for k, first, path in files:
+        t = Table.read(path, mask_invalid=False)
         if "field" in t.colnames:  # the input catalog's own
             t.rename_column("field", "in_field")
-        t["field"] = np.where(np.asarray(t["tile"]) < 0, "", fld.id).astype(f"<U{width}")
+        t["field"] = np.where(np.asarray(t["tile"]) < 0, "",
+                              geo.survey.fields[k].id).astype(f"<U{width}")
         t[FIELD_ORDER] = np.full(len(t), k, np.int64)
-        t[FIELD_ROW] = np.arange(len(t), dtype=np.int64)
+        # the part's first tile, then the row in the part: each field's rows in the
+        # order of its tiles, however the field was cut into parts (and shards)
+        t[FIELD_ROW] = (np.int64(first) << np.int64(32)) + np.arange(len(t), dtype=np.int64)
         tables.append(t)
     meta = dict(tables[0].meta) if tables else {}
     table = vstack(tables, metadata_conflicts="silent") if tables else Table()
     table.meta.clear()
-    # the field catalog's own metadata, less what its FITS writer put there itself
+    # the part catalog's own metadata, less what its FITS writer put there itself
     table.meta.update({k: v for k, v in meta.items() if not writer_keyword(k)})
     return table

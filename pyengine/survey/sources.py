@@ -129,8 +129,11 @@ class OwnedSource(Source):
     """The positions of ``inner`` that field ``index`` of ``geometry`` owns, in the area."""
 
     def __init__(self, inner: Source, geometry, index: int, cone=None, regions=None, *,
-                 report_unowned: bool = False, margin: float = 0.0):
-        """``report_unowned`` (one field of a survey): this field's ``off_image`` holds
+                 report_unowned: bool = False, margin: float = 0.0, tiles: range | None = None):
+        """``tiles`` (a range of tile indices of the field's plan): only the positions of
+        those tiles (a part of the survey's units, :mod:`pyengine.survey.units`); the
+        other tiles own none and are not read.  ``report_unowned`` (one part of a
+        survey): this part's ``off_image`` holds
         the catalog rows in the area that no field covers, or whose positions are
         unusable, so that they appear once in the survey's catalog.  ``margin`` (arcsec,
         for measured positions: detections): also keep the positions within ``margin``
@@ -139,6 +142,7 @@ class OwnedSource(Source):
         self.cone, self.regions = cone, list(regions or ())
         self.report_unowned = bool(report_unowned)
         self.margin = float(margin)
+        self.tiles = None if tiles is None else range(int(tiles.start), int(tiles.stop))
         self.outside_area = 0
         self.kind, self.needs_pixels = inner.kind, inner.needs_pixels
         self._plan = self._mosaic = None
@@ -197,13 +201,31 @@ class OwnedSource(Source):
         return owned
 
     def count(self, tile) -> int | None:
+        if self.tiles is not None and tile.index not in self.tiles:
+            return 0
+        return self._owned_count(tile)
+
+    def _owned_count(self, tile) -> int | None:
+        """The field's positions in ``tile`` (whatever ``tiles`` says); None for sources
+        that need the pixels to know."""
         if self.needs_pixels:
             return None
         if tile.index not in self._counts:
-            self._counts[tile.index] = len(self.positions(tile, None))
+            p = self.inner.positions(tile, None)
+            self._counts[tile.index] = int(np.count_nonzero(self.keep(p)))
         return self._counts[tile.index]
 
+    def run_positions(self) -> int | None:
+        """The field's position count over all its tiles (None: not known before the
+        pixels are read), whichever tiles this part holds: the scan's batch size is cut to
+        it (:class:`pyengine.scan.pipeline.Pipeline`), so every part of a field runs
+        batches of one size, and scores do not depend on how the field was cut."""
+        counts = [self._owned_count(tile) for tile in self._plan]
+        return None if any(c is None for c in counts) else int(sum(counts))
+
     def positions(self, tile, pixels) -> TilePositions:
+        if self.tiles is not None and tile.index not in self.tiles:
+            return TilePositions.empty(self.column_dtypes)
         p = self.inner.positions(tile, pixels)
         keep = self.keep(p)
         if not keep.all():
@@ -241,10 +263,15 @@ class OwnedSource(Source):
                 "survey": {"field": frames[self.index].id, "fields": [f.id for f in frames],
                            "cone": None if self.cone is None else
                            [self.cone.ra, self.cone.dec, self.cone.radius],
-                           "regions": [str(r) for r in self.regions]}}
+                           "regions": [str(r) for r in self.regions],
+                           "tiles": None if self.tiles is None else
+                           [self.tiles.start, self.tiles.stop - 1]}}
 
     def passthrough(self):
         return self.inner.passthrough()
 
     def describe(self) -> str:
-        return f"{self.inner.describe()}; owned by field {self.geometry.frames[self.index].id}"
+        tiles = "" if self.tiles is None else \
+            f", tiles {self.tiles.start}-{self.tiles.stop - 1}"
+        return (f"{self.inner.describe()}; owned by field "
+                f"{self.geometry.frames[self.index].id}{tiles}")
