@@ -59,16 +59,24 @@ def test_named_columns_and_fits_extension(tmp_path):
         catalog_positions(table, WCS_, where="c.fits", ra_col="ra_x", dec_col="delta")
 
 
-def test_both_forms_or_neither_are_refused():
-    table, _, _ = _sky_table()
+def test_both_forms_found_use_the_sky_naming_both_is_refused():
+    """Both forms found, none named: RA/Dec where the image has a celestial WCS (the
+    catalog's pixels may be another image's), the pixels without one; the columns not
+    used are named.  Naming both forms is refused; naming one chooses it."""
+    table, x, _ = _sky_table()
     table["x"] = 1.0
     table["y"] = 2.0
-    with pytest.raises(CatalogError, match="both as RA/Dec"):
-        catalog_positions(table, WCS_, where="c")
+    pos = catalog_positions(table, WCS_, where="c")
+    assert (pos.form, pos.columns, pos.unused) == ("sky", ("RA", "Dec"), ("x", "y"))
+    np.testing.assert_allclose(pos.x, x, atol=1e-6)
+    assert pos.describe() == "RA/Dec columns RA, Dec; x, y not used"
+    pix = catalog_positions(table, None, where="c")
+    assert (pix.form, pix.unused) == ("pixel", ("RA", "Dec"))
+    np.testing.assert_array_equal(pix.x, 1.0)
     with pytest.raises(CatalogError, match="not both"):
         catalog_positions(table, WCS_, where="c", ra_col="RA", x_col="x")
     pos = catalog_positions(table, WCS_, where="c", x_col="x", y_col="y")
-    assert pos.columns == ("x", "y")
+    assert pos.columns == ("x", "y") and pos.unused == ()
 
 
 def test_bad_values_and_files(tmp_path):
@@ -93,3 +101,71 @@ def test_masked_values_become_nan(tmp_path):
     pos = catalog_positions(read_catalog(tmp_path / "m.csv"), WCS_, where="m.csv")
     assert np.isfinite(pos.x[0])
     assert np.isnan(pos.x[1])
+
+
+@pytest.mark.parametrize("name", ["sources.cat", "field.ldac", "sources", "looks.csv"])
+def test_fits_tables_are_recognised_by_content_whatever_the_name(tmp_path, name):
+    table, _, _ = _sky_table(n=5)
+    table.write(tmp_path / "t.fits")
+    (tmp_path / "t.fits").rename(tmp_path / name)
+    got = read_catalog(tmp_path / name)
+    assert got.colnames == table.colnames and len(got) == 5
+    from pyengine.io.catalog import read_catalog_head
+
+    assert len(read_catalog_head(tmp_path / name)) == 1
+
+
+SEXTRACTOR_ASCII = """\
+#   1 NUMBER                 Running object number
+#   2 X_IMAGE                Object position along x                                    [pixel]
+#   3 Y_IMAGE                Object position along y                                    [pixel]
+#   4 ALPHA_J2000            Right ascension of barycenter (J2000)                      [deg]
+#   5 DELTA_J2000            Declination of barycenter (J2000)                          [deg]
+#   6 MAG_APER               Fixed aperture magnitude vector                            [mag]
+#   8 MU_MAX                 Peak surface brightness above background      [mag * arcsec**(-2)]
+#   9 XPEAK_IMAGE            x-coordinate of the brightest pixel                        [pixel]
+#  10 YPEAK_IMAGE            y-coordinate of the brightest pixel                        [pixel]
+"""
+
+
+def test_sextractor_ascii_catalogs_are_recognised_by_their_header(tmp_path):
+    """SExtractor's ASCII_HEAD output, in a .cat (or any name): its columns (a vector
+    MAG_APER as MAG_APER, MAG_APER_1), RA/Dec used, X_IMAGE and XPEAK_IMAGE 1-based."""
+    from pyengine.io.catalog import read_catalog_head
+
+    _, x, y = _sky_table(n=3)
+    ra, dec = WCS_.pixel_to_world_values(x, y)
+    rows = "".join(f"{k + 1:7d} {x[k] + 1:10.4f} {y[k] + 1:10.4f} {ra[k]:12.7f} {dec[k]:12.7f} "
+                   f"20.1 20.3 19.0 {round(x[k]) + 1} {round(y[k]) + 1}\n" for k in range(3))
+    for name in ("sources.cat", "sextractor_output"):
+        (tmp_path / name).write_text(SEXTRACTOR_ASCII + rows)
+        table = read_catalog(tmp_path / name)
+        assert table.colnames == ["NUMBER", "X_IMAGE", "Y_IMAGE", "ALPHA_J2000", "DELTA_J2000",
+                                  "MAG_APER", "MAG_APER_1", "MU_MAX", "XPEAK_IMAGE",
+                                  "YPEAK_IMAGE"]
+        assert len(table) == 3 and len(read_catalog_head(tmp_path / name)) == 1
+    pos = catalog_positions(table, WCS_, where="c")
+    assert pos.describe() == "RA/Dec columns ALPHA_J2000, DELTA_J2000; X_IMAGE, Y_IMAGE not used"
+    np.testing.assert_allclose(pos.x, x, atol=1e-3)
+    pix = catalog_positions(table, WCS_, where="c", x_col="X_IMAGE", y_col="Y_IMAGE")
+    np.testing.assert_allclose(pix.x, x, atol=1e-3)
+    np.testing.assert_allclose(pix.y, y, atol=1e-3)
+    assert pix.describe() == "pixel columns X_IMAGE, Y_IMAGE (FITS 1-based)"
+    peak = catalog_positions(table, WCS_, where="c", x_col="xpeak_image", y_col="YPEAK_IMAGE")
+    np.testing.assert_array_equal(peak.x, np.round(x))
+
+
+def test_a_file_of_no_known_format_names_the_formats_accepted(tmp_path):
+    for name, text in (("sources.cat", "NUMBER X Y\n1 2 3\n"), ("c.dat", "1 2\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CatalogError) as err:
+            read_catalog(tmp_path / name)
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(f"{tmp_path / name}: unknown catalog format")
+        for fmt in ("FITS binary tables and FITS_LDAC", "SExtractor ASCII", ".ecsv", ".csv",
+                    ".parquet"):
+            assert fmt in line
+    (tmp_path / "bad.ecsv").write_text("# %ECSV 1.0\n# ---\n# garbage: [\n")
+    with pytest.raises(CatalogError, match=r"bad\.ecsv: cannot read it as ascii\.ecsv .*; "
+                                           r"accepted: FITS binary tables"):
+        read_catalog(tmp_path / "bad.ecsv")

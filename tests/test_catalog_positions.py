@@ -288,3 +288,43 @@ def test_ldac_with_several_object_tables_is_refused(field, tmp_path):
                                            r"as two\.ldac\[2\]"):
         read_catalog(tmp_path / "two.ldac")
     assert len(read_catalog(f"{tmp_path / 'two.ldac'}[4]")) == 3
+
+
+def test_a_sextractor_cat_with_pixels_and_sky_is_scanned_from_its_sky_columns(field, model,
+                                                                              cache, tmp_path):
+    """MegaPipe-style SExtractor output: FITS_LDAC in a ``.cat`` with X_IMAGE, Y_IMAGE
+    (1-based) and ALPHA_J2000, DELTA_J2000.  Accepted (not refused for having both), its
+    RA/Dec used and the start line and SOURCE key say so; the positions are the injected
+    ones.  With --x-col/--y-col the pixels are used, shifted from 1-based to the same
+    positions, and the scores agree."""
+    catalog = write_ldac(tmp_path / "sources.cat", field)
+    truth_x, truth_y = _xy(field, 20)
+    res = _scan(field, model, catalog, tmp_path / "sky.fits", cache)
+    assert res.exit_code == 0, res.output
+    said = ("catalog sources.cat: 20 positions (RA/Dec columns ALPHA_J2000, DELTA_J2000; "
+            "X_IMAGE, Y_IMAGE not used)")
+    sky = Table.read(tmp_path / "sky.fits")
+    assert sky.meta["SOURCE"].startswith(said)
+    np.testing.assert_allclose(sky["x"], truth_x, atol=1e-6)
+    np.testing.assert_allclose(sky["y"], truth_y, atol=1e-6)
+    args = ["scan", *(str(p) for p in field["paths"]), "--catalog", str(catalog), "--model",
+            str(model), "--out", str(tmp_path / "start.fits"), "--tile-size", "64"]
+    loud = CliRunner().invoke(main, args, env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+                              catch_exceptions=False)
+    assert loud.exit_code == 0, loud.output
+    assert said in loud.stderr.splitlines()[0]
+    res = _scan(field, model, catalog, tmp_path / "pix.fits", cache, "--x-col", "X_IMAGE",
+                "--y-col", "Y_IMAGE")
+    assert res.exit_code == 0, res.output
+    pix = Table.read(tmp_path / "pix.fits")
+    assert pix.meta["SOURCE"].startswith("catalog sources.cat: 20 positions (pixel columns "
+                                         "X_IMAGE, Y_IMAGE (FITS 1-based))")
+    np.testing.assert_allclose(pix["x"], truth_x, atol=1e-4)  # float32 X_IMAGE - 1
+    np.testing.assert_allclose(pix["y"], truth_y, atol=1e-4)
+    np.testing.assert_array_equal(pix["X_IMAGE"], sky["X_IMAGE"])
+    # the same cutouts where both ways give the same centre pixel (a few injected
+    # positions lie exactly on half pixels, where the last bits choose)
+    same = ((np.floor(pix["x"] + 0.5) == np.floor(sky["x"] + 0.5))
+            & (np.floor(pix["y"] + 0.5) == np.floor(sky["y"] + 0.5)))
+    assert same.sum() >= 16
+    np.testing.assert_allclose(pix["score"][same], sky["score"][same], atol=1e-5)

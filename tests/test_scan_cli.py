@@ -99,10 +99,14 @@ def test_bad_inputs_give_one_line(field, model, catalog, cache, tmp_path):
     nopos.write_text("a,b\n1,2\n")
     both = tmp_path / "both.csv"
     both.write_text("ra,dec,x,y\n10.68,41.27,5,5\n")
+    badcat = tmp_path / "sources.cat"
+    badcat.write_text("not a catalog\n")
     cases = [
         (["--catalog", empty], "empty"),
         (["--catalog", nopos], "no usable position columns"),
-        (["--catalog", both], "both as RA/Dec"),
+        (["--catalog", both, "--ra-col", "ra", "--x-col", "x"], "not both"),
+        (["--catalog", badcat], f"{badcat}: unknown catalog format; accepted: FITS binary "
+                                "tables and FITS_LDAC (recognised by content"),
         (["--catalog", catalog, "--runner", "fast"], "runner 'fast' is not known"),
         (["--catalog", catalog, "--precision", "fp8"], "precision 'fp8'"),
         (["--catalog", catalog, "--runner", "tensorrt"], "tensorrt"),

@@ -256,8 +256,6 @@ def _one_line(exc_info, name):
 @pytest.mark.parametrize(("table", "options", "error", "match"), [
     (Table({"ra": np.zeros(0), "dec": np.zeros(0)}), {}, CatalogError, "the catalog is empty"),
     (Table({"mag": [20.0]}), {}, CatalogError, "no usable position columns"),
-    (Table({"ra": [10.68], "dec": [41.27], "x": [1.0], "y": [2.0]}), {}, CatalogError,
-     "both as RA/Dec"),
     (Table({"ra": [10.68], "dec": [41.27]}), {"ra_col": "ra", "x_col": "x"}, CatalogError,
      "not both"),
     (Table({"ra": [10.68], "dec": [41.27], "mag": [22.5]}), {"mag_limit": 21}, CatalogError,

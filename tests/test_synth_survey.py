@@ -449,6 +449,8 @@ def test_bad_survey_config_and_placed_objects():
      "Error: rotation (--rotation) must be a number from 0 to 45 deg (the largest |rotation| "
      "of a field); got -1.0"),
     (["--overlap", "0.2"], "Error: --overlap: survey option; give --survey COLSxROWS too"),
+    (["--field-catalogs"], "Error: --field-catalogs: survey option; give --survey COLSxROWS "
+                           "too"),
     (["--survey", "3x2", "--size", "512"],
      "Error: --size, --width and --height set a single field's size; with --survey give "
      "--field-size"),
@@ -476,3 +478,41 @@ def test_cli_writes_a_survey(tmp_path):
         assert data.shape == (128, 128) and np.isnan(data).any()   # chip gaps
     union = _truth(out / "truth.fits")
     assert union["n_fields"].max() == 4 and not union["placed"].any()
+
+
+def test_field_catalogs_are_sextractor_ldac_catalogs_of_each_fields_truth(tmp_path):
+    """--field-catalogs: F00/F00.cat, ... as SExtractor writes FITS_LDAC (X_IMAGE, Y_IMAGE
+    1-based), read by content, named in the manifest; an object in the overlap is in
+    both fields' catalogs, at one sky position."""
+    from pathlib import Path
+
+    from pyengine.io.catalog import catalog_positions, read_catalog
+
+    out = tmp_path / "s"
+    res = CliRunner().invoke(main, ["synth", str(out), "--survey", "2x1", "--field-size", "128",
+                                    "--overlap", "0.3", "--dither", "0", "--seed", "2", "--field-catalogs",
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "each with its SExtractor catalog F00/F00.cat .." in res.output
+    survey = Survey.read(out / "survey.ecsv")
+    assert [f.catalog for f in survey.fields] == [str(out / "F00" / "F00.cat"),
+                                                  str(out / "F10" / "F10.cat")]
+    ids = []
+    for f in survey.fields:
+        with fits.open(f.catalog) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "LDAC_IMHEAD", "LDAC_OBJECTS"]
+        cat, truth = read_catalog(f.catalog), _truth(Path(f.images[0]).parent / "truth.fits")
+        assert cat.colnames[:6] == ["NUMBER", "X_IMAGE", "Y_IMAGE", "ALPHA_J2000",
+                                    "DELTA_J2000", "MAG_AUTO"]
+        np.testing.assert_array_equal(cat["TRUTH_ID"], truth["id"])
+        np.testing.assert_array_equal(cat["X_IMAGE"], truth["x"] + 1.0)
+        wcs = WCS(fits.getheader(f.images[0]))
+        sky = catalog_positions(cat, wcs, where=f.catalog)
+        assert (sky.form, sky.unused) == ("sky", ("X_IMAGE", "Y_IMAGE"))
+        pix = catalog_positions(cat, wcs, where=f.catalog, x_col="X_IMAGE", y_col="Y_IMAGE")
+        np.testing.assert_allclose(pix.x, truth["x"], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(sky.x, truth["x"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(sky.y, pix.y, rtol=0, atol=1e-6)
+        ids.append(set(cat["TRUTH_ID"].tolist()))
+    union = _truth(out / "truth.fits")
+    assert len(ids[0] & ids[1]) == int(np.sum(union["n_fields"] == 2)) > 0

@@ -1,19 +1,33 @@
 """Input catalogs: positions (RA/Dec or x/y) and optional labels and magnitudes.
 
-``read_catalog`` reads FITS (a table HDU, ``path[ext]`` allowed), ECSV, CSV
-or Parquet by extension (``.ldac`` and any file that starts as FITS are read
-as FITS).  A SExtractor/SCAMP ``FITS_LDAC`` catalog is read from its
-``LDAC_OBJECTS`` HDU (found by EXTNAME) without ``[2]``.  ``catalog_positions``
-finds the position columns case-insensitively (or takes the names given) and
-returns 0-based pixel positions on a mosaic's grid: RA/Dec in degrees (ICRS)
-through the mosaic's WCS, converted to its frame when that is not ICRS
-(pyengine.io.skyframe), or x/y pixels.  Pixel columns follow the 0-based
-astropy convention, except SExtractor's ``X_IMAGE``-style columns, which are
-FITS 1-based and are shifted (pyengine.coords), each axis by its own column's
-name.  Giving both forms, or neither, is refused: the catalog must say
-unambiguously where its sources are.  The one exception is a SExtractor
-catalog, which always has both: its ``X_IMAGE`` pixels are on the image
-SExtractor measured, not necessarily this mosaic, so its RA/Dec are used.
+``read_catalog`` recognises a file by its content first, whatever its name: a file
+whose first card starts with the FITS signature (``SIMPLE  =``) is FITS (a binary
+table, or SExtractor/SCAMP ``FITS_LDAC``, read from its ``LDAC_OBJECTS`` HDU, found by
+EXTNAME, without ``[2]``), so SExtractor's ``test.cat``, ``G002.003.844+33.133.cat`` or
+``field.ldac`` need no renaming; a file that opens with SExtractor's ASCII header
+(``#   1 NUMBER  Running object number``) is a SExtractor ASCII catalog (astropy's
+``ascii.sextractor``). Other files go by their suffix: ECSV, CSV, Parquet, ``.fits.gz``
+(:data:`ACCEPTED` says it in messages).
+
+``catalog_positions`` finds the position columns case-insensitively (or takes the
+names given) and returns 0-based pixel positions on a mosaic's grid: RA/Dec in degrees
+(ICRS) through the mosaic's WCS, converted to its frame when that is not ICRS
+(pyengine.io.skyframe), or x/y pixels.  Pixel columns follow the 0-based astropy
+convention (``--x-col`` is "0-based pixels"), except SExtractor's, which are FITS
+1-based (``X_IMAGE``, ``XWIN_IMAGE``, ``XPEAK_IMAGE``, ``XMODEL_IMAGE``, ``XPSF_IMAGE``
+and their Y twins: :func:`one_based`) and are shifted by -1 (pyengine.coords), each axis
+by its own column's name, whether found or named with ``--x-col``.
+
+**Both forms present** (SExtractor's ``X_IMAGE, Y_IMAGE, ALPHA_J2000, DELTA_J2000``, or
+``ra, dec, x, y``) and none named: the RA/Dec columns are used when the image has a
+celestial WCS (every mosaic pyengine opens has one: ``Mosaic.open`` refuses others), the
+pixels only without one. Sky positions mean the same on any image; a catalog's pixels
+are on the image it was measured on, which may not be this one (another stack of the
+pointing, a cutout, a resampled image), and across the fields of a survey pixels mean
+nothing at all. ``CatalogPositions.unused`` names the columns not used, and the scan's
+start line and ``SOURCE`` key say so (``RA/Dec columns ALPHA_J2000, DELTA_J2000;
+X_IMAGE, Y_IMAGE not used``). ``--x-col/--y-col`` (or ``--ra-col/--dec-col``) choose
+the other form; naming both forms is refused, as is finding neither.
 
 A row's position is *unusable* when a coordinate is NaN, infinite or masked
 (ECSV/Parquet nulls, FITS TNULL), Dec is outside [-90, 90] or RA outside
@@ -32,6 +46,7 @@ run concurrently.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +60,29 @@ from pyengine.errors import CatalogError
 from pyengine.io.fitsfile import parse_spec
 from pyengine.io.skyframe import icrs_to_pixel
 
-__all__ = ["FORMATS", "CatalogPositions", "catalog_positions", "find_column", "numeric_column",
-           "read_catalog", "read_catalog_head", "row_label"]
+__all__ = ["ACCEPTED", "FORMATS", "CatalogPositions", "catalog_format", "catalog_positions",
+           "find_column", "numeric_column", "one_based", "read_catalog", "read_catalog_head",
+           "row_label"]
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".ldac": "fits",
            ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}
+#: What messages about an unreadable catalog say is accepted.
+ACCEPTED = ("FITS binary tables and FITS_LDAC (recognised by content, any name: .fits, .cat, "
+            ".ldac, ...), SExtractor ASCII catalogs (by their '#   1 NUMBER' header lines), "
+            ".ecsv, .csv, .parquet, .fits.gz")
 RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "alpha_j2000", "alphawin_j2000", "ra2000",
             "radeg", "x_world")
 DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs", "dec_icrs", "delta_j2000",
              "deltawin_j2000", "dec2000", "decdeg", "y_world")
 X_NAMES = ("x", "x_pix", "xpix", "x_image", "xwin_image", "x_0", "xcentroid")
 Y_NAMES = ("y", "y_pix", "ypix", "y_image", "ywin_image", "y_0", "ycentroid")
-ONE_BASED = ("x_image", "y_image", "xwin_image", "ywin_image")  # SExtractor: FITS pixels
+# SExtractor's position columns are FITS pixels (1-based): X_IMAGE, XWIN_IMAGE, XPEAK_IMAGE,
+# XMODEL_IMAGE, XPSF_IMAGE and their Y twins (not X2_IMAGE, XMIN_IMAGE: moments, boxes).
+_ONE_BASED = re.compile(r"[xy](win|peak|model|psf)?_image")
 LDAC_OBJECTS, LDAC_IMHEAD = "LDAC_OBJECTS", "LDAC_IMHEAD"
 _FITS_MAGIC = b"SIMPLE  ="
+# SExtractor's ASCII_HEAD: "#   1 NUMBER   Running object number   [unit]" lines first.
+_SEXTRACTOR_HEAD = re.compile(rb"#\s*\d+\s+[A-Za-z_][A-Za-z0-9_]*(\s|$)")
 UNUSABLE = "non-finite or out-of-range positions (NaN, inf, null, |Dec| > 90 or |RA| > 360)"
 
 
@@ -67,19 +91,36 @@ def row_label(index: int) -> str:
     return f"data row {int(index) + 1} (1-based)"
 
 
-def _format(path: Path) -> str:
+def one_based(name: str) -> bool:
+    """Whether pixel column ``name`` is one of SExtractor's, in FITS 1-based pixels."""
+    return _ONE_BASED.fullmatch(name.lower()) is not None
+
+
+def catalog_format(path) -> str:
+    """The astropy format ``path`` is read as: by content (FITS signature in the first
+    card, SExtractor's ASCII header), else by suffix; one CatalogError line naming the
+    file and :data:`ACCEPTED` otherwise."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:  # e.g. SExtractor's default test.cat in FITS_LDAC
+            head = fh.read(80)
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the catalog file ({exc.strerror})") from None
+    if head.startswith(_FITS_MAGIC):
+        return "fits"
+    if _SEXTRACTOR_HEAD.match(head):
+        return "ascii.sextractor"
     name = path.name.lower()
     for suffix in sorted(FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
             return FORMATS[suffix]
-    try:
-        with path.open("rb") as fh:  # e.g. SExtractor's default test.cat in FITS_LDAC
-            if fh.read(len(_FITS_MAGIC)) == _FITS_MAGIC:
-                return "fits"
-    except OSError:
-        pass
-    raise CatalogError(f"{path}: unknown catalog format; accepted extensions: "
-                       f"{', '.join(sorted(FORMATS))} (or any FITS file)")
+    raise CatalogError(f"{path}: unknown catalog format; accepted: {ACCEPTED}")
+
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _read_parquet(path: Path) -> Table:
@@ -122,7 +163,7 @@ def read_catalog(spec) -> Table:
     path, ext = parse_spec(spec)
     if not path.exists():
         raise CatalogError(f"{path}: no such catalog file")
-    fmt = _format(path)
+    fmt = catalog_format(path)
     kwargs = {"format": fmt}
     if ext is not None and fmt != "fits":
         raise CatalogError(f"{spec}: [{ext}] selects an HDU, which only FITS catalogs have")
@@ -139,7 +180,8 @@ def read_catalog(spec) -> Table:
     except ImportError as exc:  # parquet without pyarrow
         raise CatalogError(f"{path}: reading {fmt} needs an extra package ({exc})") from None
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise CatalogError(f"{spec}: cannot read it as {fmt} ({str(exc).splitlines()[0]})") from None
+        raise CatalogError(f"{spec}: cannot read it as {fmt} ({_first_line(exc)}); accepted: "
+                           f"{ACCEPTED}") from None
     if table.meta.get("EXTNAME", "").strip().upper() == LDAC_IMHEAD:
         raise CatalogError(f"{spec}: this HDU is a FITS_LDAC catalog's {LDAC_IMHEAD} (the image "
                            f"header); the sources are in {LDAC_OBJECTS}: give {path.name} "
@@ -197,7 +239,8 @@ class CatalogPositions:
     """0-based pixel positions of a catalog's rows, and where they came from.
 
     ``usable`` is False for rows whose catalog position is unusable (see the module
-    docstring); their ``x`` and ``y`` are NaN.
+    docstring); their ``x`` and ``y`` are NaN.  ``unused``: the other form's columns,
+    found but not used (a catalog with both RA/Dec and pixels), else empty.
     """
 
     x: np.ndarray
@@ -205,6 +248,25 @@ class CatalogPositions:
     columns: tuple[str, str]
     form: str  # "sky" or "pixel"
     usable: np.ndarray  # bool per row
+    unused: tuple[str, ...] = ()
+
+    def take(self, keep: np.ndarray) -> CatalogPositions:
+        """The positions of the rows ``keep`` (a mask or indices) selects."""
+        return CatalogPositions(self.x[keep], self.y[keep], self.columns, self.form,
+                                self.usable[keep], self.unused)
+
+    def describe(self) -> str:
+        """Which columns gave the positions: ``RA/Dec columns RA, DEC``, ``pixel columns
+        X_IMAGE, Y_IMAGE (FITS 1-based)``, and those not used."""
+        if self.form == "sky":
+            text = f"RA/Dec columns {', '.join(self.columns)}"
+        else:
+            text = f"pixel columns {', '.join(self.columns)}"
+            if any(one_based(c) for c in self.columns):
+                text += " (FITS 1-based)"
+        if self.unused:
+            text += f"; {', '.join(self.unused)} not used"
+        return text
 
     @property
     def n_unusable(self) -> int:
@@ -250,12 +312,12 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
         x = find_column(table, X_NAMES, given=x_col, where=where, what="x")
         y = find_column(table, Y_NAMES, given=y_col, where=where, what="y")
     has_sky, has_pix = ra is not None and dec is not None, x is not None and y is not None
-    if has_sky and has_pix and x.lower() in ONE_BASED and y.lower() in ONE_BASED:
-        has_pix = False  # SExtractor: X_IMAGE is on the image it measured; RA/Dec fit any
-    if has_sky and has_pix:
-        raise CatalogError(
-            f"{where}: positions are given both as RA/Dec ({ra}, {dec}) and as pixels ({x}, {y});"
-            " choose one with --ra-col/--dec-col or --x-col/--y-col")
+    unused: tuple[str, ...] = ()
+    if has_sky and has_pix:  # both found, none named: the module docstring's rule
+        if getattr(wcs, "has_celestial", False):
+            has_pix, unused = False, (x, y)
+        else:
+            has_sky, unused = False, (ra, dec)
     if not (has_sky or has_pix):
         raise CatalogError(
             f"{where}: no usable position columns; need RA/Dec in degrees (e.g. {RA_NAMES[0]}, "
@@ -266,16 +328,17 @@ def catalog_positions(table: Table, wcs, *, where: str, ra_col=None, dec_col=Non
                                      numeric_column(table, dec, where))
         if refuse_unusable:
             _refuse_if_none_usable(where, (ra, dec), usable)
-        return CatalogPositions(px, py, (ra, dec), "sky", usable)
+        return CatalogPositions(px, py, (ra, dec), "sky", usable, unused)
     px, py = numeric_column(table, x, where), numeric_column(table, y, where)
     fx, fy = fits_to_pixel(px, py)
-    px = fx if x.lower() in ONE_BASED else px  # each axis by its own column's convention
-    py = fy if y.lower() in ONE_BASED else py
+    px = fx if one_based(x) else px  # each axis by its own column's convention
+    py = fy if one_based(y) else py
     usable = np.isfinite(px) & np.isfinite(py)
     px, py = np.where(usable, px, np.nan), np.where(usable, py, np.nan)
     if refuse_unusable:
         _refuse_if_none_usable(where, (x, y), usable)
-    return CatalogPositions(px, py, (x, y), "pixel", usable)
+    return CatalogPositions(px, py, (x, y), "pixel", usable, unused)
+
 
 def read_catalog_head(spec, rows: int = 1) -> Table:
     """The catalog's columns and at most its first ``rows`` rows, without reading the rest
@@ -285,7 +348,7 @@ def read_catalog_head(spec, rows: int = 1) -> Table:
     path, ext = parse_spec(spec)
     if not path.exists():
         raise CatalogError(f"{path}: no such catalog file")
-    fmt = _format(path)
+    fmt = catalog_format(path)
     if fmt != "fits" and ext is not None:
         raise CatalogError(f"{spec}: [{ext}] selects an HDU, which only FITS catalogs have")
     try:
@@ -302,19 +365,26 @@ def read_catalog_head(spec, rows: int = 1) -> Table:
                 table = Table.read(str(path), format="fits", hdu=_fits_hdu(path, spec, ext),
                                    memmap=True, mask_invalid=False)[:rows]
         else:
+            # the header row (ECSV, CSV; SExtractor's names are all in '#' lines) and
+            # ``rows`` data rows
+            header = 0 if fmt == "ascii.sextractor" else 1
             lines, data = [], 0
             with open(path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     if line.strip() and not line.startswith("#"):
                         data += 1
                     lines.append(line)
-                    if data > rows:  # the header row and ``rows`` data rows
+                    if data >= rows + header:
                         break
-            table = Table.read("".join(lines), format=fmt) if data > 1 else Table()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnitsWarning)
+                table = (Table.read("".join(lines), format=fmt) if data > header
+                         else Table())
     except ImportError as exc:  # parquet without pyarrow
         raise CatalogError(f"{path}: reading {fmt} needs an extra package ({exc})") from None
     except (OSError, ValueError, TypeError, KeyError, IndexError, StopIteration) as exc:
-        raise CatalogError(f"{spec}: cannot read it as {fmt} ({str(exc).splitlines()[0]})") from None
+        raise CatalogError(f"{spec}: cannot read it as {fmt} ({_first_line(exc)}); accepted: "
+                           f"{ACCEPTED}") from None
     if len(table) == 0:
         raise CatalogError(f"{spec}: the catalog is empty; it needs at least one row")
     return table

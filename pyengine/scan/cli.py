@@ -128,8 +128,10 @@ def _resume_command() -> str:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Catalog to write; format from the suffix: .fits, .ecsv, .parquet or .csv.")
 @click.option("--catalog", type=click.Path(dir_okay=False),
-              help="Classify these positions (FITS, FITS_LDAC, ECSV, CSV, Parquet; RA/Dec deg "
-                   "or x/y pixels).")
+              help="Classify these positions: FITS tables and FITS_LDAC (by content, any "
+                   "name: .cat, .ldac), SExtractor ASCII, ECSV, CSV, Parquet; RA/Dec deg or x/y "
+                   "pixels (both present: RA/Dec). A survey: one catalog for the whole region "
+                   "[each field's own, when its manifest has a catalog column].")
 @click.option("--grid", type=int, metavar="STRIDE",
               help="Classify every STRIDE pixels and write a score map.")
 @click.option("--model", type=click.Path(dir_okay=False),
@@ -159,8 +161,10 @@ def _resume_command() -> str:
 @click.option("--bands", "band_names", default=None, help=BANDS_HELP)
 @click.option("--ra-col", default=None, help="Catalog RA column (degrees).")
 @click.option("--dec-col", default=None, help="Catalog Dec column (degrees).")
-@click.option("--x-col", default=None, help="Catalog x column (0-based pixels).")
-@click.option("--y-col", default=None, help="Catalog y column (0-based pixels).")
+@click.option("--x-col", default=None,
+              help="Catalog x column (0-based pixels; SExtractor's X_IMAGE, XWIN_IMAGE, ... "
+                   "are 1-based and converted); chooses pixels where RA/Dec exist too.")
+@click.option("--y-col", default=None, help="Catalog y column (as --x-col).")
 @click.option("--mag-col", default=None, help="Catalog magnitude column for --mag-limit.")
 @click.option("--mag-limit", type=float, default=None,
               help="Keep sources with magnitude <= this (catalog column, or detection "
@@ -202,23 +206,28 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     candidates.  Sources: --catalog, --grid, or detection (default)."""
     from pyengine.errors import ConfigError, ScanOutputError
     from pyengine.io.mosaic import Mosaic
-    from pyengine.survey.manifest import is_manifest
+    from pyengine.survey.manifest import is_manifest, read_manifest
 
     if catalog is not None and grid is not None:
         raise ConfigError("--catalog and --grid are exclusive; give one source of positions "
                           "(or neither, to detect sources)")
     if scoremap is not None and grid is None:
         raise ConfigError("--scoremap needs --grid STRIDE (a score map samples a grid)")
+    # a manifest with a catalog column, scanned without --catalog or --grid: each field's
+    # positions are the rows of its own catalog
+    own_catalogs = (catalog is None and grid is None and len(bands) == 1
+                    and is_manifest(bands[0]) and read_manifest(bands[0]).has_catalogs)
     catalog_opts = {"ra_col": ra_col, "dec_col": dec_col, "x_col": x_col, "y_col": y_col,
                     "mag_col": mag_col}
-    if catalog is None and any(v is not None for v in catalog_opts.values()):
+    if catalog is None and not own_catalogs and any(v is not None for v in catalog_opts.values()):
         used = [f"--{k.replace('_', '-')}" for k, v in catalog_opts.items() if v is not None]
         raise ConfigError(f"{', '.join(used)} apply to --catalog, which was not given")
     detect_opts = {"mag_band": mag_band, "zero_point": zero_point}
-    if (catalog is not None or grid is not None) and any(
+    if (catalog is not None or grid is not None or own_catalogs) and any(
             v is not None for v in detect_opts.values()):
         used = [f"--{k.replace('_', '-')}" for k, v in detect_opts.items() if v is not None]
-        raise ConfigError(f"{', '.join(used)} apply to detection (no --catalog or --grid)")
+        raise ConfigError(f"{', '.join(used)} apply to detection (no --catalog or --grid, "
+                          "and no catalog column in the manifest)")
     if grid is not None and mag_limit is not None:
         raise ConfigError("--mag-limit does not apply to --grid (grid points have no "
                           "magnitudes)")
@@ -356,16 +365,19 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError, ScanOutputError
+    from pyengine.io.fitsfile import parse_spec
     from pyengine.io.inputguard import install_sigbus_handler
     from pyengine.scan.engine import Engine
     from pyengine.scan.inputs import check_model_file
     from pyengine.scan.results import ScanInterrupted
+    from pyengine.scan.run import refuse_inputs
     from pyengine.sources.catalog import CatalogSource
     from pyengine.sources.detect import DetectSource
     from pyengine.sources.grid import GridSource
     from pyengine.survey.geometry import SurveyGeometry, parse_within, read_sky_region
     from pyengine.survey.manifest import Survey, is_manifest, read_manifest
     from pyengine.survey.scan import parse_shard, scan_survey
+    from pyengine.survey.sources import FieldCatalogs
 
     if regions is not None or scoremap is not None:
         raise ConfigError("--regions and --scoremap are not written by survey scans yet (grid "
@@ -381,7 +393,9 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     else:
         survey = Survey.single(list(bands), parse_band_list(band_names))
     geo = SurveyGeometry(survey)
-    geo.fields_touching(cone, sky)  # none touched: one line before the model loads
+    touched = geo.fields_touching(cone, sky)  # none touched: one line before the model loads
+    refuse_inputs({"catalog": out}, {f"field {f.id}'s catalog": parse_spec(f.catalog)[0]
+                                     for f in survey.fields if f.catalog})
 
     def make_source():
         if catalog is not None:
@@ -389,6 +403,14 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         if grid is not None:
             return GridSource(grid)
         return DetectSource(**detect)
+
+    if catalog is None and grid is None and survey.has_catalogs:
+        make_source = FieldCatalogs(manifest=survey.manifest, mag_limit=mag_limit,
+                                    **catalog_opts)
+        for k in touched:  # each catalog's first row, before the model loads
+            make_source.check(survey.fields[k], geo.frames[k].wcs)
+        if not quiet and not log_json:
+            click.echo("sources: each field's own catalog (manifest column catalog)", err=True)
 
     check_model_file(model)
     install_sigbus_handler()

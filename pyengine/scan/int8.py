@@ -186,21 +186,24 @@ def int8_for_survey(model, runner: str, precision: str | None, geo, make_source,
     of ``geo`` (a SurveyGeometry) that the area touches, shards and workers alike."""
     if not applies(model, runner, precision):
         return model
-    from pyengine.survey.sources import OwnedSource
+    from pyengine.survey.sources import OwnedSource, field_source
 
     touched = geo.fields_touching(cone, regions)
     fields = []
     for k in touched:
         fld = geo.survey.fields[k]
-        fields.append(SampleField(fld.id, tuple(fld.images), tuple(geo.survey.bands),
-                                  tuple(geo.frames[k].shape),
-                                  lambda k=k: OwnedSource(make_source(), geo, k, cone, regions)))
+        fields.append(SampleField(
+            fld.id, tuple(fld.images), tuple(geo.survey.bands), tuple(geo.frames[k].shape),
+            lambda k=k, fld=fld: OwnedSource(field_source(make_source, fld), geo, k, cone,
+                                             regions)))
     inputs = (f"{_count(len(fields), 'field')} of {Path(geo.survey.manifest).name}"
               if geo.survey.manifest else _file_names(fields[0].images))  # images, an area
     area = {"cone": None if cone is None else [cone.ra, cone.dec, cone.radius],
             "regions": [str(r) for r in regions or ()]}
-    return str(prepare_int8(model, fields, make_source(), inputs, core=core, area=area,
-                            report=report))
+    # the source's options key the cache (per-field catalogs: the first field's, and the
+    # sample drawn from every field's own)
+    return str(prepare_int8(model, fields, field_source(make_source, geo.survey.fields[
+        touched[0]]), inputs, core=core, area=area, report=report))
 
 
 def prepare_int8(model, fields, source, inputs: str, *, core: int, area=None, cache_dir=None,

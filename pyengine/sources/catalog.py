@@ -25,11 +25,16 @@ MAG_NAMES = ("mag", "mag_i", "imag", "i_mag", "magi", "mag_g", "gmag", "g_mag", 
 
 
 class CatalogSource(Source):
-    """Rows of a catalog file (FITS table, ECSV, CSV, Parquet; ``path[ext]`` allowed).
+    """Rows of a catalog file (FITS table or FITS_LDAC and SExtractor ASCII, recognised by
+    content; ECSV, CSV, Parquet by suffix; ``path[ext]`` allowed).
 
     Positions come from RA/Dec (degrees) through the mosaic's WCS or from x/y
-    pixel columns, found case-insensitively or named here (giving both forms,
-    or finding neither, is refused).  Rows whose position is unusable (NaN,
+    pixel columns, found case-insensitively or named here (naming both forms,
+    or finding neither, is refused).  A catalog with both (SExtractor's
+    ``X_IMAGE, Y_IMAGE, ALPHA_J2000, DELTA_J2000``) is scanned from its RA/Dec
+    columns, and :meth:`describe` names the columns not used; SExtractor's
+    pixel columns are FITS 1-based and are converted when named
+    (:mod:`pyengine.io.catalog` gives both rules).  Rows whose position is unusable (NaN,
     infinite, null, out of range; see :mod:`pyengine.io.catalog`) are kept and
     returned by ``off_image`` (so they are flagged, not scored), and counted in
     :attr:`n_bad_positions`; a catalog with no usable row is refused.
@@ -80,7 +85,6 @@ class CatalogSource(Source):
     def bind(self, mosaic, plan) -> None:
         from pyengine.io.catalog import (
             UNUSABLE,
-            CatalogPositions,
             catalog_positions,
             numeric_column,
             read_catalog,
@@ -125,8 +129,7 @@ class CatalogSource(Source):
                     f"{UNUSABLE}")
             if not keep.all():
                 table = table[keep]
-                pos = CatalogPositions(pos.x[keep], pos.y[keep], pos.columns, pos.form,
-                                       pos.usable[keep])
+                pos = pos.take(keep)
         _, order, starts = plan.group(pos.x, pos.y)
         order.flags.writeable = False
         self._x, self._y = pos.x, pos.y
@@ -134,7 +137,7 @@ class CatalogSource(Source):
         self._table = table
         self._n_input = n_input
         self._n_unusable = pos.n_unusable
-        self._form, self._columns = pos.form, pos.columns
+        self._form, self._columns, self._positions = pos.form, pos.columns, pos.describe()
         self._mag_used = mag_col if self.mag_limit is not None else None
         self._file = {"path": str(path.resolve()), "ext": ext, "size": size, "sha256": sha}
         self._plan = plan
@@ -209,8 +212,7 @@ class CatalogSource(Source):
         if not self.bound:
             return f"catalog {name} (not read yet)"
         kept = len(self._table)
-        form = "RA/Dec" if self._form == "sky" else "pixel"
-        text = f"catalog {name}: {kept:,} positions ({form} columns {', '.join(self._columns)})"
+        text = f"catalog {name}: {kept:,} positions ({self._positions})"
         if self._mag_used is not None:
             text += (f"; {kept:,} of {self._n_input:,} rows with {self._mag_used} <= "
                      f"{self.mag_limit:g}")

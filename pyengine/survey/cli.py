@@ -30,7 +30,9 @@ def init(paths, bands, out, overwrite):
     """Find the fields among PATHS (files, globs, folders) and write their manifest.
 
     Images of one pointing (one pixel grid) make a field, with one image per band
-    (named by FILTER keys, MegaCam's g.MP9401 as g, or by file names)."""
+    (named by FILTER keys, MegaCam's g.MP9401 as g, or by file names).  A catalog beside
+    them named after the pointing (<field>.cat, <field>.ldac: FITS or SExtractor, by
+    content) is the field's own (the manifest's catalog column)."""
     from pathlib import Path
 
     from pyengine.bands import parse_band_list
@@ -40,10 +42,15 @@ def init(paths, bands, out, overwrite):
     target = Path(out)
     if target.exists() and not overwrite:
         raise ConfigError(f"-o {out}: the file exists; add --overwrite to replace it")
-    found = discover(paths, parse_band_list(bands))
+    notes: list[str] = []
+    found = discover(paths, parse_band_list(bands), notes=notes)
     found.write(target)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    catalogs = sum(1 for f in found.fields if f.catalog)
     click.echo(f"{len(found.fields)} field(s), bands {', '.join(found.bands)}, "
-               f"{found.total_pixels / 1e6:,.1f} Mpx per band -> {out}")
+               f"{found.total_pixels / 1e6:,.1f} Mpx per band"
+               + (f", {catalogs} with their own catalog" if catalogs else "") + f" -> {out}")
 
 
 @survey.command("show")
@@ -55,7 +62,8 @@ def init(paths, bands, out, overwrite):
 @click.option("--candidates", default=None, type=click.Path(),
               help="A scan's catalog: draw its candidates on the PNG.")
 def show(manifest, png, within, candidates):
-    """Fields, area, overlaps and pixels of a survey MANIFEST."""
+    """Fields, area, overlaps and pixels of a survey MANIFEST (and each field's own
+    catalog, where the manifest has a catalog column)."""
     from pyengine.survey.geometry import SurveyGeometry, parse_within
     from pyengine.survey.manifest import read_manifest
     from pyengine.survey.report import coverage, draw_footprints
@@ -65,12 +73,15 @@ def show(manifest, png, within, candidates):
     touched = geo.fields_touching(cone) if cone is not None else None
     cover = coverage(geo)
     click.echo(f"{manifest}: {len(geo)} field(s), bands {', '.join(geo.survey.bands)}")
-    click.echo(f"{'field':<24} {'nx':>7} {'ny':>7} {'RA':>10} {'Dec':>10} {'arcsec/px':>9}")
+    catalogs = geo.survey.has_catalogs
+    click.echo(f"{'field':<24} {'nx':>7} {'ny':>7} {'RA':>10} {'Dec':>10} {'arcsec/px':>9}"
+               + ("  catalog" if catalogs else ""))
     for frame, field in zip(geo.frames, geo.survey.fields, strict=True):
         ny, nx = frame.shape
         ra, dec = frame.wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
         click.echo(f"{field.id:<24} {nx:>7} {ny:>7} {float(ra):>10.5f} {float(dec):>10.5f} "
-                   f"{frame.scale:>9.4f}")
+                   f"{frame.scale:>9.4f}" + (f"  {_catalog_name(field.catalog, manifest)}"
+                                             if catalogs else ""))
     click.echo(f"area {cover['area_deg2']:.4g} deg^2 (footprints {cover['sum_deg2']:.4g} "
                f"deg^2: {cover['overlap_fraction']:.1%} in overlaps); "
                f"{geo.survey.total_pixels / 1e6:,.1f} Mpx per band")
@@ -85,6 +96,22 @@ def show(manifest, png, within, candidates):
         click.echo(f"wrote {png}")
 
 
+def _catalog_name(spec, manifest) -> str:
+    """A field's catalog as ``survey show`` lists it: relative to the manifest's folder
+    when below it, '-' for none."""
+    import os
+    from pathlib import Path
+
+    from pyengine.io.fitsfile import parse_spec
+
+    if not spec:
+        return "-"
+    base = Path(manifest).resolve().parent
+    path, ext = parse_spec(spec)
+    shown = os.path.relpath(path, base) if path.is_relative_to(base) else str(path)
+    return shown + ("" if ext is None else f"[{ext}]")
+
+
 @click.command()
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
@@ -97,7 +124,7 @@ def merge(parts, out, overwrite):
 
     got = merge_shards(parts, out, overwrite=overwrite)
     click.echo(f"merged {got['shards']} shard(s): {got['rows']:,} rows"
-               + (f" ({got['merged_duplicates']:,} detections seen in two fields merged)"
+               + (f" ({got['merged_duplicates']:,} rows merged: objects two fields measured)"
                   if got["merged_duplicates"] else "") + f" -> {out}")
     for name, path in got["scoremaps"].items():
         click.echo(f"  score map {name}: {path}")

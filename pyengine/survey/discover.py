@@ -16,6 +16,13 @@ image per band.
 - **Weight maps:** a file whose name marks it as one (``.weight.``, ``_weight``, ``.wht``,
   ``_wht``, ``.wt.``), on the grid of a field and with its band, is that band's weight map
   (``weight_<band>`` in the manifest).
+- **Catalogs:** a field's own source catalog (``catalog`` in the manifest) is a file in
+  the folder of one of its images named after the pointing, ``<stem>.cat``,
+  ``<stem>.ldac``, ``<stem>.cat.fits``, ``<stem>.ldac.fits`` or ``<stem>.fits`` (the stem
+  being the field id or its images' common name: ``G002.003.844+33.133.cat``), that is a
+  catalog by content: a FITS file with a table and no image (FITS_LDAC, SExtractor's
+  ``FITS_1.0``) or a SExtractor ASCII catalog. Taken only when exactly one file fits;
+  two (``.cat`` and ``.ldac`` side by side) take neither, and ``notes`` says so.
 - **Skipped:** FITS files without an image (truth tables, catalogs) found through a folder
   or a glob. Named one by one, they are refused.
 - **Refused, in one line:** a pointing that lacks a band, or has two images of one band,
@@ -37,9 +44,10 @@ from pathlib import Path
 from pyengine.errors import ConfigError, PyEngineError
 from pyengine.survey.manifest import Field, Survey, SurveyError
 
-__all__ = ["ImageInfo", "discover", "expand_paths"]
+__all__ = ["ImageInfo", "discover", "expand_paths", "field_catalog"]
 
 _FITS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+_CATALOGS = (".cat", ".ldac", ".cat.fits", ".ldac.fits", ".fits")
 _WEIGHT = re.compile(r"([._-](weight|wht)([._-]|$)|\.wt\.)", re.IGNORECASE)
 
 
@@ -106,9 +114,9 @@ def _stem(spec: str) -> str:
     return Path(name).stem
 
 
-def _field_id(images: list[ImageInfo]) -> str:
+def _field_id(specs: Sequence[str]) -> str:
     """The file names' common leading characters (without suffixes), trimmed."""
-    stems = [_stem(im.spec) for im in images]
+    stems = [_stem(spec) for spec in specs]
     first, last = min(stems), max(stems)
     n = 0
     while n < min(len(first), len(last)) and first[n] == last[n]:
@@ -116,8 +124,46 @@ def _field_id(images: list[ImageInfo]) -> str:
     return first[:n].rstrip("._-+ ") if len(stems) > 1 else stems[0]
 
 
-def discover(patterns: Sequence[str], bands: Sequence[str] | None = None) -> Survey:
-    """The survey of the images ``patterns`` name (see the module docstring)."""
+def _is_catalog(path: Path) -> bool:
+    """Whether ``path`` is a catalog by content: FITS with a table and no image HDU, or
+    SExtractor ASCII."""
+    from pyengine.io.catalog import catalog_format
+    from pyengine.io.fitsfile import scan_hdus
+
+    try:
+        fmt = catalog_format(path)
+        if fmt == "ascii.sextractor":
+            return True
+        kinds = {h.kind for h in scan_hdus(path)} if fmt == "fits" else set()
+    except (PyEngineError, OSError):
+        return False
+    return "table" in kinds and not kinds & {"image", "compressed"}
+
+
+def field_catalog(images: Sequence[str], field_id: str) -> tuple[str | None, str | None]:
+    """(the field's own catalog, or None; a note when several files could be it), found
+    beside ``images`` as the module docstring says."""
+    stems = {s for s in (field_id, _field_id(images)) if s}
+    taken = {os.path.abspath(i.split("[", 1)[0]) for i in images}
+    found = []
+    for folder in sorted({os.path.dirname(p) for p in taken}):
+        for stem in sorted(stems):
+            for suffix in _CATALOGS:
+                path = os.path.join(folder, stem + suffix)
+                if path not in taken and path not in found and os.path.isfile(path) \
+                        and _is_catalog(Path(path)):
+                    found.append(path)
+    if len(found) > 1:
+        return None, (f"field {field_id}: {len(found)} catalogs beside its images ("
+                      f"{', '.join(Path(p).name for p in found)}); none taken: fill its "
+                      "catalog column by hand")
+    return (found[0] if found else None), None
+
+
+def discover(patterns: Sequence[str], bands: Sequence[str] | None = None,
+             notes: list | None = None) -> Survey:
+    """The survey of the images ``patterns`` name (see the module docstring); ``notes``
+    (a list) gets a line for each field whose catalog was not clear."""
     from pyengine.bands import band_key
     from pyengine.errors import FitsFormatError
 
@@ -168,11 +214,15 @@ def discover(patterns: Sequence[str], bands: Sequence[str] | None = None) -> Sur
             hits = [w for w in weights if band_key(w.band) == key and _same_grid(im, w)]
             row.append(hits[0].spec if hits else None)
         weight_specs.append(tuple(row) if any(row) else ())
-    ids = [_field_id(f) for f in fields]
+    ids = [_field_id([im.spec for im in f]) for f in fields]
     if any(not i for i in ids) or len(set(ids)) != len(ids):
         ids = [Path(f[0].spec.split("[", 1)[0]).parent.name for f in fields]
     if any(not i for i in ids) or len(set(ids)) != len(ids):
         ids = [f"F{k + 1:03d}" for k in range(len(fields))]
-    out = [Field(fid, tuple(im.spec for im in f), w)
-           for fid, f, w in zip(ids, fields, weight_specs, strict=True)]
+    out = []
+    for fid, f, w in zip(ids, fields, weight_specs, strict=True):
+        catalog, note = field_catalog([im.spec for im in f], fid)
+        if note is not None and notes is not None:
+            notes.append(note)
+        out.append(Field(fid, tuple(im.spec for im in f), w, catalog=catalog))
     return Survey(tuple(out), tuple(wanted)).described()

@@ -10,6 +10,10 @@ column        meaning
               relative to the manifest's folder unless absolute; one column per band,
               in the survey's band order
 ``weight_<b>``  optional weight (inverse-variance) map of band ``<b>``, same rules
+``catalog``   optional: the field's own source catalog (MegaPipe-style SExtractor
+              output: FITS_LDAC or FITS table, whatever its suffix, SExtractor ASCII,
+              ECSV, CSV, Parquet), same path rules; ``pyengine scan MANIFEST`` without
+              ``--catalog`` or ``--grid`` scores each field's own rows, by their RA/Dec
 ``nx``, ``ny``  the field's size in pixels            } written by ``pyengine survey
 ``pixscale``    its pixel scale, arcsec per pixel     } init`` and by :meth:`Survey.write`
 ``ra1..ra4``, ``dec1..dec4``  its footprint's corners, deg (ICRS)   } after
@@ -24,7 +28,9 @@ and ``bands``; a CSV names its bands by its ``path_`` columns alone.
 (headers only: that checks that the field's bands share one grid and have a celestial
 WCS) and fills in its size, scale and footprint.  Every problem of a manifest is one
 line naming the manifest, the field and the file: a band with no image, a duplicated
-field, a file missing, bands of one field on different grids, no celestial WCS.
+field, a file missing (a catalog too), bands of one field on different grids, no
+celestial WCS.  A catalog's content is checked where it is scanned
+(:class:`pyengine.survey.sources.FieldCatalogs`).
 
 Thread safety: the types are immutable; functions read files and return new objects.
 """
@@ -57,7 +63,8 @@ class SurveyError(InputFileError):
 @dataclass(frozen=True)
 class Field:
     """One pointing: an image per band (absolute ``path`` or ``path[ext]`` specs), in the
-    survey's band order, with optional weight maps and, once described, its geometry."""
+    survey's band order, with optional weight maps, an optional catalog of its own
+    sources (a spec as the images') and, once described, its geometry."""
 
     id: str
     images: tuple[str, ...]
@@ -65,6 +72,7 @@ class Field:
     shape: tuple[int, int] | None = None       # (ny, nx)
     pixel_scale: float | None = None           # arcsec / px
     corners: tuple[tuple[float, float], ...] | None = None  # 4 x (ra, dec), deg
+    catalog: str | None = None
 
     @property
     def described(self) -> bool:
@@ -137,6 +145,11 @@ class Survey:
                                           for f in self.fields))
 
     @property
+    def has_catalogs(self) -> bool:
+        """Whether any field has its own catalog (the manifest's ``catalog`` column)."""
+        return any(f.catalog for f in self.fields)
+
+    @property
     def total_pixels(self) -> int:
         """Pixels per band over all fields (described fields only)."""
         return sum(f.shape[0] * f.shape[1] for f in self.fields if f.shape)
@@ -162,6 +175,8 @@ class Survey:
             column = [rel(f.weights[k]) if k < len(f.weights) else "" for f in self.fields]
             if any(column):
                 rows[f"weight_{band}"] = column
+        if any(f.catalog for f in self.fields):
+            rows["catalog"] = [rel(f.catalog) for f in self.fields]
         if all(f.described for f in self.fields):
             rows["nx"] = [f.shape[1] for f in self.fields]
             rows["ny"] = [f.shape[0] for f in self.fields]
@@ -253,11 +268,12 @@ def read_manifest(path) -> Survey:
     if meta_bands is not None and [str(b) for b in meta_bands] != bands:
         raise SurveyError(f"{path}: its metadata names bands {list(meta_bands)} but its "
                           f"columns are for {bands}")
-    unknown = [n for n in names if n != "field" and not n.startswith(("path_", "weight_"))
-               and n not in _GEOMETRY]
+    unknown = [n for n in names if n not in ("field", "catalog")
+               and not n.startswith(("path_", "weight_")) and n not in _GEOMETRY]
     if unknown:
         raise SurveyError(f"{path}: unknown column(s) {', '.join(unknown)}; accepted: field, "
-                          "path_<band>, weight_<band>, nx, ny, pixscale, ra1..ra4, dec1..dec4")
+                          "path_<band>, weight_<band>, catalog, nx, ny, pixscale, ra1..ra4, "
+                          "dec1..dec4")
     for n in names:
         if n.startswith("weight_") and n[len("weight_"):] not in bands:
             raise SurveyError(f"{path}: column {n} names a band with no path_ column "
@@ -280,6 +296,7 @@ def read_manifest(path) -> Survey:
         for band in bands:
             spec = _cell(row[f"weight_{band}"]) if f"weight_{band}" in names else ""
             weights.append(_resolve(spec, base) if spec else None)
+        catalog = _cell(row["catalog"]) if "catalog" in names else ""
         shape = scale = corners = None
         if geometry:
             try:
@@ -292,7 +309,7 @@ def read_manifest(path) -> Survey:
             if corners and not all(math.isfinite(v) for c in corners for v in c):
                 shape = scale = corners = None
         fields.append(Field(fid, tuple(images), tuple(weights) if any(weights) else (),
-                            shape, scale, corners))
+                            shape, scale, corners, _resolve(catalog, base) if catalog else None))
     return Survey(tuple(fields), tuple(bands), path)
 
 
@@ -329,6 +346,9 @@ def described_with_wcs(field: Field, bands: Sequence[str], manifest=None):
         file = _split(spec)[0]
         if not os.path.exists(file):
             raise SurveyError(f"{where}: {file}: no such file")
+    if field.catalog and not os.path.exists(_split(field.catalog)[0]):
+        raise SurveyError(f"{where}: {_split(field.catalog)[0]}: no such catalog file (column "
+                          "catalog)")
     try:
         with field.open(bands) as mosaic:
             shape, wcs = mosaic.shape, mosaic.wcs

@@ -7,7 +7,7 @@ in catalog mode the input row), with ``SHARD = 'I/N'``, ``SURVEYID`` (a hash of 
 fields, their band files by content, the source's options and the area) and ``SRCKIND``
 in its header. Merging checks that every part is a shard of one survey scan and that the
 shards 0..N-1 are there exactly once. It stacks them, then orders, reconciles detections
-and numbers the rows as a single-process scan does
+and per-field catalog rows, and numbers the rows as a single-process scan does
 (:func:`pyengine.survey.scan.finish`). In grid mode the shards' score maps of each field
 (a field cut between shards has part of its map in each) are combined beside ``OUT``.
 Anything else is one line naming the file.
@@ -43,6 +43,7 @@ def merge_shards(parts, out, *, overwrite: bool = False) -> dict:
     from pyengine.survey.geometry import SurveyGeometry
     from pyengine.survey.manifest import read_manifest
     from pyengine.survey.scan import combine_scoremaps, finish
+    from pyengine.survey.sources import MEASURED
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -80,10 +81,10 @@ def merge_shards(parts, out, *, overwrite: bool = False) -> dict:
     table = vstack(filled, metadata_conflicts="silent")
     kind = first[2]
     geo = None
-    if kind == "detect":  # reconciliation needs the fields' geometry
+    if kind in MEASURED:  # reconciliation needs the fields' geometry
         if not first[3] or not Path(first[3]).exists():
             raise ConfigError(f"{first[4]}: its survey manifest {first[3] or '(none)'} is not "
-                              "there; detections are reconciled on the fields' footprints")
+                              "there; measured positions are reconciled on the fields' footprints")
         geo = SurveyGeometry(read_manifest(first[3]))
     table, merged = finish(table, kind, geo)
     table.meta.clear()

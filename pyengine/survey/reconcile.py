@@ -68,10 +68,12 @@ def reconcile(ra, dec, field_index, geometry, *, radius: float = 1.0,
         return keep
     d = geometry.edge_distances(ra, dec)
     # rows a margin row can match: their edge distances differ by at most 2 x radius more,
-    # also where the second field's edge is just beyond them (a row just off its image)
+    # also where the second field's edge is just beyond them (a row just off its image);
+    # rows with no position (a catalog's unusable rows: NaN) match nothing
     top2 = np.sort(d, axis=0)[-2:]
-    near = np.flatnonzero((top2[1] - top2[0] <= margin + 2 * radius) & np.isfinite(ra) &
-                          np.isfinite(dec))
+    with np.errstate(invalid="ignore"):
+        near = np.flatnonzero((top2[1] - top2[0] <= margin + 2 * radius) & np.isfinite(ra) &
+                              np.isfinite(dec))
     if near.size < 2:
         return keep
     ra0, dec0 = float(np.mean(ra[near])), float(np.mean(dec[near]))

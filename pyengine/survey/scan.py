@@ -11,11 +11,13 @@ One process scans each field as one part; a cluster cuts fields into several
 A part's catalog goes to ``OUT.fields/<field>@<first>-<last>.fits``. Once every unit is
 done the parts are joined into ``OUT``, and the folder is removed.
 
-**Order:** in catalog mode, input row order; otherwise field order (the manifest's),
-then each field's tile order. ``id`` numbers the joined catalog. Every part of a field
-runs batches of the field's one size (:meth:`OwnedSource.run_positions`), so a score does
-not depend on how the field was cut: the catalog of a cluster or of merged shards equals
-the one-process catalog bit for bit.
+**Order:** with one catalog for the region, input row order; with each field's own
+catalog (:class:`~pyengine.survey.sources.FieldCatalogs`), field order (the
+manifest's), then each catalog's row order; otherwise field order, then each field's
+tile order. ``id`` numbers the joined catalog. Every part of a field runs batches of the
+field's one size (:meth:`OwnedSource.run_positions`), so a score does not depend on how
+the field was cut: the catalog of a cluster or of merged shards equals the one-process
+catalog bit for bit.
 
 **Catalog rows that no field holds:** rows inside the area that no field covers, and
 rows with unusable positions (wherever the area: where they lie is not known), are kept:
@@ -31,17 +33,21 @@ the field owns, written beside the catalog as ``<OUT stem>_<field>_scoremap.fits
 grouping made the part. A part that was running resumes from its journal when the same
 run is formed again. The outputs of a finished survey are the same whatever was
 interrupted. ``OUT.fields/survey.json`` records what the survey scan started with: the
-fields (and the area, the tile size and the source's options) and each field's band
-files by content (:func:`pyengine.hashing.file_identity`). A resume whose fields, files
-or options differ is refused in one line naming the field, so that a finished part of
-other data is never joined.
+fields (and the area, the tile size and the source's options), each field's band files
+and, with per-field catalogs, its catalog by content
+(:func:`pyengine.hashing.file_identity`). A resume whose fields, files or options differ
+is refused in one line naming the field, so that a finished part of other data is never
+joined.
 
-**Detections** keep, in each field, the positions within ``MATCH_MARGIN`` (2") of being
-owned; after the join, rows of different fields within ``MATCH_RADIUS`` (1") are one
-object and keep one field's rows (:mod:`pyengine.survey.reconcile`). A detection only
-one field made near a boundary (the owner has a chip gap there, say) is kept.
+**Detections and per-field catalogs** (measured positions: an object in an overlap is
+in each field's list at that field's position) keep, in each field, the positions
+within ``MATCH_MARGIN`` (2") of being owned; after the join, rows of different fields
+within ``MATCH_RADIUS`` (1") are one object and keep one field's rows
+(:mod:`pyengine.survey.reconcile`). A detection (a catalog row) only one field made
+near a boundary (the owner has a chip gap there, say) is kept.
 
-A survey's catalog must give RA/Dec: its pixel columns mean nothing across fields.
+A survey's catalogs must give RA/Dec, and theirs are used where they also have pixel
+columns: pixels mean nothing across fields.
 
 Thread safety: one scan at a time per Engine (see :class:`pyengine.scan.engine.Engine`).
 """
@@ -61,7 +67,14 @@ from pyengine.defaults import DEFAULT_CORE
 from pyengine.errors import ConfigError, OutputError, ScanOutputError
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
-from pyengine.survey.sources import INPUT_ROW, OwnedSource
+from pyengine.survey.sources import (
+    FIELD_CATALOGS,
+    INPUT_ROW,
+    MEASURED,
+    OwnedSource,
+    field_source,
+    source_kind,
+)
 
 __all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
            "combine_scoremaps", "finish", "parse_shard", "parts_folder", "scan_part",
@@ -95,7 +108,7 @@ class SurveySummary:
                 + (f", {self.off_image:,} in no field" if self.off_image else "")
                 + (f", {self.outside_area:,} catalog rows outside the area"
                    if self.outside_area else "")
-                + (f", {self.merged_duplicates:,} detections seen in two fields merged"
+                + (f", {self.merged_duplicates:,} rows merged (objects two fields measured)"
                    if self.merged_duplicates else "")
                 + f" in {self.seconds:.1f} s -> {self.out}")
 
@@ -123,8 +136,9 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
-    for one field. ``cone`` / ``regions``: the area (None: everything).  The work is the
-    survey's units (field, tile) (:mod:`pyengine.survey.units`), scanned in parts.
+    for one field; a :class:`~pyengine.survey.sources.FieldCatalogs` makes each field's
+    from its own catalog. ``cone`` / ``regions``: the area (None: everything).  The work
+    is the survey's units (field, tile) (:mod:`pyengine.survey.units`), scanned in parts.
     ``shard`` (I, N): only share I of the units, written to ``out`` as a shard file for
     :func:`pyengine.survey.merge.merge_shards`.  ``client`` (a
     ``dask.distributed.Client``): the parts run as tasks on its workers, each worker
@@ -169,7 +183,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     first_unit = every[0] if every else None  # its part reports the rows no field holds
     done_before = U.done_units(parts, geo, touched)
     todo = U.runs([u for u in mine if u not in done_before])
-    kind = make_source().kind
+    kind = source_kind(make_source)
     for k in dict.fromkeys(k for k, _ in mine):
         if all((k, t) in done_before for kk, t in mine if kk == k):
             summary.fields[geo.survey.fields[k].id] = "done earlier"
@@ -185,8 +199,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     for part, got in done:
         fid = geo.survey.fields[part.field].id
         _add_field_summary(summary.fields, fid, got)
-        if first_unit in part:
-            summary.outside_area = got.get("outside_area", 0)
+        summary.outside_area += got.get("outside_area", 0)  # the reporting parts'
     files = _part_files(parts, geo, mine)
     table = _join(geo, files, kind)
     if not table.colnames:  # a shard with no unit (more shards than units)
@@ -330,17 +343,19 @@ def combine_scoremaps(paths, target) -> Path:
 
 def finish(table, kind, geo):
     """The survey's catalog from stacked field catalogs (one process's or all shards'):
-    ordered (catalog mode: input rows; else field order, then each field's order),
-    detections reconciled, ``id`` numbered, the ordering columns dropped; also the
-    number of detections merged."""
+    ordered (one region catalog: input rows; else field order, then each field's order),
+    measured positions (detections, per-field catalogs) reconciled, ``id`` numbered, the
+    ordering columns dropped; also the number of rows merged."""
     merged = 0
     if len(table):
         key = np.asarray(table[INPUT_ROW]) if kind == "catalog" and INPUT_ROW in \
             table.colnames else None
+        # per-field catalogs: field order, then each catalog's rows (whatever the parts)
+        within = INPUT_ROW if kind == FIELD_CATALOGS else FIELD_ROW
         order = np.argsort(key, kind="stable") if key is not None else \
-            np.lexsort((np.asarray(table[FIELD_ROW]), np.asarray(table[FIELD_ORDER])))
+            np.lexsort((np.asarray(table[within]), np.asarray(table[FIELD_ORDER])))
         table = table[order]
-    if kind == "detect" and len(table):
+    if kind in MEASURED and len(table):
         from pyengine.survey.reconcile import reconcile
 
         keep = reconcile(np.asarray(table["ra"]), np.asarray(table["dec"]),
@@ -367,7 +382,12 @@ def _identity(geo, touched, make_source, cone, regions) -> dict:
     from pyengine.hashing import file_identity
     from pyengine.io.fitsfile import parse_spec
 
-    source = make_source()
+    kind = source_kind(make_source)
+    catalogs = {}
+    for k in touched if kind == FIELD_CATALOGS else ():  # checked: one line naming the field
+        make_source.check(geo.survey.fields[k], geo.frames[k].wcs)
+        catalogs[geo.survey.fields[k].id] = make_source.identity(geo.survey.fields[k])
+    source = field_source(make_source, geo.survey.fields[touched[0]])
     options = {k: v for k, v in vars(source).items()
                if not k.startswith("_") and isinstance(v, str | int | float | bool | None)}
     if isinstance(getattr(source, "spec", None), str):  # a catalog: its content too
@@ -377,10 +397,11 @@ def _identity(geo, touched, make_source, cone, regions) -> dict:
         f = geo.survey.fields[k]
         fields[f.id] = [{"spec": spec, **file_identity(parse_spec(spec)[0])}
                         for spec in f.images]
-    return {"bands": list(geo.survey.bands), "fields": fields, "source": source.kind,
+    return {"bands": list(geo.survey.bands), "fields": fields, "source": kind,
             "options": options,
             "cone": None if cone is None else [cone.ra, cone.dec, cone.radius],
-            "regions": [str(r) for r in regions or ()]}
+            "regions": [str(r) for r in regions or ()], **({"catalogs": catalogs} if catalogs
+                                                          else {})}
 
 
 def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
@@ -399,6 +420,12 @@ def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
                 raise ResumeError(f"--resume: field {fid!r}: its band files changed since the "
                                   f"scan started ({', '.join(f['spec'] for f in files)}); "
                                   "scan again without --resume")
+        for fid, now in identity.get("catalogs", {}).items():
+            was = before.get("catalogs", {}).get(fid)
+            if was is not None and (was["size"], was["sha256_sampled"]) != \
+                    (now["size"], now["sha256_sampled"]):
+                raise ResumeError(f"--resume: field {fid!r}: its catalog {now['spec']} changed "
+                                  "since the scan started; scan again without --resume")
         for key in ("bands", "source", "options", "cone", "regions"):
             if before.get(key) != identity[key]:
                 raise ResumeError(f"--resume: the survey scan started with {key} "
@@ -429,11 +456,14 @@ def scan_part(engine, geo, part, parts, make_source, cone, regions, *, report_un
     if path.exists():
         return part, {"done": "earlier"}
     journal = path.with_name(path.name + ".journal")
-    inner = make_source()
-    # the first unit's part also reports the catalog rows that no field holds; measured
-    # positions (detections) keep a margin, reconciled after the join
-    source = OwnedSource(inner, geo, part.field, cone, regions, report_unowned=report_unowned,
-                         margin=MATCH_MARGIN if inner.kind == "detect" else 0.0,
+    inner, kind = field_source(make_source, fld), source_kind(make_source)
+    # the first unit's part (with per-field catalogs, each field's first part, of its own
+    # catalog) also reports the catalog rows that no field holds; measured positions keep
+    # a margin, reconciled after the join
+    source = OwnedSource(inner, geo, part.field, cone, regions,
+                         report_unowned=report_unowned or (kind == FIELD_CATALOGS
+                                                           and part.first == 0),
+                         margin=MATCH_MARGIN if kind in MEASURED else 0.0,
                          tiles=part.tiles)
     mosaic = fld.open(geo.survey.bands)
     try:

@@ -1,6 +1,7 @@
 """A field's share of a survey's positions: :class:`OwnedSource` keeps, of any source's
 positions in one field, those the field owns (:mod:`pyengine.survey.geometry`'s rule)
-and that lie in the area (``--within``, ``--region``).
+and that lie in the area (``--within``, ``--region``); :class:`FieldCatalogs` makes each
+field's source from its own catalog (the manifest's ``catalog`` column).
 
 Ownership is decided on sky positions. For a catalog with RA/Dec columns these are the
 catalog's own numbers (:meth:`pyengine.sources.catalog.CatalogSource.sky`), so every field
@@ -8,6 +9,14 @@ decides on the same values and a source on a boundary is scored exactly once. Ot
 (a grid, pixel catalogs, detections) the position goes from the field's pixels to the sky
 through its WCS. A grid has its own points in each field, and each field keeps those in
 the part of the sky it owns.
+
+**Per-field catalogs** (MegaPipe-style: SExtractor run on each pointing) hold an object
+in an overlap once per field that saw it, each time at that field's measured position.
+Like detections (kind :data:`MEASURED`), each field keeps its rows within a margin of
+being owned, and :func:`pyengine.survey.reconcile.reconcile` keeps one row per object
+after the join: the owner's, or the only field's that listed it. Positions are each
+catalog's RA/Dec (their pixels are each on its own field's grid); every field reports
+its own catalog's rows that no field holds.
 
 Thread safety: like the source it wraps (bound once, then read by the scan's threads).
 """
@@ -18,11 +27,102 @@ import numpy as np
 
 from pyengine.sources.base import Source, TilePositions
 
-__all__ = ["INPUT_ROW", "OwnedSource"]
+__all__ = ["FIELD_CATALOGS", "INPUT_ROW", "MEASURED", "FieldCatalogs", "OwnedSource",
+           "field_source", "source_kind"]
 
 #: The column carrying a catalog position's input row through a field's catalog, so the
 #: survey's catalog can be put in input order (dropped from it).
 INPUT_ROW = "survey_input_row"
+#: The source kind of a survey scan whose fields bring their own catalogs (a shard's
+#: ``SRCKIND``), and the kinds whose positions each field measures for itself.
+FIELD_CATALOGS = "field-catalogs"
+MEASURED = ("detect", FIELD_CATALOGS)
+
+
+class FieldCatalogs:
+    """The ``make_source`` of a survey scan in which each field's positions are the rows
+    of its own catalog (:attr:`pyengine.survey.manifest.Field.catalog`): called with a
+    field, a new unbound :class:`~pyengine.sources.catalog.CatalogSource` of its catalog.
+    ``ra_col``, ``dec_col``, ``mag_col``, ``mag_limit`` apply to every field's catalog.
+    Pixel columns are not taken: each catalog's pixels are on its own field's grid, and
+    ownership is decided on the sky.  Picklable (Dask tasks)."""
+
+    kind = FIELD_CATALOGS
+
+    def __init__(self, *, manifest=None, ra_col=None, dec_col=None, x_col=None, y_col=None,
+                 mag_col=None, mag_limit=None):
+        from pyengine.errors import ConfigError
+
+        if x_col is not None or y_col is not None:
+            raise ConfigError("--x-col/--y-col do not apply to a survey's per-field catalogs: "
+                              "their RA/Dec columns are used (--ra-col/--dec-col name them)")
+        self.manifest = manifest
+        self.options = {"ra_col": ra_col, "dec_col": dec_col, "mag_col": mag_col,
+                        "mag_limit": mag_limit}
+
+    def __call__(self, field):
+        from pyengine.sources.catalog import CatalogSource
+
+        return CatalogSource(self._spec(field), **self.options)
+
+    def _where(self, field) -> str:
+        return f"{self.manifest or 'survey'}: field {field.id!r}"
+
+    def _spec(self, field) -> str:
+        from pyengine.survey.manifest import SurveyError
+
+        if not field.catalog:
+            raise SurveyError(f"{self._where(field)} has no catalog (its catalog column is "
+                              "empty); give every field scanned its own, or --catalog FILE "
+                              "(one for the whole region), or --grid STRIDE")
+        return field.catalog
+
+    def check(self, field, wcs) -> None:
+        """Refuse, in one line naming the field and the file, a catalog that is missing,
+        unreadable, empty, without RA/Dec columns (or the magnitude column a limit needs),
+        from its first row (``wcs``: the field's)."""
+        from pyengine.errors import CatalogError
+        from pyengine.io.catalog import catalog_positions, read_catalog_head
+        from pyengine.survey.manifest import SurveyError
+
+        source = self(field)
+        try:
+            head = read_catalog_head(source.spec)
+            source.check_columns(head)
+            pos = catalog_positions(head, wcs, where=source.spec, ra_col=source.ra_col,
+                                    dec_col=source.dec_col, refuse_unusable=False)
+            if pos.form != "sky":
+                raise CatalogError(f"{source.spec}: a survey's catalogs need RA/Dec columns "
+                                   f"(found only pixels {', '.join(pos.columns)}, which mean "
+                                   "nothing across fields)")
+        except CatalogError as exc:
+            raise SurveyError(f"{self._where(field)}: {exc}") from None
+
+    def identity(self, field) -> dict:
+        """The catalog's spec and content identity (:func:`pyengine.hashing.file_identity`),
+        for the survey scan's resume record."""
+        from pyengine.hashing import file_identity
+        from pyengine.io.fitsfile import parse_spec
+        from pyengine.survey.manifest import SurveyError
+
+        spec = self._spec(field)
+        try:
+            return {"spec": spec, **file_identity(parse_spec(spec)[0])}
+        except OSError as exc:
+            raise SurveyError(f"{self._where(field)}: {spec}: cannot read the catalog file "
+                              f"({exc.strerror})") from None
+
+
+def source_kind(make_source) -> str:
+    """The kind of the sources ``make_source`` makes: "catalog", "grid", "detect", or
+    :data:`FIELD_CATALOGS`."""
+    return FIELD_CATALOGS if isinstance(make_source, FieldCatalogs) else make_source().kind
+
+
+def field_source(make_source, field) -> Source:
+    """A new, unbound source for ``field``: its own catalog's (:class:`FieldCatalogs`), or
+    ``make_source()`` (the same source, one region catalog, a grid, detection)."""
+    return make_source(field) if isinstance(make_source, FieldCatalogs) else make_source()
 
 
 class OwnedSource(Source):

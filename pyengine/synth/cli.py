@@ -17,7 +17,7 @@ from pyengine.errors import ConfigError
 
 __all__ = ["synth"]
 
-_SURVEY_ONLY = ("--field-size", "--overlap", "--rotation", "--dither")
+_SURVEY_ONLY = ("--field-size", "--overlap", "--rotation", "--dither", "--field-catalogs")
 
 
 @click.command()
@@ -60,10 +60,14 @@ _SURVEY_ONLY = ("--field-size", "--overlap", "--rotation", "--dither")
 @click.option("--dither", type=float, default=None,
               help="Survey: largest offset of a field's centre from its grid place, px "
                    "[default: 20].")
+@click.option("--field-catalogs", is_flag=True,
+              help="Survey: also write each field's truth as a SExtractor FITS_LDAC catalog "
+                   "F<col><row>/F<col><row>.cat (X_IMAGE, Y_IMAGE 1-based, ALPHA_J2000, "
+                   "DELTA_J2000, MAG_AUTO) and the manifest's catalog column.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
 def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_gaps,
           sky_subtracted, seeing_g, seeing_i, cluster_density, star_limit, grid, field_size,
-          overlap, rotation, dither, quiet):
+          overlap, rotation, dither, field_catalogs, quiet):
     """Write a synthetic PAndAS-like g, i field of M31 and its truth catalog to OUTDIR.
 
     Files: g.fits and i.fits (or g.fits.fz, i.fits.fz, or field.fits) and
@@ -71,16 +75,16 @@ def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_
     Existing files of those names are replaced.
 
     With --survey COLSxROWS: overlapping fields of one sky, each in its own folder
-    F<col><row> (column 0 east, row 0 south) with its images and truth.fits; truth.fits
-    of the whole area (each object once, with placed, n_fields and fields); and the
-    manifest survey.ecsv, written last.
+    F<col><row> (column 0 east, row 0 south) with its images and truth.fits (and with
+    --field-catalogs its F<col><row>.cat); truth.fits of the whole area (each object
+    once, with placed, n_fields and fields); and the manifest survey.ecsv, written last.
     """
     import dataclasses
 
     from pyengine.synth.config import SynthConfig
 
-    survey_options = dict(zip(_SURVEY_ONLY, (field_size, overlap, rotation, dither),
-                              strict=True))
+    survey_options = dict(zip(_SURVEY_ONLY, (field_size, overlap, rotation, dither,
+                                             field_catalogs or None), strict=True))
     if grid is None and any(v is not None for v in survey_options.values()):
         given = [k for k, v in survey_options.items() if v is not None]
         raise ConfigError(f"{', '.join(given)}: survey option{'s' if len(given) > 1 else ''}; "
@@ -101,7 +105,8 @@ def synth(outdir, size, width, height, seed, ra, dec, encoding, tile_size, chip_
         sky_subtracted=sky_subtracted, bands=bands,
         **{k: v for k, v in overrides.items() if v is not None})
     if grid is not None:
-        _survey(outdir, config, grid, field_size, overlap, rotation, dither, quiet)
+        _survey(outdir, config, grid, field_size, overlap, rotation, dither, quiet,
+                field_catalogs=field_catalogs)
         return
 
     from pyengine.synth.field import make_field
@@ -135,7 +140,8 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {plural.get(k, k)}" for k, n in counts.items())
 
 
-def _survey(outdir, base, grid, field_size, overlap, rotation, dither, quiet) -> None:
+def _survey(outdir, base, grid, field_size, overlap, rotation, dither, quiet, *,
+            field_catalogs: bool) -> None:
     from pyengine.synth.survey import SurveyConfig, make_survey, parse_grid
 
     columns, rows = parse_grid(grid)
@@ -144,13 +150,16 @@ def _survey(outdir, base, grid, field_size, overlap, rotation, dither, quiet) ->
     config = SurveyConfig(columns=columns, rows=rows, base=base,
                           **{k: v for k, v in given.items() if v is not None})
     if quiet:
-        result = make_survey(outdir, config)
+        result = make_survey(outdir, config, field_catalogs=field_catalogs)
     else:
         with click.progressbar(length=columns * rows * config.field_size,
                                label="rendering fields", file=sys.stderr) as bar:
-            result = make_survey(outdir, config, progress=_updater(bar))
+            result = make_survey(outdir, config, progress=_updater(bar),
+                                 field_catalogs=field_catalogs)
     ids = list(result.fields)
-    click.echo(f"wrote {len(ids)} fields ({ids[0]} .. {ids[-1]}) under {outdir}")
+    click.echo(f"wrote {len(ids)} fields ({ids[0]} .. {ids[-1]}) under {outdir}"
+               + (f", each with its SExtractor catalog {ids[0]}/{ids[0]}.cat .."
+                  if field_catalogs else ""))
     click.echo(f"wrote {result.truth}")
     click.echo(f"wrote {result.manifest}")
     click.echo(f"{columns} x {rows} fields of {config.field_size} px, seed {base.seed}, "

@@ -39,7 +39,11 @@ columns; ``id`` is the object's id in the survey truth; x, y on that field's gri
 ``truth.fits``, every object once (:class:`~pyengine.synth.writers.SurveyTruthWriter`:
 ``placed``, ``n_fields``, ``fields``); and ``survey.ecsv``, the manifest
 (:mod:`pyengine.survey.manifest`) written last, so its presence marks a complete
-survey (a stale one is deleted first).
+survey (a stale one is deleted first).  With ``field_catalogs`` each field's folder
+also holds ``<field>.cat``, its truth as a MegaPipe-style SExtractor catalog
+(FITS_LDAC: X_IMAGE, Y_IMAGE 1-based, ALPHA_J2000, DELTA_J2000, MAG_AUTO, TRUTH_ID;
+:func:`~pyengine.synth.writers.write_sextractor_catalog`), named in the manifest's
+``catalog`` column: an object in an overlap is in each catalog of a field holding it.
 
 The one tangent plane limits a survey's size: it must fit in 1,000,000 px (52 deg at
 0.187"/px), and far from its centre the plane stretches (3 % at 10 deg), so objects
@@ -69,7 +73,7 @@ from pyengine.synth.config import SynthConfig, _check_int, _check_range
 from pyengine.synth.field import SynthResult, make_field, prepare_output_dir
 from pyengine.synth.profiles import R_MAX
 from pyengine.synth.sky import field_wcs
-from pyengine.synth.writers import SurveyTruthWriter
+from pyengine.synth.writers import SurveyTruthWriter, write_sextractor_catalog
 
 __all__ = ["PlacedObject", "SurveyConfig", "SurveyField", "SurveyLayout", "SurveyResult",
            "make_survey", "parse_grid"]
@@ -532,12 +536,14 @@ def _spec(location: tuple[Path, int]) -> str:
 
 
 def make_survey(out_dir: str | os.PathLike, config: SurveyConfig | None = None, *,
-                extra_objects=(), progress=None) -> SurveyResult:
+                extra_objects=(), progress=None, field_catalogs: bool = False) -> SurveyResult:
     """Write a synthetic survey into ``out_dir`` (see the module docstring for the files).
 
     ``extra_objects``: :class:`PlacedObject` s added to the sky (each must lie on some
     field); they are rows of the survey truth with ``placed`` true.
     ``progress(rows_done, rows_total)`` counts image rows over all fields.
+    ``field_catalogs``: also write each field's ``<field>.cat`` (SExtractor FITS_LDAC of
+    its truth) and the manifest's ``catalog`` column.
     """
     from pyengine.survey.manifest import Field, Survey
 
@@ -565,8 +571,17 @@ def make_survey(out_dir: str | os.PathLike, config: SurveyConfig | None = None, 
         results[f.id] = make_field(
             out / f.id, f.config, progress=rows_done, objects=objs, truth_ids=ids,
             truth_comments=[f"Field {f.id} of a survey: id is the row id in ../truth.fits."])
+    catalogs = {}
+    if field_catalogs:
+        from astropy.io import fits
+
+        for f in layout.fields:
+            image, hdu = results[f.id].images[f.config.bands[0].name]
+            catalogs[f.id] = str(write_sextractor_catalog(
+                out / f.id / f"{f.id}.cat", results[f.id].truth, fits.getheader(image, hdu)))
     survey = Survey(tuple(Field(f.id, tuple(_spec(results[f.id].images[b.name])
-                                            for b in f.config.bands))
+                                            for b in f.config.bands),
+                                catalog=catalogs.get(f.id))
                           for f in layout.fields), tuple(b.name for b in config.base.bands))
     survey.described().write(manifest)
     counts = {name: truth.counts[name] for name in CLASSES}

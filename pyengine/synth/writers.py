@@ -15,6 +15,10 @@ Encodings (``SynthConfig.encoding``):
 * ``mef``: ``field.fits`` with an empty primary HDU and IMAGE extensions
   ``G`` and ``I`` (float32).
 
+A survey's fields may also get a SExtractor-shaped catalog of their truth
+(:func:`write_sextractor_catalog`: FITS_LDAC, ``X_IMAGE``/``Y_IMAGE`` 1-based), the
+per-field catalogs of MegaPipe.
+
 All files are written to hidden temporary names and renamed into place on
 success (:mod:`pyengine.io.fitswrite`).  The truth catalog is written with
 fitsio, appending one cell row at a time, also atomically.
@@ -38,7 +42,8 @@ from pyengine.synth.catalog import CLASSES, SUBCLASSES, Objects
 from pyengine.synth.config import SynthConfig
 from pyengine.synth.sky import band_header, primary_header, sky_counts
 
-__all__ = ["FieldWriters", "SurveyTruthWriter", "TruthWriter", "int16_scaling"]
+__all__ = ["FieldWriters", "SurveyTruthWriter", "TruthWriter", "int16_scaling",
+           "write_sextractor_catalog"]
 
 #: RICE quantisation level (cfitsio/fpack default): step = noise / 4.
 RICE_QLEVEL = 4.0
@@ -270,3 +275,38 @@ class SurveyTruthWriter(_PublishedOnClose):
             self.counts[name] += int(np.count_nonzero(objs.t_class == k))
         self.placed += n if placed else 0
         self.fits[-1].append(rows)
+
+
+def write_sextractor_catalog(path: Path, truth: Path, header: Header) -> Path:
+    """A field's truth as SExtractor writes a catalog with ``-CATALOG_TYPE FITS_LDAC``:
+    an empty primary HDU, ``LDAC_IMHEAD`` (``header``, the image's, as 80-character cards)
+    and ``LDAC_OBJECTS`` with NUMBER, X_IMAGE, Y_IMAGE (FITS 1-based: truth x + 1),
+    ALPHA_J2000, DELTA_J2000, MAG_AUTO (i), CLASS_STAR (1 for stars, else 0), FLAGS (0)
+    and TRUTH_ID (the truth's id; not a SExtractor column).  Positions are the truth's,
+    exact: no measurement noise.  Written atomically; returns ``path``."""
+    from astropy.io import fits
+
+    from pyengine.atomic import atomic_path
+
+    rows = fitsio.read(str(truth), ext=1)
+    n = len(rows)
+    cards = [card.image for card in header.cards] + ["END".ljust(80)]
+    imhead = fits.BinTableHDU.from_columns(
+        [fits.Column("Field Header Card", f"{80 * len(cards)}A", dim=f"(80, {len(cards)})",
+                     array=np.array([cards], dtype="S80"))], name="LDAC_IMHEAD")
+    star = np.char.strip(rows["class"].astype("S7")) == b"star"
+    columns = [("NUMBER", "J", np.arange(1, n + 1), None, "I10"),
+               ("X_IMAGE", "D", rows["x"] + 1.0, "pixel", "F11.4"),
+               ("Y_IMAGE", "D", rows["y"] + 1.0, "pixel", "F11.4"),
+               ("ALPHA_J2000", "D", rows["ra"], "deg", "F11.7"),
+               ("DELTA_J2000", "D", rows["dec"], "deg", "F11.7"),
+               ("MAG_AUTO", "E", rows["i_mag"], "mag", "F8.4"),
+               ("CLASS_STAR", "E", star.astype(np.float32), None, "F6.3"),
+               ("FLAGS", "I", np.zeros(n, np.int16), None, "I3"),
+               ("TRUTH_ID", "K", rows["id"], None, "I10")]
+    objects = fits.BinTableHDU.from_columns(
+        [fits.Column(name, fmt, unit=unit, disp=disp, array=array)
+         for name, fmt, array, unit, disp in columns], name="LDAC_OBJECTS")
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), imhead, objects]).writeto(tmp)
+    return path
