@@ -427,11 +427,20 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         client, cluster = open_client(dask_address)
         engine = None  # each worker makes its own
 
+        started = time.monotonic()
+
         def show(event):
-            if not quiet and event.get("event") == "part":
+            if event.get("event") != "part":
+                return
+            if log_json:
+                click.echo(json.dumps(event, sort_keys=True))
+            elif not quiet:
                 first, last = event["tiles"]
+                elapsed = time.monotonic() - started
+                eta = elapsed / event["done"] * (event["total"] - event["done"])
                 click.echo(f"field {event['field']} tiles {first}-{last} done "
-                           f"({event['done']}/{event['total']} tasks)", err=True)
+                           f"({event['done']}/{event['total']} tasks, {elapsed:.0f} s, "
+                           f"ETA {int(eta) // 60}:{int(eta) % 60:02d})", err=True)
         show.close = lambda: None
     else:
         engine = Engine(**config)
