@@ -148,3 +148,47 @@ def test_engine_scan_takes_a_survey_and_a_client_the_user_has(survey, config, cl
     assert 0 < len(inside) < len(want)
     with pytest.raises(ConfigError, match="apply to surveys"):
         engine.scan(survey.fields[0].images, GridSource(25), client=client)
+
+
+def test_resume_after_the_client_itself_is_killed(survey, model, tmp_path):
+    """``pyengine scan MANIFEST --dask local:2`` killed (SIGKILL, its local cluster with
+    it) once some parts are written: ``--resume`` keeps them and finishes the same
+    catalog a single process writes."""
+    import subprocess
+    import sys
+    import time
+
+    from pyengine.survey.scan import parts_folder
+    from pyengine.survey.units import done_units
+
+    manifest = survey.described().write(tmp_path / "s.ecsv")
+    out = tmp_path / "d.fits"
+    common = ["scan", str(manifest), "--grid", "10", "--model", str(model), "--runner",
+              "torch", "--tile-size", "64", "-q"]
+    cmd = [sys.executable, "-m", "pyengine.cli", *common, "--dask", "local:2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    from pyengine.survey.geometry import SurveyGeometry
+
+    geo = SurveyGeometry(survey)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if parts_folder(out).is_dir() and done_units(parts_folder(out), geo, range(4)):
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = done_units(parts_folder(out), geo, range(4))
+    assert 0 < len(kept) < 64 and not out.exists()
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    local = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "l.fits")])
+    assert local.exit_code == 0, local.output
+    again = CliRunner().invoke(main, [*common, "--dask", "local:2", "--out", str(out),
+                                      "--resume"])
+    assert again.exit_code == 0, again.output
+    _same(tmp_path / "l.fits", out)
