@@ -187,3 +187,35 @@ def test_a_full_disk_in_a_survey_is_one_line_keeps_the_work_and_resumes(
     assert done.exit_code == 0, done.output
     _same(tmp_path / "whole.fits", out)
     assert not parts_folder(out).exists()
+
+
+def test_a_resume_with_another_model_or_tile_size_is_refused(survey_2x2, model, engine_64,
+                                                              tmp_path, monkeypatch):
+    """Finished parts of one model (or tile plan) are never joined with another's."""
+    import pyengine.scan.run as run_module
+    from pyengine.errors import ResumeError
+
+    out = tmp_path / "r.fits"
+    real = run_module.run_scan
+
+    def failing(eng, mosaic, source, part, **kw):
+        if part.name.startswith("B@"):
+            raise RuntimeError("killed")
+        return real(eng, mosaic, source, part, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "run_scan", failing)
+        with pytest.raises(RuntimeError, match="killed"):
+            scan_survey(engine_64, survey_2x2, out, make_source=lambda: GridSource(25))
+    other = Engine(model, runner="torch", device="cpu", batch_size=16, core=64,
+                   max_nan_fraction=0.3)
+    with pytest.raises(ResumeError, match=r"^--resume: the survey scan started with the "
+                                          r"model .*'max_nan_fraction': 0\.5"):
+        scan_survey(other, survey_2x2, out, make_source=lambda: GridSource(25), resume=True)
+    bigger = Engine(model, runner="torch", device="cpu", batch_size=16, core=128)
+    with pytest.raises(ResumeError, match=r"^--resume: the survey scan started with "
+                                          r"--tile-size 64, now 128"):
+        scan_survey(bigger, survey_2x2, out, make_source=lambda: GridSource(25), resume=True)
+    summary = scan_survey(engine_64, survey_2x2, out, make_source=lambda: GridSource(25),
+                          resume=True)
+    assert summary.fields["A"] == "done earlier"

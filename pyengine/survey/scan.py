@@ -175,6 +175,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         or DEFAULT_CORE
     identity = _identity(geo, touched, make_source, cone, regions)
     identity["tile_core"] = int(core)
+    identity["model"] = _model_identity(engine, engine_config)
     _check_started_with(parts, identity, resume)
     summary = SurveySummary(out=str(out))
     summary.skipped_fields = [f.id for k, f in enumerate(geo.survey.fields) if k not in touched]
@@ -404,6 +405,25 @@ def _identity(geo, touched, make_source, cone, regions) -> dict:
                                                           else {})}
 
 
+def _model_identity(engine, config) -> dict:
+    """What the parts' scores depend on beyond the inputs: the model (by content, so a
+    copy resumes), the runner and precision asked for, the blank-cutout limit. A resume
+    with another is refused, so that finished parts of one model are never joined with
+    another's."""
+    from pyengine.runners.loaders import model_identity
+
+    config = (engine.config if engine is not None else config) or {}
+    if engine is not None and engine.config is None:  # a Runner object: what it is
+        config = {"runner": engine.runner.name, "precision": engine.runner.precision,
+                  "max_nan_fraction": engine.max_nan_fraction}
+        sha = engine.model_sha256
+    else:
+        sha = model_identity(config.get("model"))
+    return {"sha256": sha, "runner": config.get("runner", "auto"),
+            "precision": config.get("precision"),
+            "max_nan_fraction": config.get("max_nan_fraction")}
+
+
 def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
     import json
 
@@ -426,11 +446,13 @@ def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
                     (now["size"], now["sha256_sampled"]):
                 raise ResumeError(f"--resume: field {fid!r}: its catalog {now['spec']} changed "
                                   "since the scan started; scan again without --resume")
-        for key in ("bands", "source", "options", "cone", "regions"):
+        labels = {"tile_core": "--tile-size", "model": "the model"}
+        for key in ("bands", "source", "options", "cone", "regions", "tile_core", "model"):
             if before.get(key) != identity[key]:
-                raise ResumeError(f"--resume: the survey scan started with {key} "
-                                  f"{before.get(key)!r}, now {identity[key]!r}; give the same "
-                                  "options, or scan again without --resume")
+                raise ResumeError(f"--resume: the survey scan started with "
+                                  f"{labels.get(key, key)} {before.get(key)!r}, now "
+                                  f"{identity[key]!r}; give the same options, or scan again "
+                                  "without --resume")
         if sorted(before.get("fields", {})) != sorted(identity["fields"]):
             raise ResumeError("--resume: the survey's fields differ from those the scan "
                               f"started with ({', '.join(sorted(before.get('fields', {})))});"
