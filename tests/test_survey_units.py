@@ -192,21 +192,11 @@ def test_a_full_disk_in_a_survey_is_one_line_keeps_the_work_and_resumes(
 def test_a_resume_with_another_model_or_tile_size_is_refused(survey_2x2, model, engine_64,
                                                               tmp_path, monkeypatch):
     """Finished parts of one model (or tile plan) are never joined with another's."""
-    import pyengine.scan.run as run_module
     from pyengine.errors import ResumeError
+    from tests.test_survey_scan import _interrupted_at
 
     out = tmp_path / "r.fits"
-    real = run_module.run_scan
-
-    def failing(eng, mosaic, source, part, **kw):
-        if part.name.startswith("B@"):
-            raise RuntimeError("killed")
-        return real(eng, mosaic, source, part, **kw)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(run_module, "run_scan", failing)
-        with pytest.raises(RuntimeError, match="killed"):
-            scan_survey(engine_64, survey_2x2, out, make_source=lambda: GridSource(25))
+    _interrupted_at("B", engine_64, survey_2x2, out, monkeypatch)
     other = Engine(model, runner="torch", device="cpu", batch_size=16, core=64,
                    max_nan_fraction=0.3)
     with pytest.raises(ResumeError, match=r"^--resume: the survey scan started with the "
