@@ -136,6 +136,9 @@ def test_engine_scan_takes_a_survey_and_a_client_the_user_has(survey, config, cl
     local = tmp_path / "local.fits"
     scan_survey(engine, survey, local, make_source=lambda: GridSource(25))
     want = Table.read(local, mask_invalid=False)
+    for name in want.colnames:  # Engine.scan gives text columns as str, FITS as bytes
+        if want[name].dtype.kind == "S":
+            want[name] = want[name].astype(str)
     manifest = survey.described().write(tmp_path / "s.ecsv")
     for got in (engine.scan(survey, GridSource(25), client=client),
                 engine.scan(str(manifest), GridSource(25))):

@@ -209,3 +209,17 @@ def test_a_resume_with_another_model_or_tile_size_is_refused(survey_2x2, model, 
     summary = scan_survey(engine_64, survey_2x2, out, make_source=lambda: GridSource(25),
                           resume=True)
     assert summary.fields["A"] == "done earlier"
+
+
+def test_engine_iter_scan_of_a_survey_streams_each_field(survey_2x2, engine_64):
+    from astropy.table import vstack
+
+    whole = engine_64.scan(survey_2x2, GridSource(25))
+    pieces = list(engine_64.iter_scan(survey_2x2, GridSource(25)))
+    assert [set(np.asarray(p["field"]).astype(str)) for p in pieces] == [{"A"}, {"B"}, {"C"},
+                                                                         {"D"}]
+    joined = vstack(pieces, metadata_conflicts="silent")  # each field its own SOURCE
+    assert joined.colnames == [c for c in whole.colnames if c != "id"]
+    for name in joined.colnames:
+        np.testing.assert_array_equal(np.asarray(joined[name]), np.asarray(whole[name]),
+                                      err_msg=name)

@@ -334,10 +334,25 @@ class Engine:
             results = list(self.iter_results(mosaic, source, plan))
             return assemble_catalog(self, mosaic, source, results)
 
-    def iter_scan(self, mosaic, sources=None):
+    def iter_scan(self, mosaic, sources=None, *, within=None, regions=None):
         """Per-tile catalogs (astropy Tables), one per :meth:`iter_results` result: in
         tile order, each as soon as it and the tiles before it are scored.  A mosaic opened
-        for the scan is closed when the iterator ends or is closed."""
+        for the scan is closed when the iterator ends or is closed.
+
+        A survey (a Survey or a manifest's path; ``within``, ``regions`` as for
+        :meth:`scan`): one catalog per field, with its ``field`` column, as each field is
+        done (:func:`pyengine.survey.scan.iter_tables`)."""
+        from pyengine.survey.manifest import as_survey
+
+        survey = as_survey(mosaic)
+        if survey is not None:
+            from pyengine.survey.scan import iter_tables
+
+            yield from iter_tables(self, survey, sources, within=within, regions=regions)
+            return
+        if within is not None or regions is not None:
+            raise ConfigError("within= and regions= apply to surveys (a Survey or a "
+                              "manifest), not to one mosaic")
         from pyengine.scan.assembly import tile_table
 
         with self.prepared(mosaic, sources) as (mosaic, source, plan):

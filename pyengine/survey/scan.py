@@ -78,7 +78,7 @@ from pyengine.survey.sources import (
 
 __all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
            "combine_scoremaps", "finish", "parse_shard", "parts_folder", "scan_part",
-           "scan_survey", "scan_table"]
+           "iter_tables", "scan_survey", "scan_table"]
 
 #: Detections: kept this close (arcsec) to being owned, then matched within this radius.
 MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
@@ -261,7 +261,56 @@ def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=Non
         out = Path(tmp) / "survey.fits"
         scan_survey(engine, survey, out, make_source=lambda: copy.deepcopy(template),
                     cone=cone, regions=regions, client=client, engine_config=config)
-        return Table.read(out, mask_invalid=False, memmap=False)
+        return _as_text(Table.read(out, mask_invalid=False, memmap=False))
+
+
+def _as_text(table):
+    """``table`` with its byte-string columns (FITS strings read back) as text."""
+    for name in table.colnames:
+        if table[name].dtype.kind == "S":
+            table[name] = np.char.decode(np.asarray(table[name]), "utf-8")
+    return table
+
+
+def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=None):
+    """The survey's catalog field by field (:meth:`pyengine.scan.engine.Engine.iter_scan`
+    of a survey): each touched field's rows, with its ``field`` column, as soon as the
+    field is scanned, in field order. Catalog rows that no field holds come with the
+    first field (empty ``field``). A position kind that is reconciled across boundaries
+    (detections, per-field catalogs) is not streamed: the rows of one object can come
+    from two fields, so its fields come once every field is done, reconciled."""
+    import copy
+    import tempfile
+
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.geometry import parse_within
+    from pyengine.survey.sources import MEASURED
+    from pyengine.survey.units import runs, unit_list
+
+    template = sources if sources is not None else DetectSource()
+    if template.kind in MEASURED:
+        table = scan_table(engine, survey, template, within=within, regions=regions)
+        fields = np.asarray(table["field"]).astype(str)
+        for fid in dict.fromkeys(fields):
+            yield table[fields == fid]
+        return
+    if template.bound:
+        raise ConfigError("a survey's source is given unbound (each part binds its own "
+                          "copy to its field)")
+    cone = parse_within(within) if isinstance(within, str) else within
+    geo = SurveyGeometry(survey)
+    touched = geo.fields_touching(cone, regions)
+    units = unit_list(geo, touched, engine.core)
+    with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
+        parts = Path(tmp)
+        for part in runs(units):  # one per field
+            scan_part(engine, geo, part, parts, lambda: copy.deepcopy(template), cone,
+                      regions, report_unowned=units[0] in part)
+            table, _ = finish(_join(geo, [(part.field, part.first, part.path(
+                parts, geo.survey.fields[part.field].id))], template.kind), template.kind,
+                geo)
+            table.remove_column("id")
+            yield _as_text(table)
 
 
 def _scan_whole(engine, survey, out, source, *, mosaic=None, resume, overwrite, stop, progress,
