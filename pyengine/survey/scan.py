@@ -76,9 +76,21 @@ from pyengine.survey.sources import (
     source_kind,
 )
 
-__all__ = ["FIELD_ORDER", "FIELD_ROW", "MATCH_MARGIN", "MATCH_RADIUS", "SurveySummary",
-           "combine_scoremaps", "finish", "parse_shard", "parts_folder", "scan_part",
-           "iter_tables", "scan_survey", "scan_table"]
+__all__ = [
+    "FIELD_ORDER",
+    "FIELD_ROW",
+    "MATCH_MARGIN",
+    "MATCH_RADIUS",
+    "SurveySummary",
+    "combine_scoremaps",
+    "finish",
+    "iter_tables",
+    "parse_shard",
+    "parts_folder",
+    "scan_part",
+    "scan_survey",
+    "scan_table",
+]
 
 #: Detections: kept this close (arcsec) to being owned, then matched within this radius.
 MATCH_MARGIN, MATCH_RADIUS = 2.0, 1.0
