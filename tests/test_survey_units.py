@@ -223,3 +223,21 @@ def test_engine_iter_scan_of_a_survey_streams_each_field(survey_2x2, engine_64):
     for name in joined.colnames:
         np.testing.assert_array_equal(np.asarray(joined[name]), np.asarray(whole[name]),
                                       err_msg=name)
+
+
+def test_survey_scan_log_json_is_json_lines_to_the_summary(survey_2x2, model, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pyengine.cli import main
+
+    manifest = survey_2x2.described().write(tmp_path / "s.ecsv")
+    got = CliRunner().invoke(main, [
+        "scan", str(manifest), "--grid", "50", "--model", str(model), "--runner", "torch",
+        "--tile-size", "64", "--log-json", "--out", str(tmp_path / "o.fits")])
+    assert got.exit_code == 0, got.output
+    events = [json.loads(line) for line in got.stdout.splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "summary"
+    assert events[-1]["positions"] == len(Table.read(tmp_path / "o.fits"))
+    assert sorted(events[-1]["fields"]) == list("ABCD")

@@ -469,6 +469,12 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         if cluster is not None:
             cluster.close()
     show.close()
+    if log_json:
+        import dataclasses
+
+        click.echo(json.dumps({"event": "summary", **dataclasses.asdict(summary)},
+                              sort_keys=True, default=str))
+        return
     click.echo(summary.line())
     for fid, path in summary.scoremaps.items():
         click.echo(f"  score map {fid}: {path}")
