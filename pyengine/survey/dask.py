@@ -25,8 +25,10 @@ otherwise, and each thread gets its own Engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from pathlib import Path
 
 from pyengine.errors import ConfigError
 
@@ -131,13 +133,16 @@ def run_parts(client, scan_part, config, geo, todo, parts, make_source, cone, re
     threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
     tiles = sum(len(p.tiles) for p in todo)
     tasks = split_runs(todo, math.ceil(tiles / (TASKS_PER_THREAD * threads)) if tiles else 1)
+    # keys name the parts folder by its whole path: two scans on one cluster whose outputs
+    # share a name (m31.fits in two folders) never share a task
+    where = hashlib.sha256(str(Path(parts).resolve()).encode()).hexdigest()[:12]
     futures = []
     for part in tasks:
         fid = geo.survey.fields[part.field].id
         futures.append(client.submit(
             _part_task, scan_part, config, geo.survey, part, parts, make_source, cone, regions,
             first_unit in part,
-            key=f"pyengine-part-{parts.name}-{part.name(fid)}", retries=2,
+            key=f"pyengine-part-{where}-{part.name(fid)}", retries=2,
             pure=False, resources={"GPU": 1} if gpus else None))
     for done, future in enumerate(distributed.as_completed(futures), start=1):
         part, got = future.result()
