@@ -241,3 +241,42 @@ def test_survey_scan_log_json_is_json_lines_to_the_summary(survey_2x2, model, tm
     assert events[0]["event"] == "start" and events[-1]["event"] == "summary"
     assert events[-1]["positions"] == len(Table.read(tmp_path / "o.fits"))
     assert sorted(events[-1]["fields"]) == list("ABCD")
+
+
+def test_detection_skips_only_tiles_that_cannot_hold_a_kept_position(
+        survey_2x2, engine_64, tmp_path, monkeypatch):
+    """Detection tiles wholly in other fields' sky, or outside the cone, are not read; the
+    catalog is the one that reads every tile."""
+    from pyengine.sources.detect import DetectSource
+    from pyengine.survey.geometry import Cone
+    from pyengine.survey.sources import OwnedSource
+
+    geo = SurveyGeometry(survey_2x2)
+    ra0, dec0 = np.mean(np.array([c for f in geo.frames for c in f.corners]), axis=0)
+    cone = Cone(float(ra0), float(dec0), 0.008)
+    real = OwnedSource._surely_empty
+    skipped = []
+
+    def counting(self, tile):
+        empty = real(self, tile)
+        if empty:
+            skipped.append((self.index, tile.index))
+        return empty
+
+    make = lambda: DetectSource(threshold=3.0)  # noqa: E731
+    counts = []
+    for area in (None, cone):
+        with monkeypatch.context() as patch:
+            patch.setattr(OwnedSource, "_surely_empty", lambda self, tile: False)
+            scan_survey(engine_64, survey_2x2, tmp_path / "all.fits", make_source=make,
+                        cone=area, overwrite=True)
+        skipped.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(OwnedSource, "_surely_empty", counting)
+            scan_survey(engine_64, survey_2x2, tmp_path / "skip.fits", make_source=make,
+                        cone=area, overwrite=True)
+        counts.append(len(set(skipped)))
+        _same(tmp_path / "all.fits", tmp_path / "skip.fits")
+    # overlaps 40 px wide: a few 64 px tiles lie wholly in a neighbour's sky; the cone
+    # (29" of a 37" x 37" survey) leaves out more
+    assert 3 <= counts[0] < counts[1], counts

@@ -51,8 +51,11 @@ class Cone:
     radius: float
 
     def contains(self, ra, dec) -> np.ndarray:
-        return _separation(self.ra, self.dec, np.asarray(ra, float),
-                           np.asarray(dec, float)) <= self.radius
+        return self.separation(ra, dec) <= self.radius
+
+    def separation(self, ra, dec) -> np.ndarray:
+        """Degrees from the centre to each position."""
+        return _separation(self.ra, self.dec, np.asarray(ra, float), np.asarray(dec, float))
 
 
 def parse_within(text: str, option: str = "--within") -> Cone:

@@ -147,6 +147,7 @@ class OwnedSource(Source):
         self.kind, self.needs_pixels = inner.kind, inner.needs_pixels
         self._plan = self._mosaic = None
         self._counts: dict[int, int] = {}
+        self._empty: dict[int, bool] = {}
 
     def __getattr__(self, name):
         # what only this kind of source has (a grid's stride and offset for its score map)
@@ -203,7 +204,35 @@ class OwnedSource(Source):
     def count(self, tile) -> int | None:
         if self.tiles is not None and tile.index not in self.tiles:
             return 0
+        if self.needs_pixels and self._surely_empty(tile):
+            return 0  # a detection tile wholly in other fields' sky, or outside the cone
         return self._owned_count(tile)
+
+    def _surely_empty(self, tile) -> bool:
+        """Whether no position of ``tile``'s core can be kept, proved on a 9 x 9 grid of
+        sample points: every point of the core lies within ``r`` arcsec of one, and the
+        edge distances are 1-Lipschitz on the sky (1.1 allows for the projection), so a
+        sample where another field is ahead by more than ``margin + 2 r``, or that lies
+        more than ``r`` outside the field or the cone, rules out its whole neighbourhood.
+        Sky regions are not used here (only their exact test, position by position)."""
+        if tile.index in self._empty:
+            return self._empty[tile.index]
+        frame = self.geometry.frames[self.index]
+        xs = np.linspace(tile.x0 - 0.5, tile.x1 - 0.5, 9)
+        ys = np.linspace(tile.y0 - 0.5, tile.y1 - 0.5, 9)
+        gx, gy = np.meshgrid(xs, ys)
+        ra, dec = frame.wcs.pixel_to_world_values(gx.ravel(), gy.ravel())
+        r = 0.5 * np.hypot(xs[1] - xs[0], ys[1] - ys[0]) * frame.scale * 1.1
+        d = self.geometry.edge_distances(np.asarray(ra) % 360.0, dec)
+        own = d[self.index]
+        others = np.delete(d, self.index, axis=0)
+        ahead = others.max(axis=0) - own if len(others) else np.full(own.shape, -np.inf)
+        out = (ahead > self.margin + 2 * r) | (own < -r)
+        if self.cone is not None:
+            out |= (self.cone.separation(np.asarray(ra) % 360.0, dec) - self.cone.radius) \
+                * 3600.0 > r
+        self._empty[tile.index] = empty = bool(out.all())
+        return empty
 
     def _owned_count(self, tile) -> int | None:
         """The field's positions in ``tile`` (whatever ``tiles`` says); None for sources
