@@ -47,7 +47,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _stream_overhead(records, threads: int) -> dict:
+def _stream_overhead(records) -> dict:
     """Compute seconds, scheduling gaps and transfers, from task stream records."""
     compute, moves, by_worker = 0.0, 0.0, {}
     for rec in records:
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                 with get_task_stream(client) as ts:
                     summary = scan_survey(None, survey, work / "dask.fits", make_source=make,
                                           overwrite=True, client=client, engine_config=config)
-                streams.append(_stream_overhead(ts.data, args.workers))
+                streams.append(_stream_overhead(ts.data))
             runs[name].append(time.perf_counter() - t1)
             positions = summary.positions
     rss_all = sorted(client.run(_peak_rss_mib).values())

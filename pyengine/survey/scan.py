@@ -214,7 +214,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         _add_field_summary(summary.fields, fid, got)
         summary.outside_area += got.get("outside_area", 0)  # the reporting parts'
     files = _part_files(parts, geo, mine)
-    table = _join(geo, files, kind)
+    table = _join(geo, parts, files)
     if not table.colnames:  # a shard with no unit (more shards than units)
         table["id"] = np.zeros(0, np.int64)
     table.meta["SURVEY"] = str(Path(survey.manifest).resolve()) if survey.manifest else ""
@@ -250,30 +250,43 @@ def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=Non
     unbound source (default: detection), copied for each part; ``within``: a Cone or
     ``"RA,DEC,RADIUS"``; ``client``: a ``dask.distributed.Client``, whose workers make
     Engines of ``engine``'s settings."""
-    import copy
     import tempfile
 
     from astropy.table import Table
 
-    from pyengine.sources.detect import DetectSource
-    from pyengine.survey.geometry import parse_within
-
-    template = sources if sources is not None else DetectSource()
-    if template.bound:
-        raise ConfigError("a survey's source is given unbound (each part binds its own "
-                          "copy to its field)")
+    make, cone = _template(sources), _area(within)
     config = None
     if client is not None:
         config = engine.config
         if config is None:
             raise ConfigError("client=: the workers make their Engines from this one's "
                               "settings; make it with a runner name, not a Runner object")
-    cone = parse_within(within) if isinstance(within, str) else within
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         out = Path(tmp) / "survey.fits"
-        scan_survey(engine, survey, out, make_source=lambda: copy.deepcopy(template),
-                    cone=cone, regions=regions, client=client, engine_config=config)
+        scan_survey(engine, survey, out, make_source=make, cone=cone, regions=regions,
+                    client=client, engine_config=config)
         return _as_text(Table.read(out, mask_invalid=False, memmap=False))
+
+
+def _template(sources):
+    """``make_source`` for a survey from one unbound source (default: detection): a new
+    copy for each part."""
+    import copy
+
+    from pyengine.sources.detect import DetectSource
+
+    template = sources if sources is not None else DetectSource()
+    if template.bound:
+        raise ConfigError("a survey's source is given unbound (each part binds its own "
+                          "copy to its field)")
+    return lambda: copy.deepcopy(template)
+
+
+def _area(within):
+    """``within`` as a Cone (or None): a Cone already, or ``"RA,DEC,RADIUS"``."""
+    from pyengine.survey.geometry import parse_within
+
+    return parse_within(within) if isinstance(within, str) else within
 
 
 def _as_text(table):
@@ -291,36 +304,27 @@ def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=No
     first field (empty ``field``). A position kind that is reconciled across boundaries
     (detections, per-field catalogs) is not streamed: the rows of one object can come
     from two fields, so its fields come once every field is done, reconciled."""
-    import copy
     import tempfile
 
-    from pyengine.sources.detect import DetectSource
-    from pyengine.survey.geometry import parse_within
-    from pyengine.survey.sources import MEASURED
     from pyengine.survey.units import runs, unit_list
 
-    template = sources if sources is not None else DetectSource()
-    if template.kind in MEASURED:
-        table = scan_table(engine, survey, template, within=within, regions=regions)
+    make, cone = _template(sources), _area(within)
+    kind = make().kind
+    if kind in MEASURED:
+        table = scan_table(engine, survey, sources, within=cone, regions=regions)
         fields = np.asarray(table["field"]).astype(str)
         for fid in dict.fromkeys(fields):
             yield table[fields == fid]
         return
-    if template.bound:
-        raise ConfigError("a survey's source is given unbound (each part binds its own "
-                          "copy to its field)")
-    cone = parse_within(within) if isinstance(within, str) else within
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
     units = unit_list(geo, touched, engine.core)
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         parts = Path(tmp)
         for part in runs(units):  # one per field
-            scan_part(engine, geo, part, parts, lambda: copy.deepcopy(template), cone,
-                      regions, report_unowned=units[0] in part)
-            table, _ = finish(_join(geo, [(part.field, part.first, part.path(
-                parts, geo.survey.fields[part.field].id))], template.kind), template.kind,
-                geo)
+            scan_part(engine, geo, part, parts, make, cone, regions,
+                      report_unowned=units[0] in part)
+            table, _ = finish(_join(geo, parts, [part]), kind, geo)
             table.remove_column("id")
             yield _as_text(table)
 
@@ -343,41 +347,36 @@ def _scan_whole(engine, survey, out, source, *, mosaic=None, resume, overwrite, 
 
 
 def _add_field_summary(fields: dict, fid: str, got: dict) -> None:
-    """A part's summary added into its field's: counts summed, parts counted."""
+    """A part's summary added into its field's: counts and seconds summed (not the rate,
+    which is no sum), parts counted."""
     have = fields.get(fid)
     if not isinstance(have, dict):
         fields[fid] = have = {"parts": 0}
     have["parts"] += 1
     for key, value in got.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if key != "rate" and isinstance(value, int | float) and not isinstance(value, bool):
             have[key] = have.get(key, 0) + value
 
 
-def _part_files(parts: Path, geo, units) -> list[tuple[int, int, Path]]:
-    """(field, first tile, file) of the parts holding ``units``, in unit order."""
+def _part_files(parts: Path, geo, units) -> list:
+    """The parts (:class:`pyengine.survey.units.Part`) whose files in ``parts`` hold
+    ``units``, in unit order."""
     from pyengine.survey.units import done_units
 
-    touched = sorted({k for k, _ in units})
-    found = done_units(parts, geo, touched)
-    files, seen = [], set()
-    for unit in units:
-        path = found.get(unit)
-        if path is None:
-            raise RuntimeError(f"survey scan: unit {unit} has no part in {parts}")  # a bug
-        if path not in seen:
-            seen.add(path)
-            first = int(path.name.rsplit("@", 1)[1].split("-")[0])
-            files.append((unit[0], first, path))
-    return files
+    found = done_units(parts, geo, sorted({k for k, _ in units}))
+    missing = [u for u in units if u not in found]
+    if missing:
+        raise RuntimeError(f"survey scan: unit {missing[0]} has no part in {parts}")  # a bug
+    return list(dict.fromkeys(found[u] for u in units))
 
 
 def _part_scoremaps(parts: Path, geo, files) -> dict[str, list[Path]]:
     """Field id -> the score maps its parts wrote (grid mode), in part order."""
     maps: dict[str, list[Path]] = {}
-    for k, _, path in files:
-        scoremap = path.with_name(path.name[: -len(".fits")] + "_scoremap.fits")
-        if scoremap.exists():
-            maps.setdefault(geo.survey.fields[k].id, []).append(scoremap)
+    for part in files:
+        fid = geo.survey.fields[part.field].id
+        if part.scoremap(parts, fid).exists():
+            maps.setdefault(fid, []).append(part.scoremap(parts, fid))
     return maps
 
 
@@ -557,26 +556,27 @@ def scan_part(engine, geo, part, parts, make_source, cone, regions, *, report_un
     return part, {**got.to_dict(), "outside_area": source.outside_area}
 
 
-def _join(geo, files, kind):
-    """The part catalogs ``files`` ((field, first tile, path), in unit order) stacked,
-    with the ``field`` column and the columns that order them (``finish`` sorts by them
-    and drops them)."""
+def _join(geo, parts: Path, files):
+    """The catalogs of the parts ``files`` (in unit order) in the folder ``parts``,
+    stacked, with the ``field`` column and the columns that order them (``finish`` sorts
+    by them and drops them)."""
     from astropy.table import Table, vstack
 
     from pyengine.output.fits_table import writer_keyword
 
     tables = []
     width = max(1, *(len(f.id) for f in geo.survey.fields))
-    for k, first, path in files:
-        t = Table.read(path, mask_invalid=False)
+    for part in files:
+        fid = geo.survey.fields[part.field].id
+        t = Table.read(part.path(parts, fid), mask_invalid=False)
         if "field" in t.colnames:  # the input catalog's own
             t.rename_column("field", "in_field")
-        t["field"] = np.where(np.asarray(t["tile"]) < 0, "",
-                              geo.survey.fields[k].id).astype(f"<U{width}")
-        t[FIELD_ORDER] = np.full(len(t), k, np.int64)
+        t["field"] = np.where(np.asarray(t["tile"]) < 0, "", fid).astype(f"<U{width}")
+        t[FIELD_ORDER] = np.full(len(t), part.field, np.int64)
         # the part's first tile, then the row in the part: each field's rows in the
         # order of its tiles, however the field was cut into parts (and shards)
-        t[FIELD_ROW] = (np.int64(first) << np.int64(32)) + np.arange(len(t), dtype=np.int64)
+        t[FIELD_ROW] = (np.int64(part.first) << np.int64(32)) + np.arange(len(t),
+                                                                          dtype=np.int64)
         tables.append(t)
     meta = dict(tables[0].meta) if tables else {}
     table = vstack(tables, metadata_conflicts="silent") if tables else Table()

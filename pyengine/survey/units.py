@@ -81,18 +81,19 @@ def share(units: list, shard: tuple[int, int] | None) -> list:
     return units[i * len(units) // n : (i + 1) * len(units) // n]
 
 
-def done_units(folder: Path, geo, touched) -> dict[tuple[int, int], Path]:
-    """The units covered by the part files in ``folder``: unit -> the part file. Part
-    files of fields not touched, and files that are not parts, are ignored."""
+def done_units(folder: Path, geo, touched) -> dict[tuple[int, int], Part]:
+    """The units covered by the part files in ``folder``: unit -> the part whose file
+    holds it. Part files of fields not touched, and files that are not parts, are
+    ignored."""
     by_name = {safe_name(geo.frames[k].id): k for k in touched}
     done = {}
     for path in sorted(Path(folder).glob("*@*-*.fits")):
         m = re.fullmatch(r"(.+)@(\d{6})-(\d{6})\.fits", path.name)
         if not m or m.group(1) not in by_name:
             continue
-        k = by_name[m.group(1)]
-        for t in range(int(m.group(2)), int(m.group(3)) + 1):
-            done[(k, t)] = path
+        part = Part(by_name[m.group(1)], int(m.group(2)), int(m.group(3)))
+        for t in part.tiles:
+            done[(part.field, t)] = part
     return done
 
 
