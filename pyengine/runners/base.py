@@ -2,7 +2,8 @@
 which runners work here :mod:`pyengine.runners.probe`.
 
 A runner turns a batch of raw cutouts (B, nband, S, S), NaN allowed, into
-cluster scores (B,) float32, with the model's own in-graph preprocessing.
+cluster scores (B,) float32 and class probabilities (B, K), with the model's own
+in-graph preprocessing.
 Its life cycle follows Polygraphy's runners: construct (cheap: no inference
 library is loaded), ``activate`` (load the session or engine), ``infer`` or
 ``submit`` as often as needed, ``deactivate``; a runner is also a context
@@ -30,6 +31,17 @@ Contract for the scan engine:
   of the next batch overlap this one; the caller keeps a batch's memory
   untouched until its ``result()`` returned.  CPU runners compute in
   ``submit``.  ``infer(batch)`` is ``submit(batch).result()``.
+* ``Pending.outputs()`` (after ``result()``, or blocking as it does): the batch's
+  per-row outputs beyond the score, name -> array (B, ...), as
+  ``output_fields`` (known before ``activate``) declares them: name -> (shape of
+  one row, dtype).  Every runner of a model declares ``probabilities`` ((K,)
+  float32, the graph's softmax output, K = the spec's classes), which the
+  ONNX Runtime, torch and TensorRT runners return from the same model run as the
+  scores (the graph computes both; the GPU runners copy both back).  An ensemble
+  (:mod:`pyengine.runners.ensemble`) declares more (member votes, the spread of
+  the score).  A Pending that has none returns ``{}`` (a runner written before
+  the outputs existed: its scans have no class columns).
+  ``infer_outputs(batch)`` is ``(result(), outputs())`` of one submit.
 * ``chosen_because``: why this runner was picked (:func:`pyengine.runners.select.make_runner`).
 
 Thread safety: ``submit``/``infer``/``result`` may be called from one thread at a
@@ -89,17 +101,26 @@ class Pending(ABC):
     def result(self) -> np.ndarray:
         """The scores (B,) float32 (a private copy; calling again returns the same array)."""
 
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The batch's other per-row outputs, name -> (B, ...) (see the module docstring);
+        blocks as ``result()`` does.  None here: ``{}``."""
+        return {}
+
 
 class Ready(Pending):
-    """A Pending computed synchronously."""
+    """A Pending computed synchronously: its scores and (optionally) its other outputs."""
 
-    __slots__ = ("_scores",)
+    __slots__ = ("_outputs", "_scores")
 
-    def __init__(self, scores: np.ndarray):
+    def __init__(self, scores: np.ndarray, outputs: dict[str, np.ndarray] | None = None):
         self._scores = scores
+        self._outputs = outputs if outputs is not None else {}
 
     def result(self) -> np.ndarray:
         return self._scores
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return self._outputs
 
 
 class Runner(ABC):
@@ -142,6 +163,12 @@ class Runner(ABC):
     def in_flight(self) -> int:
         """Batches the scan engine keeps submitted before waiting for the oldest."""
         return CPU_IN_FLIGHT
+
+    @property
+    def output_fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-row outputs besides the score that ``Pending.outputs()`` gives: name ->
+        (shape of one row, dtype).  A model's runner: its class probabilities."""
+        return {"probabilities": ((self.spec.num_classes,), np.dtype(np.float32))}
 
     # -- life cycle -------------------------------------------------------------------
     def activate(self) -> Runner:
@@ -189,6 +216,12 @@ class Runner(ABC):
         """Scores (B,) float32 for cutouts (B, nband, S, S) float32 or float16."""
         return self._start(batch, "infer()").result()
 
+    def infer_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(scores (B,), the other per-row outputs) for cutouts (B, nband, S, S), from one
+        model run (see ``output_fields``)."""
+        pending = self._start(batch, "infer_outputs()")
+        return pending.result(), pending.outputs()
+
     def submit(self, batch: np.ndarray) -> Pending:
         """Start scoring ``batch``; its memory must stay untouched until ``result()``."""
         return self._start(batch, "submit()")
@@ -196,11 +229,18 @@ class Runner(ABC):
     def _start(self, batch, call: str) -> Pending:
         batch = self._check(batch, call)
         if batch.shape[0] == 0:
-            return Ready(np.zeros(0, np.float32))
+            return Ready(np.zeros(0, np.float32), {
+                name: np.zeros((0, *shape), dtype)
+                for name, (shape, dtype) in self.output_fields.items()})
         return self._submit(batch)
 
     def _submit(self, batch: np.ndarray) -> Pending:
-        return Ready(self._infer(self._convert(batch)))
+        # ``_infer`` gives the scores, or (probabilities, scores) where the backend has both
+        out = self._infer(self._convert(batch))
+        if isinstance(out, tuple):
+            probabilities, scores = out
+            return Ready(scores, {"probabilities": probabilities})
+        return Ready(out)
 
     def _convert(self, batch: np.ndarray) -> np.ndarray:
         """The batch as the backend takes it (CPU runners: ``input_dtype`` on the host;
@@ -235,7 +275,8 @@ class Runner(ABC):
     def _activate(self) -> None: ...
 
     @abstractmethod
-    def _infer(self, batch: np.ndarray) -> np.ndarray: ...
+    def _infer(self, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Scores (B,) of a converted batch, or (probabilities (B, K), scores (B,))."""
 
     @abstractmethod
     def _deactivate(self) -> None: ...

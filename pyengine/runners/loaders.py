@@ -28,11 +28,21 @@ def model_identity(model: Path | None) -> str:
     an int8 graph too (it is the same model quantised; the catalog's ``PRECISN`` says
     which).  Files without a stored hash (foreign graphs, exports of a model that was not
     loaded from a file, engines of an older pyengine) fall back to their own hash.
+
+    An ensemble (a list of member files): the SHA-256 of its members' identities in
+    order, so the same members in another form (their ONNX exports) share it too.
     """
     from pyengine.hashing import file_sha256
     from pyengine.models.checkpoint import DEMO_MODEL
     from pyengine.runners.base import ENGINE_SUFFIXES
 
+    if isinstance(model, list | tuple):  # an ensemble: its members' identities, in order
+        import hashlib
+
+        if len(model) == 1:
+            return model_identity(model[0])
+        members = ",".join(model_identity(m) for m in model)
+        return hashlib.sha256(f"pyengine-ensemble:{members}".encode()).hexdigest()
     path = Path(model) if model is not None else DEMO_MODEL
     suffix = path.suffix.lower()
     stored = ""

@@ -12,7 +12,8 @@ silently here: export it with ``pyengine export MODEL --precision int8`` and giv
 the .onnx, or let ``pyengine scan --precision int8`` calibrate one on the scan's own
 cutouts (:mod:`pyengine.scan.int8`, which gives the scan its .onnx).
 
-``submit`` computes synchronously (ONNX Runtime's CPU session); slots are
+``submit`` computes synchronously (ONNX Runtime's CPU session; one run gives both
+graph outputs, the scores and the class probabilities); slots are
 page-aligned NumPy arrays.  ``input_dtype`` is the graph's input dtype: float32,
 or float16 for an export made with a float16 input (``pyengine export
 --input-dtype float16``, meant for TensorRT; its metadata ``pyengine_input_dtype``
@@ -131,8 +132,10 @@ class OnnxRuntimeRunner(Runner):
         if kind in _ORT_TYPES:  # the graph's own input type rules (metadata could be stale)
             self._dtype = np.dtype(_ORT_TYPES[kind])
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run([OUTPUT_NAMES[1]], {INPUT_NAME: batch})[0]
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Both graph outputs of one run: the softmax is computed for the score anyway.
+        probabilities, scores = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        return probabilities, scores
 
     def _deactivate(self) -> None:
         self._session = None

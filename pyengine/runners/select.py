@@ -16,7 +16,8 @@ from pyengine.runners.probe import (
     unavailable,
 )
 
-__all__ = ["ENGINE_SUFFIXES", "PRECISIONS", "RUNNER_NAMES", "chosen_runner", "make_runner"]
+__all__ = ["ENGINE_SUFFIXES", "PRECISIONS", "RUNNER_NAMES", "chosen_runner", "ensemble_members",
+           "make_runner"]
 
 RUNNER_NAMES = ("auto", "onnxruntime", "torch", "tensorrt")
 
@@ -85,11 +86,24 @@ def _choose(model: Path | None, precision: str | None, device: str) -> tuple[str
                             f"{f' at {precision}' if precision else ''}: {'; '.join(passed)}")
 
 
+def ensemble_members(model) -> list[str] | None:
+    """The member files of ``model`` when it is a list or tuple of files (an ensemble, or
+    one file given as a list), else None; an empty list is refused."""
+    if not isinstance(model, list | tuple):
+        return None
+    if not model:
+        raise ConfigError("model: an empty list of model files; give one or more")
+    return [str(m) for m in model]
+
+
 def chosen_runner(name: str, model, precision: str | None = None, device: str = "auto") -> str:
     """The runner :func:`make_runner` builds for ``name`` (``auto``: its choice, probed as
-    :func:`make_runner` probes), without building it."""
+    :func:`make_runner` probes), without building it (an ensemble: its first member's)."""
     if name != "auto":
         return name
+    members = ensemble_members(model)
+    if members is not None:
+        model = members[0]
     return _choose(Path(model) if model is not None else None, precision, device)[0]
 
 
@@ -100,7 +114,20 @@ def make_runner(name: str, model, *, precision: str | None = None, threads: int 
     if importable with a CUDA GPU, else torch on CUDA, else ONNX Runtime, among those
     that take this kind of model and precision; ``runner.chosen_because`` says why.
     ``precision`` None means the exported file's own, or fp32 for a model file.
-    ``batch_size``: the batch size the caller will use (None: the runner's preferred)."""
+    ``batch_size``: the batch size the caller will use (None: the runner's preferred).
+
+    ``model`` a list or tuple of two or more files: an ensemble
+    (:class:`pyengine.runners.ensemble.EnsembleRunner`), one runner of ``name`` per
+    member, built with the same options; one file in a list is that file."""
+    members = ensemble_members(model)
+    if members is not None:
+        options = {"precision": precision, "threads": threads, "cache_dir": cache_dir,
+                   "device": device, "batch_size": batch_size}
+        if len(members) == 1:
+            return make_runner(name, members[0], **options)
+        from pyengine.runners.ensemble import EnsembleRunner
+
+        return EnsembleRunner([make_runner(name, m, **options) for m in members], members)
     if name not in RUNNER_NAMES:
         raise ConfigError(f"runner {name!r} is not known; accepted: {', '.join(RUNNER_NAMES)}")
     if precision is not None and name != "auto" and precision not in PRECISIONS[name]:

@@ -29,7 +29,8 @@ pycuda or cuda-python); host memory, copy streams, events and the compute
 stream are :class:`pyengine.runners.torch.CudaFeed`'s, as for the torch runner.
 Per batch: ``set_input_shape`` when the batch size changes (batches below the
 profile's minimum are padded), ``set_tensor_address`` of the input buffer,
-``execute_async_v3(compute_stream)``.  ``input_dtype`` is the engine input's
+``execute_async_v3(compute_stream)``; both outputs, the scores and the class
+probabilities, are copied back (``Pending.outputs()``).  ``input_dtype`` is the engine input's
 dtype (half -> float16): before activation the one it will have (the sidecar's
 ``input_dtype`` for an engine file, float32 when absent; the ONNX metadata's for an
 ``.onnx``; the export's for a model file), after it the engine's own; batches of
@@ -374,11 +375,13 @@ class TensorRTRunner(Runner):
     def _submit(self, batch: np.ndarray) -> Pending:
         return self._feed.submit(batch, self._launch)
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._submit(batch).result()
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pending = self._submit(batch)
+        return pending.outputs()["probabilities"], pending.result()
 
     def _launch(self, x, n: int):
-        """On the compute stream: enqueue the engine on ``x`` (n rows); the score buffer."""
+        """On the compute stream: enqueue the engine on ``x`` (n rows); the (score,
+        probabilities) output buffers, both copied back by the feed."""
         context = self._plan.context
         rows = max(n, self._plan.batches[0])  # rows past n: stale, allocated, ignored
         if x.dtype != self._engine_dtype:
@@ -395,4 +398,4 @@ class TensorRTRunner(Runner):
             raise PyEngineError(f"{self._where}: TensorRT refused the input address")
         if not context.execute_async_v3(self._feed.compute.cuda_stream):
             raise PyEngineError(f"{self._where}: TensorRT execute_async_v3 failed (see its log)")
-        return self._outputs["score"]
+        return self._outputs["score"], self._outputs["probabilities"]

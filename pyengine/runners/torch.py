@@ -30,9 +30,12 @@ harness, in :class:`CudaFeed`:
   into the graph's float32 static input, which is also where float16 input
   (``input_dtype`` float16 at fp16) becomes float32, on the GPU, so the
   preprocessing computes in float32;
-* the scores are copied back ``non_blocking`` into a pinned output buffer and an
+* the scores and the class probabilities (the graph's two outputs) are copied
+  back ``non_blocking`` into pinned output buffers (the probabilities' ring is
+  allocated at the first batch that has them, when their width is known) and an
   event is recorded; ``Pending.result()`` waits for that event (blocking, not
-  spinning) and returns a copy of the batch's scores.
+  spinning) and returns a copy of the batch's scores, ``Pending.outputs()`` a copy
+  of its probabilities.
 
 Defaults for a GPU: batches of ``GPU_BATCH`` = 1024 cutouts, ``torch.backends.cudnn.benchmark``
 on while the runner is active (set before any graph is captured, so the capture's
@@ -168,19 +171,27 @@ def _torch_dtype(torch, dtype: np.dtype):
 
 
 class CudaPending(Pending):
-    """Scores being copied back from the GPU: ``result()`` waits for the copy's event."""
+    """Scores (and probabilities) being copied back from the GPU: ``result()`` waits for
+    the copy's event."""
 
-    __slots__ = ("_event", "_scores", "_view")
+    __slots__ = ("_event", "_outputs", "_probs_view", "_scores", "_view")
 
-    def __init__(self, event, view: np.ndarray):
-        self._event, self._view, self._scores = event, view, None
+    def __init__(self, event, view: np.ndarray, probs_view: np.ndarray | None = None):
+        self._event, self._view, self._probs_view = event, view, probs_view
+        self._scores, self._outputs = None, {}
 
     def result(self) -> np.ndarray:
         if self._scores is None:
             self._event.synchronize()
             self._scores = self._view.copy()
-            self._event = self._view = None
+            if self._probs_view is not None:
+                self._outputs = {"probabilities": self._probs_view.copy()}
+            self._event = self._view = self._probs_view = None
         return self._scores
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        self.result()
+        return self._outputs
 
 
 class CudaFeed:
@@ -190,7 +201,9 @@ class CudaFeed:
     ``submit(batch, launch)`` copies ``batch`` to the GPU and calls
     ``launch(x, n)`` on the compute stream with the device tensor ``x`` (n rows, the
     batch's dtype; ``launch`` casts it if it needs another): it enqueues the model and
-    returns a float32 device tensor whose first n entries are the scores.
+    returns a float32 device tensor whose first n entries are the scores, or
+    (scores, probabilities), the probabilities a float32 (rows >= n, K) device tensor,
+    both copied back.
     """
 
     def __init__(self, torch, device, item_shape, capacity: int, *,
@@ -203,6 +216,7 @@ class CudaFeed:
         self._device_in: dict = {}   # torch dtype -> [device tensor (capacity, *item)] * depth
         self._staging: dict = {}     # numpy dtype name -> [(pinned tensor, numpy view)] * depth
         self._out: list = []         # [(pinned float32 (capacity,), numpy view)] * depth
+        self._out_probs: list = []   # [(pinned float32 (capacity, K), numpy view)] * depth
         self._pending: list = [None] * self.depth
         self._slots: list = []       # pinned tensors handed out by pinned_slots
         self._count = 0
@@ -223,6 +237,10 @@ class CudaFeed:
         for _ in range(self.depth):
             host = torch.zeros(rows, dtype=torch.float32, pin_memory=True)
             self._out.append((host, host.numpy()))
+        classes = self._out_probs[0][0].shape[1] if self._out_probs else None
+        self._out_probs = []
+        if classes is not None:
+            self._probs_ring(classes)
         for dtype in device_dtypes:
             self._device_ring(dtype)
         for name in staging_dtypes:
@@ -238,6 +256,18 @@ class CudaFeed:
             torch.cuda.current_stream(self.device).synchronize()
             self._device_in[dtype] = ring
         return ring
+
+    def _probs_ring(self, classes: int) -> list:
+        """The pinned (capacity, classes) float32 buffers probabilities are copied into
+        (made once, when the first batch shows their width)."""
+        if not self._out_probs or self._out_probs[0][0].shape[1] != classes:
+            torch = self.torch
+            self._out_probs = []
+            for _ in range(self.depth):
+                host = torch.zeros((self.capacity, classes), dtype=torch.float32,
+                                   pin_memory=True)
+                self._out_probs.append((host, host.numpy()))
+        return self._out_probs
 
     def _staging_ring(self, dtype: np.dtype) -> list:
         ring = self._staging.get(dtype.name)
@@ -306,12 +336,18 @@ class CudaFeed:
             copied.record(stream)
         self.compute.wait_event(copied)
         host, array = self._out[i]
+        probs_view = None
         with torch.cuda.stream(self.compute), torch.no_grad():
             scores = launch(target, n)
+            if isinstance(scores, tuple):
+                scores, probabilities = scores
+                probs_host, probs_array = self._probs_ring(int(probabilities.shape[1]))[i]
+                probs_host[:n].copy_(probabilities[:n], non_blocking=True)
+                probs_view = probs_array[:n]
             host[:n].copy_(scores[:n], non_blocking=True)
             done = torch.cuda.Event(blocking=True)
             done.record(self.compute)
-        pending = CudaPending(done, array[:n])
+        pending = CudaPending(done, array[:n], probs_view)
         self._pending[i] = pending
         return pending
 
@@ -329,6 +365,7 @@ class CudaFeed:
         self._device_in.clear()
         self._staging.clear()
         self._out = []
+        self._out_probs = []
         self._slots = []  # handed-out arrays keep their own tensors alive
 
 
@@ -373,7 +410,7 @@ class TorchRunner(Runner):
         self._graph = self._device = self._feed = self._torch = None
         self._math = None  # fp32_precision values found at activate, restored at deactivate
         self._benchmark_was = None  # torch.backends.cudnn.benchmark before activate
-        self._graphs: dict = {}  # batch size -> (CUDAGraph, static input, static scores)
+        self._graphs: dict = {}  # batch size -> (CUDAGraph, static input, (scores, probabilities))
 
     # -- what the engine asks before activate ------------------------------------------
     def _on_cuda(self) -> bool:
@@ -486,15 +523,16 @@ class TorchRunner(Runner):
             self._ensure_graph(batch.shape[0])
         return self._feed.submit(batch, self._launch)
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._feed is not None:
-            return self._submit(batch).result()
+            pending = self._submit(batch)
+            return pending.outputs()["probabilities"], pending.result()
         import torch
 
         x = torch.from_numpy(batch)
         with torch.inference_mode():
-            score = self._graph(x)[1]
-        return score.float().numpy()
+            probabilities, score = self._graph(x)
+        return probabilities.float().numpy(), score.float().numpy()
 
     # -- CUDA (not run here) ----------------------------------------------------------------
     def _graph_size(self, n: int) -> int | None:
@@ -520,16 +558,18 @@ class TorchRunner(Runner):
             side.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=side):
-                static_score = self._graph(static_in)[1]
+                static_probs, static_score = self._graph(static_in)
         self._feed.compute.wait_stream(side)
-        self._graphs[size] = (graph, static_in, static_score)
+        self._graphs[size] = (graph, static_in, (static_score, static_probs))
 
     def _launch(self, x, n: int):
-        """On the compute stream: the model on ``x`` (n rows); returns the score tensor."""
+        """On the compute stream: the model on ``x`` (n rows); returns the (scores,
+        probabilities) tensors."""
         size = self._graph_size(n) if self._cuda_graphs else None
         if size is None:
-            return self._graph(x.float())[1]
-        graph, static_in, static_score = self._graphs[size]
+            probabilities, score = self._graph(x.float())
+            return score, probabilities
+        graph, static_in, static_out = self._graphs[size]
         static_in[:n].copy_(x)  # float16 -> float32 here, on the GPU
         graph.replay()
-        return static_score
+        return static_out

@@ -2,8 +2,10 @@
 
 :func:`assemble_catalog` turns per-tile results into one row per position
 (off-image positions flagged, not dropped), ``id, ra, dec, x, y, score,
-is_candidate, flags, tile``, one ``nan_frac_<band>`` per model band (the share of the
-cutout's pixels that are NaN in that band; 1 off the image), the source's own columns
+is_candidate, flags, tile`` (an ensemble: ``score_std`` after ``score``), the class
+columns ``p_<class>``, ``class`` (and an ensemble's ``class_agreement``) where the scan
+keeps them (:mod:`pyengine.scan.classes`), one ``nan_frac_<band>`` per model band (the
+share of the cutout's pixels that are NaN in that band; 1 off the image), the source's own columns
 and the input catalog's columns (renamed ``in_<name>`` where they collide), with
 metadata in ``table.meta``; :func:`tile_table` is one tile's rows, for
 ``Engine.iter_scan``.  :func:`scan_warnings` names whole-field problems (a band with no
@@ -21,6 +23,7 @@ import numpy as np
 from pyengine import __version__
 from pyengine.flags import NOT_CANDIDATE, OFF_IMAGE_FLAGS, describe_flags
 from pyengine.io.skyframe import pixel_to_icrs
+from pyengine.scan.classes import class_columns, score_columns
 from pyengine.scan.results import TileResult
 
 __all__ = ["STANDARD", "assemble_catalog", "band_nan", "candidates", "catalog_meta",
@@ -47,6 +50,22 @@ def _band_columns(engine, values: np.ndarray) -> dict[str, np.ndarray]:
     return {f"nan_frac_{b}": values[:, k] for k, b in enumerate(engine.spec.bands)}
 
 
+def _outputs(engine, results: list[TileResult]) -> dict[str, np.ndarray]:
+    """The results' per-row outputs the scan kept (``engine.row_outputs``), concatenated;
+    a result without one (off-image rows) holds NaN, or -1 for integers, there."""
+    out = {}
+    for name, (shape, dtype) in getattr(engine, "row_outputs", {}).items():
+        fill = np.nan if np.dtype(dtype).kind == "f" else -1
+        parts = [np.asarray(r.outputs[name], dtype) if name in r.outputs else
+                 np.full((len(r), *shape), fill, dtype) for r in results]
+        out[name] = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype)
+    return out
+
+
+def _class_columns(engine, outputs) -> dict[str, np.ndarray]:
+    return class_columns(engine.spec.class_names, outputs)
+
+
 def candidates(engine, score, flags):
     with np.errstate(invalid="ignore"):
         return (score >= engine.threshold) & ((flags & NOT_CANDIDATE) == 0)
@@ -61,13 +80,19 @@ def tile_table(engine, mosaic, result: TileResult):
     table["ra"], table["dec"] = ra, dec
     table["x"], table["y"] = result.x, result.y
     table["score"] = result.score
+    outputs = _outputs(engine, [result])
+    for name, values in score_columns(outputs).items():
+        table[name] = values
     table["is_candidate"] = candidates(engine, result.score, result.flags)
     table["flags"] = result.flags
     table["tile"] = np.full(len(result), result.tile, np.int64)
+    classes = _class_columns(engine, outputs)
+    for name, values in classes.items():
+        table[name] = values
     for name, values in _band_columns(engine, band_nan(result, mosaic.nband)).items():
         table[name] = values
     for name, values in result.columns.items():
-        table[name] = values
+        table[name if name not in classes else f"det_{name}"] = values
     if np.any(result.row >= 0):
         table["row"] = result.row
     return table
@@ -119,17 +144,23 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
     x, y, row, score, flags, tile, nans = (a[order] for a in
                                            (x, y, row, score, flags, tile, nans))
     extra = {k: v[order] for k, v in extra.items()}
+    outputs = {k: v[order] for k, v in _outputs(engine, results).items()}
     ra, dec = _sky(mosaic, x, y)
     table = Table()
     table["id"] = np.arange(1, x.size + 1, dtype=np.int64)
     table["ra"], table["dec"], table["x"], table["y"] = ra, dec, x, y
     table["score"] = score
+    for name, values in score_columns(outputs).items():
+        table[name] = values
     table["is_candidate"] = candidates(engine, score, flags)
     table["flags"], table["tile"] = flags, tile
+    classes = _class_columns(engine, outputs)
+    for name, values in classes.items():
+        table[name] = values
     for name, values in _band_columns(engine, nans).items():
         table[name] = values
     for name, values in extra.items():
-        table[name if name not in STANDARD else f"det_{name}"] = values
+        table[name if name not in STANDARD and name not in classes else f"det_{name}"] = values
     if passthrough is not None:
         taken = set(table.colnames)
         rows = passthrough[row] if row.size else passthrough[:0]
@@ -147,10 +178,12 @@ def catalog_meta(engine, mosaic, source, table) -> dict:
     """Header metadata of a catalog (FITS-safe keys)."""
     from pyengine.models.checkpoint import DEMO_MODEL
 
+    model = engine.model
     meta = {
         "PYENGVER": __version__,
         "DATE": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-        "MODEL": str(engine.model if engine.model is not None else DEMO_MODEL.name),
+        "MODEL": (",".join(map(str, model)) if isinstance(model, tuple | list) else
+                  str(model if model is not None else DEMO_MODEL.name)),
         "MODELSHA": engine.model_sha256,
         "THRESH": engine.threshold,
         "RUNNER": engine.runner.name,
@@ -164,6 +197,11 @@ def catalog_meta(engine, mosaic, source, table) -> dict:
         "FLAGS": describe_flags(),
         "RADESYS": "ICRS",
     }
+    members = getattr(engine, "members", 1)
+    if members > 1:  # an ensemble: MODEL lists its member files, MODELSHA names them all
+        meta["NMEMBERS"] = members
+    if getattr(engine, "class_columns", False):
+        meta["CLASSES"] = ",".join(engine.spec.class_names)
     for i, path in enumerate(mosaic.paths, 1):
         meta[f"BANDFIL{i}"] = str(path)
     return meta

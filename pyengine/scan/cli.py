@@ -69,10 +69,14 @@ class _Progress:
                     threshold = (f"; threshold {event['threshold']:g} (was "
                                  f"{event['threshold_before']:g}: candidates of every tile, "
                                  "resumed ones too, use the new threshold)")
+                members = ""
+                if event.get("members", 1) > 1:
+                    members = (f"; an ensemble of {event['members']} models, threshold "
+                               f"{event['threshold']:g} ({event['threshold_rule']})")
                 click.echo(f"pyengine scan: {event['width']} x {event['height']} px, bands "
                            f"{', '.join(event['bands'])}; {event['source']}; runner "
                            f"{event['runner']} {event['precision']}, batch "
-                           f"{event['batch_size']}; {todo}{threshold}", err=True)
+                           f"{event['batch_size']}{members}; {todo}{threshold}", err=True)
             return
         if not self.tty:
             return
@@ -91,6 +95,14 @@ class _Progress:
     def close(self) -> None:
         if self.tty:
             click.echo("", err=True)
+
+
+def _each_member(model, fn):
+    """``fn`` of the model file (None: the demo model), or of each member of an ensemble
+    (a list), in order."""
+    if isinstance(model, list):
+        return [fn(m) for m in model]
+    return fn(model)
 
 
 def _open_quietly(engine) -> None:
@@ -134,9 +146,15 @@ def _resume_command() -> str:
                    "[each field's own, when its manifest has a catalog column].")
 @click.option("--grid", type=int, metavar="STRIDE",
               help="Classify every STRIDE pixels and write a score map.")
-@click.option("--model", type=click.Path(dir_okay=False),
+@click.option("--model", type=click.Path(dir_okay=False), multiple=True,
               help="Model file (.safetensors), exported .onnx or TensorRT .engine "
-                   "[default: the shipped demo model].")
+                   "[default: the shipped demo model]. Repeat it for an ensemble, scanned in "
+                   "one pass (pyengine train --members N writes STEM.m0.safetensors ...): "
+                   "mean p_<class> and score, the modal class, class_agreement, score_std; "
+                   "threshold: the members' mean unless --threshold.")
+@click.option("--class-columns/--no-class-columns", default=None,
+              help="p_<class> probability columns and the predicted class [default: for "
+                   "models of more than two classes and for ensembles].")
 @click.option("--runner", default="auto", show_default=True,
               help="auto, onnxruntime, torch or tensorrt.")
 @click.option("--precision", default=None, help="fp32, tf32, fp16, bf16 or int8 (runner-dependent; "
@@ -197,7 +215,8 @@ def _resume_command() -> str:
 @click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
               help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
                    "worker processes (pip install 'pyengine[dask]').")
-def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
+def scan(bands, out, catalog, grid, model, class_columns, runner, precision, batch_size,
+         threads, threshold,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
          detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
@@ -208,6 +227,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     from pyengine.io.mosaic import Mosaic
     from pyengine.survey.manifest import is_manifest, read_manifest
 
+    # --model given once: that file; repeated: an ensemble's member files; not given: demo
+    model = None if not model else model[0] if len(model) == 1 else list(model)
     if catalog is not None and grid is not None:
         raise ConfigError("--catalog and --grid are exclusive; give one source of positions "
                           "(or neither, to detect sources)")
@@ -277,12 +298,13 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                              "mag_band": mag_band, "zero_point": zero_point,
                              "aperture": aperture},
                      tile_size=tile_size, max_nan=max_nan, within=within,
-                     sky_region=sky_region, shard=shard, dask_address=dask_address)
+                     sky_region=sky_region, shard=shard, dask_address=dask_address,
+                     class_columns=class_columns)
         return
     if any(is_manifest(b) for b in bands):
         raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
                           "--out ... (not with band images)")
-    check_model_file(model)
+    _each_member(model, check_model_file)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
     mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
     if catalog is not None:
@@ -301,10 +323,11 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     try:
         from pyengine.scan.int8 import int8_for_field  # a model file at int8: calibrated here
 
-        model = int8_for_field(model, runner, precision, mosaic, source, core=tile_size)
+        model = _each_member(model, lambda m: int8_for_field(m, runner, precision, mosaic,
+                                                             source, core=tile_size))
         engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
                         threads=threads, threshold=threshold, core=tile_size,
-                        max_nan_fraction=max_nan)
+                        max_nan_fraction=max_nan, class_columns=class_columns)
     except BaseException:
         mosaic.close()
         raise
@@ -361,7 +384,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
                  catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
-                 shard, dask_address):
+                 shard, dask_address, class_columns=None):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError, ScanOutputError
@@ -412,14 +435,16 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
         if not quiet and not log_json:
             click.echo("sources: each field's own catalog (manifest column catalog)", err=True)
 
-    check_model_file(model)
+    _each_member(model, check_model_file)
     install_sigbus_handler()
     from pyengine.scan.int8 import int8_for_survey  # once, for every shard and worker
 
-    model = int8_for_survey(model, runner, precision, geo, make_source, cone, sky, core=tile_size)
+    model = _each_member(model, lambda m: int8_for_survey(m, runner, precision, geo,
+                                                          make_source, cone, sky,
+                                                          core=tile_size))
     config = {"model": model, "runner": runner, "precision": precision,
               "batch_size": batch_size, "threads": threads, "threshold": threshold,
-              "core": tile_size, "max_nan_fraction": max_nan}
+              "core": tile_size, "max_nan_fraction": max_nan, "class_columns": class_columns}
     client = cluster = None
     if dask_address:
         from pyengine.survey.dask import open_client

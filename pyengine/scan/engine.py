@@ -71,7 +71,7 @@ from pyengine.devices import usable_threads
 from pyengine.errors import ConfigError, MosaicMismatchError
 from pyengine.io.tiles import TilePlan
 from pyengine.runners.base import Runner
-from pyengine.runners.select import make_runner
+from pyengine.runners.select import ensemble_members, make_runner
 from pyengine.scan.pipeline import Pipeline
 from pyengine.scan.results import TileResult
 from pyengine.validate import integer, number
@@ -86,8 +86,13 @@ class Engine:
     """Scores positions on mosaics with one model and one runner.
 
     ``model``: a pyengine model file, an exported ``.onnx`` (onnxruntime) or
-    TensorRT engine, or None for the shipped demo model.  ``runner``: a name
-    (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a :class:`Runner`.
+    TensorRT engine, or None for the shipped demo model; a list of them is an ensemble
+    scanned in one pass (:mod:`pyengine.runners.ensemble`: each batch goes through every
+    member; the threshold is the members' mean unless ``threshold`` is given).
+    ``runner``: a name (``auto``, ``onnxruntime``, ``torch``, ``tensorrt``) or a
+    :class:`Runner`.  ``class_columns``: the catalog's ``p_<class>`` and ``class``
+    columns (:mod:`pyengine.scan.classes`); None gives them to models of more than two
+    classes and to ensembles.
     ``batch_size`` None takes the runner's preferred size; one whose slots and (on a
     CPU) activations cannot fit in the memory available is refused (ConfigError naming
     the largest that fits), and a runtime allocation failure during a scan becomes a
@@ -108,7 +113,7 @@ class Engine:
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int | None = None,
-                 gather_threads: int | None = None):
+                 gather_threads: int | None = None, class_columns: bool | None = None):
         if batch_size is not None:
             integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
@@ -122,13 +127,21 @@ class Engine:
         number(threshold, "threshold", 0.0, 1.0, allow_none=True,
                accepted="a probability in [0, 1] is needed")
         integer(core, "tile core", 64, 1 << 16, whole_floats=True)
+        if class_columns is not None and not isinstance(class_columns, bool):
+            raise ConfigError(f"class_columns = {class_columns!r} is not accepted; accepted: "
+                              "True, False or None (the model decides)")
+        members = ensemble_members(model)
+        if members is not None:  # a list of model files: an ensemble (one: that file)
+            model = members[0] if len(members) == 1 else tuple(members)
         # What another process needs to make this Engine again (a Dask worker of a
         # survey scan); None when the runner was given as an object.
         self.config = None if isinstance(runner, Runner) else {
-            "model": None if model is None else str(model), "runner": runner,
+            "model": None if model is None else list(model) if isinstance(model, tuple)
+            else str(model), "runner": runner,
             "precision": precision, "batch_size": batch_size, "threads": threads,
             "threshold": threshold, "core": core, "max_nan_fraction": max_nan_fraction,
-            "device": device, "cache_dir": None if cache_dir is None else str(cache_dir)}
+            "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
+            "class_columns": class_columns}
         if isinstance(runner, Runner):
             self.runner = runner
         else:
@@ -150,10 +163,21 @@ class Engine:
         self.in_flight = min(wanted, self.nslots)
         self._check_batch_memory()
         self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
+        self._threshold_given = threshold is not None
         self.core = int(core)
         self.max_nan_fraction = float(max_nan_fraction)
         self.prefetch = max(1, int(prefetch))
+        #: The model file scanned (None: the demo model), or an ensemble's member files (a
+        #: tuple).  ``members``: how many models score each cutout (1, or the ensemble's).
+        if model is None and isinstance(getattr(self.runner, "paths", None), list):
+            model = tuple(self.runner.paths)  # an EnsembleRunner given as an object
         self.model = model
+        self.members = len(getattr(self.runner, "members", ())) or 1
+        #: Per-class probability columns and the predicted class in the catalog
+        #: (:mod:`pyengine.scan.classes`): asked for, or by default for a model of more than
+        #: two classes and for an ensemble.
+        self.class_columns = (class_columns if class_columns is not None else
+                              self.spec.num_classes > 2 or self.members > 1)
         self._lock = threading.Lock()
         self._slots_key, self._slots = None, None
 
@@ -228,12 +252,30 @@ class Engine:
             return self._gather_threads
         return max(1, min(4, self.threads or usable_threads()))
 
+    @property
+    def row_outputs(self) -> dict:
+        """The runner's per-row outputs a scan keeps (name -> (row shape, dtype)): all of
+        them with class columns; an ensemble's ``score_std`` always; otherwise none."""
+        fields = dict(getattr(self.runner, "output_fields", {}))
+        if self.class_columns:
+            return fields
+        return {k: v for k, v in fields.items() if k == "score_std"}
+
+    @property
+    def threshold_rule(self) -> str:
+        """Where the threshold comes from: given, the model's, or an ensemble's mean."""
+        if self._threshold_given:
+            return "given"
+        return "the members' mean" if self.members > 1 else "the model's"
+
     def describe(self) -> dict:
         """Runner, precision and batch settings, for logs and catalog metadata."""
         return {"runner": self.runner.name, "precision": self.runner.precision,
                 "batch_size": self.batch_size, "threshold": self.threshold,
                 "transfer_dtype": str(self.transfer_dtype),
-                "chosen_because": getattr(self.runner, "chosen_because", "")}
+                "chosen_because": getattr(self.runner, "chosen_because", ""),
+                "members": self.members, "threshold_rule": self.threshold_rule,
+                "class_columns": self.class_columns}
 
     def slots(self, batch: int, dtype) -> list[np.ndarray]:
         """The runner's batch slots (pinned on a GPU) for a scan, allocated once per runner
@@ -250,6 +292,13 @@ class Engine:
     # -- arrays the caller already has -------------------------------------------
     def classify(self, cutouts: np.ndarray) -> np.ndarray:
         """Scores (n,) float32 for raw cutouts (n, nband, S, S) (NaN allowed)."""
+        return self.predict(cutouts, outputs=False)["score"]
+
+    def predict(self, cutouts: np.ndarray, *, outputs: bool = True) -> dict[str, np.ndarray]:
+        """``score`` (n,) float32 and the runner's other per-row outputs for raw cutouts
+        (n, nband, S, S): ``probabilities`` (n, K); an ensemble's ``class_index``,
+        ``class_agreement`` and ``score_std`` (:mod:`pyengine.runners.ensemble`).
+        ``outputs=False``: the score alone."""
         cutouts = np.asarray(cutouts)
         want = (self.spec.nband, self.spec.cutout_size, self.spec.cutout_size)
         if cutouts.ndim != 4 or cutouts.shape[1:] != want:
@@ -257,12 +306,21 @@ class Engine:
                               f"this model (bands {', '.join(self.spec.bands)}), got "
                               f"{cutouts.shape}")
         cutouts = cutouts.astype(np.float32, copy=False)
+        n = cutouts.shape[0]
+        fields = getattr(self.runner, "output_fields", {}) if outputs else {}
+        out = {"score": np.empty(n, np.float32),
+               **{name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in fields.items()}}
         with self._lock:
             self.runner.activate()
-            out = np.empty(cutouts.shape[0], np.float32)
-            for s in range(0, cutouts.shape[0], self.batch_size):
-                out[s : s + self.batch_size] = self.runner.infer(
-                    np.ascontiguousarray(cutouts[s : s + self.batch_size]))
+            for s in range(0, n, self.batch_size):
+                pending = self.runner.submit(np.ascontiguousarray(cutouts[s : s + self.batch_size]))
+                out["score"][s : s + self.batch_size] = pending.result()
+                got = pending.outputs() if fields else {}
+                for name in fields:
+                    if name not in got:
+                        raise ConfigError(f"the {self.runner.name} runner gives no {name!r} "
+                                          "output; predict(outputs=False) gives the score")
+                    out[name][s : s + self.batch_size] = got[name]
         return out
 
     # -- scanning ------------------------------------------------------------------

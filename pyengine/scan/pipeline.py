@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.coords import centre_pixel
-from pyengine.errors import PyEngineError
+from pyengine.errors import ConfigError, PyEngineError
 from pyengine.flags import cutout_flags
 from pyengine.io.tiles import Tile
 from pyengine.scan.batching import BatchRing, gather
@@ -58,6 +58,7 @@ class _TileWork:
     band_zero: np.ndarray  # (n, nband) bool: centre pixel exactly 0, per band
     scores: np.ndarray = None
     nan_counts: np.ndarray = None  # (n, nband) NaN pixels of each cutout, per band
+    outputs: dict = None  # the runner's other per-row outputs the scan keeps (n, ...)
     filled: int = 0
 
 
@@ -82,6 +83,11 @@ def tile_affine(pixels: np.ndarray, sample: int = 7) -> tuple[np.ndarray, np.nda
             scale[b] = 1.0 / mad
     return offset, scale
 
+
+
+def _unscored(dtype) -> float | int:
+    """What a per-row output holds before (or without) a score: NaN, or -1 for integers."""
+    return np.nan if np.dtype(dtype).kind == "f" else -1
 
 
 def _padded(slot: np.ndarray, n: int) -> np.ndarray:
@@ -119,6 +125,10 @@ class Pipeline:
         self.size = engine.spec.cutout_size
         self.dtype = engine.transfer_dtype
         self.batch = engine.batch_size
+        # The runner's per-row outputs beyond the score that this scan keeps (class
+        # probabilities, an ensemble's votes): name -> (row shape, dtype); {} for a
+        # score-only scan, whose hot path is then the same as before they existed.
+        self.outputs = dict(getattr(engine, "row_outputs", {}))
         # Every batch reaches the runner at one size (_padded): the batch size, or the
         # scan's whole position count when that is known (catalog, grid) and smaller, so a
         # scan of a few positions does not pay for a full batch.  Both depend only on the
@@ -235,6 +245,8 @@ class Pipeline:
             n = work.x.size
             work.scores = np.full(n, np.nan, np.float32)
             work.nan_counts = np.zeros((n, self.mosaic.nband), np.int64)
+            work.outputs = {name: np.full((n, *shape), _unscored(dtype), dtype)
+                            for name, (shape, dtype) in self.outputs.items()}
             self.collect_q.put(("tile", work))
             wy0, _, wx0, _ = work.tile.window
             cx = centre_pixel(work.x) - wx0
@@ -297,9 +309,18 @@ class Pipeline:
         def retire():
             slot, n, segments, pending = flight.popleft()
             scores = np.asarray(pending.result(), dtype=np.float32).reshape(-1)[:n]
+            extras = {}
+            if self.outputs:
+                got = pending.outputs()
+                for name in self.outputs:
+                    if name not in got:
+                        raise ConfigError(f"the {runner.name} runner gives no {name!r} "
+                                          "output, which the class columns need; scan "
+                                          "without them (class_columns=False)")
+                    extras[name] = got[name][:n]
             counts = ring.nan_counts[slot][:n].copy()
             ring.release(slot)
-            self.collect_q.put(("scores", segments, scores, counts))
+            self.collect_q.put(("scores", segments, scores, counts, extras))
 
         try:
             while True:
@@ -333,7 +354,7 @@ class Pipeline:
         flags = cutout_flags(band_nan, self.engine.max_nan_fraction)
         return TileResult(work.tile.index, work.x, work.y, work.row, work.scores,
                           band_nan.max(axis=1, initial=0.0), flags, work.columns, band_nan,
-                          work.band_zero)
+                          work.band_zero, work.outputs)
 
     def run(self) -> Iterator[TileResult]:
         # The runner's own memory (pinned on a GPU), in the dtype this scan sends.
@@ -361,10 +382,12 @@ class Pipeline:
                 if kind == "tile":
                     open_tiles.append(msg[1])
                 else:
-                    _, segments, scores, counts = msg
+                    _, segments, scores, counts, extras = msg
                     for work, start, at, k in segments:
                         work.scores[start : start + k] = scores[at : at + k]
                         work.nan_counts[start : start + k] = counts[at : at + k]
+                        for name, values in extras.items():
+                            work.outputs[name][start : start + k] = values[at : at + k]
                         work.filled += k
                     if self.on_batch is not None:
                         self.on_batch(int(scores.size))

@@ -23,6 +23,10 @@ class TileResult:
     (:func:`pyengine.flags.cutout_flags`).  ``band_zero`` (n, nband) is whether the
     position's centre pixel is exactly 0 in each band (a broken stack's symptom, for the
     whole-field warnings of :func:`pyengine.scan.assembly.scan_warnings`).
+    ``outputs``: the runner's other per-row outputs the scan kept, name -> (n, ...):
+    ``probabilities`` (n, K), and an ensemble's ``class_index``, ``class_agreement``
+    and ``score_std`` (NaN, or -1 for integers, where not scored); the class columns
+    of the catalog are made from them (:mod:`pyengine.scan.classes`).
     """
 
     tile: int
@@ -35,6 +39,7 @@ class TileResult:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     band_nan: np.ndarray | None = None  # float32 (n, nband) NaN share per band
     band_zero: np.ndarray | None = None  # bool (n, nband) centre pixel exactly 0 per band
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.size)
@@ -48,15 +53,17 @@ class TileResult:
         if self.band_zero is not None:
             out["band_zero"] = self.band_zero
         out.update({f"col_{k}": v for k, v in self.columns.items()})
+        out.update({f"out_{k}": v for k, v in self.outputs.items()})
         return out
 
     @classmethod
     def from_arrays(cls, tile: int, arrays: dict[str, np.ndarray]) -> TileResult:
         """The inverse of :meth:`to_arrays`."""
         columns = {k[4:]: v for k, v in arrays.items() if k.startswith("col_")}
+        outputs = {k[4:]: v for k, v in arrays.items() if k.startswith("out_")}
         return cls(tile, arrays["x"], arrays["y"], arrays["row"], arrays["score"],
                    arrays["nan_fraction"], arrays["flags"], columns,
-                   arrays.get("band_nan"), arrays.get("band_zero"))
+                   arrays.get("band_nan"), arrays.get("band_zero"), outputs)
 
 
 class ScanInterrupted(Exception):

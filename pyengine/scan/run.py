@@ -55,6 +55,8 @@ def _graph_identity(model) -> dict:
     (None: the shipped demo model); no path or time, so a copy of the same file resumes."""
     from pyengine.models.checkpoint import DEMO_MODEL
 
+    if isinstance(model, tuple | list):  # an ensemble: each member's, in order
+        return [file_identity(m) for m in model]
     return file_identity(model if model is not None else DEMO_MODEL)
 
 
@@ -77,6 +79,7 @@ FINGERPRINT_OPTIONS = {
     "source.threshold": "--detect-threshold", "source.min_area": "--min-area",
     "source.band": "--detect-band", "source.mag_band": "--mag-band",
     "source.zero_point": "--zero-point", "source.aperture": "--aperture",
+    "outputs": "--class-columns",
 }
 
 
@@ -102,6 +105,9 @@ def scan_fingerprint(engine, mosaic, source, plan, extra: dict | None = None) ->
         "max_nan_fraction": engine.max_nan_fraction,
         "source": source.fingerprint(),
     }
+    outputs = getattr(engine, "row_outputs", {})
+    if outputs:  # class columns, an ensemble's outputs: journalled with each tile
+        fp["outputs"] = sorted(outputs)
     if extra:
         fp.update(extra)
     return fp
@@ -161,7 +167,8 @@ _OUTPUT_NAMES = {"catalog": "--out", "regions": "--regions", "scoremap": "--scor
 
 def scan_inputs(bands, catalog=None, model=None) -> dict[str, Path]:
     """The files a scan reads, named for messages: band images (``path[ext]`` specs
-    allowed), the ``--catalog`` file and the ``--model`` file (None: neither)."""
+    allowed), the ``--catalog`` file and the ``--model`` file, or files (an ensemble's
+    list; None: neither)."""
     from pyengine.io.fitsfile import parse_spec
 
     inputs = {}
@@ -171,8 +178,9 @@ def scan_inputs(bands, catalog=None, model=None) -> dict[str, Path]:
     if catalog is not None:
         path = parse_spec(catalog)[0]
         inputs[f"the --catalog file {path}"] = path
-    if model is not None:
-        inputs[f"the --model file {model}"] = Path(model)
+    for path in (model if isinstance(model, tuple | list) else
+                 () if model is None else (model,)):
+        inputs[f"the --model file {path}"] = Path(path)
     return inputs
 
 

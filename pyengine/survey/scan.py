@@ -478,10 +478,13 @@ def _model_identity(engine, config) -> dict:
                   "max_nan_fraction": engine.max_nan_fraction}
         sha = engine.model_sha256
     else:
-        sha = model_identity(config.get("model"))
-    return {"sha256": sha, "runner": config.get("runner", "auto"),
-            "precision": config.get("precision"),
-            "max_nan_fraction": config.get("max_nan_fraction")}
+        sha = model_identity(config.get("model"))  # an ensemble's: all its members
+    identity = {"sha256": sha, "runner": config.get("runner", "auto"),
+                "precision": config.get("precision"),
+                "max_nan_fraction": config.get("max_nan_fraction")}
+    if config.get("class_columns") is not None:  # the parts' columns (None: the default)
+        identity["class_columns"] = config["class_columns"]
+    return identity
 
 
 def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:
