@@ -103,13 +103,18 @@ def _command_line(ctx) -> str:
                                      "model file (fine-tuning).")
 @click.option("--seed", type=int, default=_DEFAULT["seed"], show_default=True,
               help="Seed of initialisation, split, order and augmentation.")
+@click.option("--members", type=int, default=1, show_default=True,
+              help="Train an ensemble of N members with seeds SEED, SEED+1, ... (one split, "
+                   "drawn with SEED), written as STEM.m0.safetensors ... beside --output; scan "
+                   "them with one --model per member.")
 @click.option("--threads", type=int, help="CPU threads for torch [default: torch's].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --output.")
 @click.option("--keep-checkpoint", is_flag=True,
               help="Keep the checkpoint after the model is written.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.pass_context
-def train(ctx, images, catalog, output, bands, label_col, positive, classes, binary, ra_col,
+def train(ctx, images, catalog, output, members, bands, label_col, positive, classes, binary,
+          ra_col,
           dec_col, x_col, y_col, mag_col, mag_limit, cutout_size, max_nan, split,
           val_fraction, block_size, epochs, batch_size, lr, weight_decay, warmup, balance,
           no_augment, noise, target_purity, init_weights, seed, threads, resume,
@@ -134,6 +139,8 @@ def train(ctx, images, catalog, output, bands, label_col, positive, classes, bin
         balance=balance, augment=not no_augment, noise=noise, target_purity=target_purity,
         init_weights=init_weights, seed=seed, threads=threads, resume=resume,
         keep_checkpoint=keep_checkpoint)
+    if members != 1:
+        return _train_members(ctx, config, members, quiet)
     result = run_training(config, log=lambda msg: click.echo(msg, err=True),
                           progress=Progress(sys.stderr, enabled=not quiet),
                           command_line=_command_line(ctx))
@@ -145,3 +152,26 @@ def train(ctx, images, catalog, output, bands, label_col, positive, classes, bin
                f"ROC AUC {m['roc_auc']:.4f}, PR AUC {m['pr_auc']:.4f} on "
                f"{m['validation']['n']} validation cutouts")
     click.echo(f"wrote {result.plot_path}")
+
+
+def _train_members(ctx, config, members: int, quiet: bool) -> None:
+    """``--members N``: the ensemble's members (:mod:`pyengine.training.members`)."""
+    from pyengine.training.members import train_members
+    from pyengine.training.report import Progress
+
+    done = train_members(config, members, log=lambda msg: click.echo(msg, err=True),
+                         progress=Progress(sys.stderr, enabled=not quiet),
+                         command_line=_command_line(ctx))
+    paths = []
+    for result in done:
+        if not hasattr(result, "spec"):  # kept from an earlier run (--resume)
+            paths.append(str(result))
+            continue
+        t = result.spec.metrics["threshold"]
+        click.echo(f"wrote {result.model_path}: threshold {t['value']:.4f}, purity "
+                   f"{t['precision']:.4f}, recall {t['recall']:.4f} on "
+                   f"{result.spec.metrics['validation']['n']} validation cutouts")
+        paths.append(str(result.model_path))
+    models = " ".join(f"--model {shlex.quote(p)}" for p in paths)
+    click.echo(f"ensemble of {len(paths)} members; scan it with: pyengine scan "
+               f"{' '.join(shlex.quote(i) for i in config.images)} {models} --out ...")

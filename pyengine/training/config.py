@@ -64,6 +64,9 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     keep_checkpoint: bool = False
+    #: Seed of the validation split alone (None: ``seed``); ensemble members
+    #: (:mod:`pyengine.training.members`) differ in ``seed`` and share this one.
+    split_seed: int | None = None
 
     def __post_init__(self):
         for name in ("images", "bands", "positive", "classes"):
@@ -106,6 +109,8 @@ class TrainConfig:
              "it needs --mag-limit (the cut it applies)")
         need(is_int(self.seed) and 0 <= self.seed < 2**63, "--seed", self.seed,
              "an integer from 0 to 2**63 - 1 is needed")
+        need(self.split_seed is None or (is_int(self.split_seed) and 0 <= self.split_seed < 2**63),
+             "split_seed", self.split_seed, "None or an integer from 0 to 2**63 - 1 is needed")
         need(self.threads is None or (is_int(self.threads) and self.threads >= 1),
              "--threads", self.threads, "an integer >= 1 is needed")
 

@@ -116,8 +116,9 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
         bands = mosaic.bands
         pixel_scale = float(np.mean(proj_plane_pixel_scales(mosaic.wcs.celestial)) * 3600.0)
     plan = data.plan
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     train_idx, val_idx = split_indices(data, method=cfg.split, fraction=cfg.val_fraction,
-                                       block=cfg.block_size, seed=cfg.seed)
+                                       block=cfg.block_size, seed=split_seed)
     log(f"training on {train_idx.size} cutouts "
         f"({_counts(data.labels[train_idx], plan.class_names)}), validating on {val_idx.size} "
         f"({_counts(data.labels[val_idx], plan.class_names)}), {cfg.split} split; "
@@ -199,7 +200,7 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
         "positive_values": list(plan.positive_values), "binary": cfg.binary,
         "position_columns": list(data.position_columns), "magnitude_column": data.mag_col,
         "mag_limit": cfg.mag_limit, "max_nan": cfg.max_nan, "rows": data.counts,
-        "split": {"method": cfg.split, "val_fraction": cfg.val_fraction,
+        "split": {"method": cfg.split, "val_fraction": cfg.val_fraction, "seed": split_seed,
                   **({"block_size": cfg.block_size} if cfg.split == "spatial" else {})},
         "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "weight_decay": cfg.weight_decay, "warmup": cfg.warmup, "schedule": "warmup+cosine",
