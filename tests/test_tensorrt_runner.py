@@ -491,6 +491,25 @@ def test_cuda_feed_bookkeeping_with_the_torch_launch(model_file):
     assert runner._feed is None
 
 
+def test_cuda_feed_copies_the_probabilities_back_with_the_scores(model_file):
+    """Both graph outputs come back through the feed's pinned rings: ``outputs()`` holds
+    the batch's probabilities, also after the rings grow for a larger batch."""
+    batches = [_cutouts(8, seed=1), _cutouts(3, seed=2), _cutouts(12, seed=3)]
+    with TorchRunner(model_file, device="cpu", cuda_graphs=False) as runner:
+        want = [runner.infer_outputs(b) for b in batches]
+        runner._feed = feed = CudaFeed(StandIn, torch.device("cpu"), runner.input_shape, 8)
+        assert not feed._out_probs  # made at the first batch that has them
+        for b, (scores, outputs) in zip(batches, want, strict=True):
+            pending = runner.submit(b)
+            got = pending.outputs()["probabilities"]
+            assert got.shape == (len(b), 2)
+            np.testing.assert_allclose(got, outputs["probabilities"], rtol=0, atol=1e-6)
+            np.testing.assert_allclose(pending.result(), scores, rtol=0, atol=1e-6)
+        assert feed.capacity == 12 and feed._out_probs[0][0].shape == (12, 2)
+        feed.submit(batches[0], lambda x, n: torch.zeros(n))  # a launch giving scores alone
+        assert feed._out_probs  # kept for the next batch that has them
+
+
 class _Context:
     """An execution context that scores each row as its nanmean, read from our buffers."""
 
@@ -525,6 +544,8 @@ def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
     x = _cutouts(8)
     want = np.nanmean(x.reshape(8, -1), axis=1)
     np.testing.assert_allclose(runner.infer(x), want, rtol=1e-6)
+    scores, outputs = runner.infer_outputs(x[:5])  # the engine's probabilities buffer too
+    assert outputs["probabilities"].shape == (5, 2) and scores.shape == (5,)
     np.testing.assert_allclose(runner.infer(x[:2]), want[:2], rtol=1e-6)  # padded to 4 rows
     np.testing.assert_allclose(runner.infer(x[:6]), want[:6], rtol=1e-6)
     np.testing.assert_allclose(runner.infer(x[:6]), want[:6], rtol=1e-6)
@@ -533,7 +554,8 @@ def test_tensorrt_launch_pads_casts_and_sets_shapes(tmp_path, fake_trt):
                                np.nanmean(half.astype(np.float32).reshape(8, -1), axis=1),
                                rtol=1e-6)
     shapes = [c[1] for c in context.calls if c[0] == "shape"]
-    assert shapes == [(8, 2, 32, 32), (4, 2, 32, 32), (6, 2, 32, 32), (8, 2, 32, 32)]
+    assert shapes == [(8, 2, 32, 32), (5, 2, 32, 32), (4, 2, 32, 32), (6, 2, 32, 32),
+                      (8, 2, 32, 32)]
     assert context.address[INPUT_NAME] == cast.data_ptr()
     assert {c[1] for c in context.calls if c[0] == "execute"} == {feed.compute.cuda_stream}
     with pytest.raises(ConfigError, match="tensorrt runner: batch size 17 exceeds its maximum 16"):
