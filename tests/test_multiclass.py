@@ -215,9 +215,9 @@ def test_runner_contract_outputs_and_a_runner_without_them(four, mfield):
     assert runner.output_fields == {"probabilities": ((4,), np.dtype(np.float32))}
     empty = runner.submit(np.ones((0, 5, 32, 32), np.float32))
     assert empty.outputs()["probabilities"].shape == (0, 4)
-    with Engine(runner=runner, core=128) as engine:  # a four-class model: columns asked for
-        with pytest.raises(ConfigError, match="gives no 'probabilities' output"):
-            engine.scan(mfield["images"], _source(mfield))
+    with Engine(runner=runner, core=128) as engine, pytest.raises(
+            ConfigError, match="gives no 'probabilities' output"):  # four classes: columns
+        engine.scan(mfield["images"], _source(mfield))
     with Engine(runner=_ScoresOnly(spec, "fp32"), core=128, class_columns=False) as engine:
         table = engine.scan(mfield["images"], _source(mfield))
     assert "class" not in table.colnames and np.isfinite(np.asarray(table["score"])).sum() == 100

@@ -161,6 +161,32 @@ def test_zero_padded_stem_on_the_gpu_matches(model_file, precision):
     np.testing.assert_allclose(got, _reference(model_file, x), rtol=0, atol=TOLERANCE[precision])
 
 
+@pytest.mark.parametrize("graphs", [True, False])
+def test_cuda_probabilities_come_back_with_the_scores(model_file, graphs):
+    """Both graph outputs through the CUDA feed (and the captured graphs), and an ensemble
+    of two GPU members, whose batches go to each member from the first one's pinned slot."""
+    from pyengine.runners.ensemble import EnsembleRunner
+
+    x = _batch(40, seed=2)
+    with torch.no_grad():
+        want = load_model(model_file)(torch.from_numpy(x))[0].numpy()
+    with TorchRunner(model_file, device="cuda", batch_size=40, cuda_graphs=graphs) as runner:
+        scores, outputs = runner.infer_outputs(x)
+    np.testing.assert_allclose(outputs["probabilities"], want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(scores, want[:, 1], rtol=0, atol=1e-4)
+    members = [TorchRunner(model_file, device="cuda", batch_size=40, cuda_graphs=graphs)
+               for _ in range(2)]
+    with EnsembleRunner(members, ["a", "b"]) as ensemble:
+        slot = ensemble.allocate_slots(2, 40)[0]
+        slot[:] = x
+        pending = ensemble.submit(slot)
+        got = pending.outputs()
+    np.testing.assert_allclose(got["probabilities"], want, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got["class_agreement"], 1.0)  # one model, twice
+    np.testing.assert_array_equal(got["class_index"], np.argmax(got["probabilities"], axis=1))
+    np.testing.assert_allclose(pending.result(), want[:, 1], rtol=0, atol=1e-4)
+
+
 def test_tensorrt_runner_matches_cpu(tmp_path, model_file):
     pytest.importorskip("tensorrt")
     x = _batch(50, seed=5)
