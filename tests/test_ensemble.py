@@ -308,3 +308,18 @@ def test_train_members_writes_seeded_members_on_one_split(tmp_path):
     table = Table.read(tmp_path / "c.fits")
     assert {"class", "class_agreement", "score_std", *P_COLUMNS} <= set(table.colnames)
     assert table.meta["THRESH"] == pytest.approx(np.mean([s.threshold for s in specs]))
+
+
+def test_vetting_order_puts_the_members_disagreement_first():
+    from pyengine.scan.classes import vetting_order
+
+    table = Table({"score": [0.9, 0.5, np.nan, 0.44, 0.1],
+                   "score_std": np.array([0.0, 0.01, np.nan, 0.2, 0.2], np.float32)})
+    table.meta["THRESH"] = 0.45
+    assert vetting_order(table).tolist() == [3, 4, 1, 0]  # spread, then nearness
+    del table["score_std"]
+    assert vetting_order(table).tolist() == [3, 1, 4, 0]  # a single model: nearness
+    assert vetting_order(table, threshold=0.85).tolist() == [0, 1, 3, 4]
+    del table.meta["THRESH"]
+    with pytest.raises(ConfigError, match="no THRESH"):
+        vetting_order(table)

@@ -22,6 +22,11 @@ An ensemble's catalog always has ``score_std`` (the spread of the members' score
 ``score``, class columns or not.  ``score`` is unchanged: the positive classes' summed
 probability (an ensemble's: the members' mean).  Unscored rows hold NaN.
 
+:func:`vetting_order` ranks a catalog's rows for the vetting loop (DESIGN.md §7: the
+next objects to vet are chosen by uncertainty): an ensemble's by ``score_std``, the
+members' disagreement, then by how near the score lies to the threshold; a single
+model's by that nearness alone (the uncertainty sampling of active learning).
+
 Thread safety: pure functions of their arguments.
 """
 
@@ -31,7 +36,8 @@ import re
 
 import numpy as np
 
-__all__ = ["CLASS", "PREFIX", "class_columns", "column_names", "score_columns"]
+__all__ = ["CLASS", "PREFIX", "class_columns", "column_names", "score_columns",
+           "vetting_order"]
 
 PREFIX, CLASS = "p_", "class"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
@@ -75,3 +81,25 @@ def class_columns(class_names, outputs: dict) -> dict[str, np.ndarray]:
     if "class_agreement" in outputs:
         cols["class_agreement"] = np.asarray(outputs["class_agreement"], np.float32)
     return cols
+
+
+def vetting_order(table, threshold: float | None = None) -> np.ndarray:
+    """Indices of ``table``'s scored rows (finite ``score``), most uncertain first: by
+    ``score_std`` (an ensemble's catalog), largest first, then by |score - threshold|,
+    smallest first (``threshold``: given, else the catalog's ``THRESH``); ties keep the
+    catalog's order."""
+    score = np.asarray(table["score"], np.float64)
+    if threshold is None:
+        meta = {str(k).upper(): v for k, v in table.meta.items()}
+        if "THRESH" not in meta:
+            from pyengine.errors import ConfigError
+
+            raise ConfigError("vetting_order: the catalog has no THRESH keyword; give the "
+                              "threshold")
+        threshold = float(meta["THRESH"])
+    rows = np.flatnonzero(np.isfinite(score))
+    near = np.abs(score[rows] - threshold)
+    if "score_std" in table.colnames:
+        spread = np.nan_to_num(np.asarray(table["score_std"], np.float64)[rows], nan=0.0)
+        return rows[np.lexsort((near, -spread))]
+    return rows[np.argsort(near, kind="stable")]
