@@ -66,9 +66,10 @@ from pyengine.info.cli import info  # noqa: E402
 from pyengine.scan.cli import scan  # noqa: E402
 from pyengine.survey.cli import merge, survey  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
+from pyengine.training.calibrate_cli import calibrate  # noqa: E402
 from pyengine.training.cli import train  # noqa: E402
 
-for _command in (info, scan, survey, merge, demo, synth, train, export, bench):
+for _command in (info, scan, survey, merge, demo, synth, train, calibrate, export, bench):
     main.add_command(_command)
 
 

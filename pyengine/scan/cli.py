@@ -123,6 +123,29 @@ def _resume_command() -> str:
     return shlex.join(argv)
 
 
+def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
+    """The threshold for --target-purity at --prevalence, from the model file's rates."""
+    from pathlib import Path
+
+    from pyengine.errors import ConfigError
+    from pyengine.models.checkpoint import DEMO_MODEL, read_spec
+    from pyengine.models.operating import threshold_for_spec
+
+    if threshold is not None:
+        raise ConfigError("give --threshold or --prevalence, not both (--prevalence chooses "
+                          "the threshold)")
+    path = Path(model) if model is not None else DEMO_MODEL
+    if path.suffix.lower() != ".safetensors":
+        raise ConfigError(f"--prevalence: {path} is not a pyengine model file (.safetensors); "
+                          "choose the threshold from its model file and give --threshold")
+    chosen = threshold_for_spec(read_spec(path)[0], prevalence, target_purity)
+    if not quiet:
+        click.echo(f"threshold {chosen['value']:.4f} for prevalence {chosen['prevalence']:g}: "
+                   f"expected purity {chosen['purity']:.3f}, recall {chosen['recall']:.3f} "
+                   f"({chosen['rule'].replace('_', ' ')}, target {chosen['target']:g})", err=True)
+    return chosen["value"]
+
+
 @click.command()
 @click.argument("bands", nargs=-1, required=True, metavar="BAND_FITS...")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
@@ -148,6 +171,12 @@ def _resume_command() -> str:
 @click.option("--threads", type=int, default=None, help="CPU threads [all].")
 @click.option("--threshold", type=float, default=None,
               help="Candidate threshold on the score [the model's].")
+@click.option("--prevalence", type=float, default=None,
+              help="Share of clusters expected among this scan's positions: the threshold is "
+                   "the one reaching --target-purity at it, from the calibrated model's rates "
+                   "(pyengine calibrate). The scan's end note estimates it from the scores.")
+@click.option("--target-purity", type=float, default=None,
+              help="With --prevalence: the purity aimed for [the model's calibration target].")
 @click.option("--regions", type=click.Path(dir_okay=False),
               help="Also write the candidates as DS9 regions (.reg).")
 @click.option("--scoremap", type=click.Path(dir_okay=False),
@@ -198,6 +227,7 @@ def _resume_command() -> str:
               help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
                    "worker processes (pip install 'pyengine[dask]').")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
+         prevalence, target_purity,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
          detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
@@ -213,6 +243,11 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                           "(or neither, to detect sources)")
     if scoremap is not None and grid is None:
         raise ConfigError("--scoremap needs --grid STRIDE (a score map samples a grid)")
+    if prevalence is not None:
+        threshold = _prevalence_threshold(model, threshold, prevalence, target_purity, quiet)
+    elif target_purity is not None:
+        raise ConfigError("--target-purity needs --prevalence (the purity a threshold reaches "
+                          "depends on the share of clusters among the positions)")
     # a manifest with a catalog column, scanned without --catalog or --grid: each field's
     # positions are the rows of its own catalog
     own_catalogs = (catalog is None and grid is None and len(bands) == 1

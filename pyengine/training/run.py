@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from pyengine import __version__
 from pyengine.bands import match_order
-from pyengine.errors import ConfigError, ModelFileError
+from pyengine.errors import CatalogError, ConfigError, ModelFileError
 from pyengine.io.mosaic import Mosaic
 from pyengine.metrics import roc_auc
 from pyengine.models.checkpoint import file_sha256, load_model, read_spec, save_model
@@ -34,7 +33,12 @@ from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.resnet import load_torchvision_weights
 from pyengine.models.spec import ModelSpec, PreprocessSpec
 from pyengine.training.config import TrainConfig, TrainResult, config_hash, describe_changes
-from pyengine.training.data import load_training_set, split_indices
+from pyengine.training.data import (
+    TrainingSet,
+    load_training_set,
+    pixel_scale_of,
+    split_indices,
+)
 from pyengine.training.loop import (
     build_optimizer,
     build_scheduler,
@@ -64,8 +68,12 @@ def init_kind(path: str) -> str:
     if not p.is_file():
         raise ModelFileError(f"{p}: no such file (--init-weights)")
     with open(p, "rb") as fh:
-        head = fh.read(4)
-    # torch.save writes a zip archive (PK); older torch a bare pickle (0x80 PROTO).
+        head = fh.read(9)
+    # A safetensors file: an 8-byte little-endian header length, then the JSON header
+    # ("{"); its first byte may be anything, 0x80 included.  torch.save writes a zip
+    # archive (PK); older torch a bare pickle (0x80 PROTO).
+    if len(head) == 9 and head[8:9] == b"{":
+        return "pyengine"
     return "torchvision" if head.startswith(b"PK") or head[:1] == b"\x80" else "pyengine"
 
 
@@ -98,6 +106,52 @@ def apply_init(model, path: str, kind: str, log) -> list[str]:
     return fresh
 
 
+def _training_data(cfg, log):
+    """(TrainingSet, band names, pixel scale): of the images, or of every field of a survey
+    manifest (each label row used by the first field that holds it)."""
+    if not cfg.is_survey:
+        with Mosaic.open(list(cfg.images), bands=cfg.bands) as mosaic:
+            data = load_training_set(cfg, mosaic, log)
+            return data, mosaic.bands, pixel_scale_of(mosaic)
+    from pyengine.survey.manifest import read_manifest
+
+    survey = read_manifest(cfg.images[0])
+    bands = list(cfg.bands) if cfg.bands else list(survey.bands)
+    sets, scales, used = [], [], None
+    for k, f in enumerate(survey.fields):
+        with f.open(bands) as mosaic:
+            got = load_training_set(cfg, mosaic, lambda msg, fid=f.id: log(f"field {fid}: {msg}"),
+                                    exclude=used, allow_empty=True)
+            scales.append(pixel_scale_of(mosaic))
+        if got is None:
+            continue
+        if used is None:
+            used = np.zeros(got.counts["catalog"], bool)
+        used[got.rows[got.rows >= 0]] = True
+        sets.append((k, got))
+    if not sets:
+        raise CatalogError(f"{cfg.catalog}: no labelled position lies on any field of "
+                           f"{cfg.images[0]} ({len(survey.fields)} fields)")
+    first = sets[0][1]
+    counts = {key: sum(int(d.counts.get(key, 0)) for _, d in sets)
+              for key in dict.fromkeys(k for _, d in sets for k in d.counts)}
+    counts["catalog"] = first.counts["catalog"]
+    data = TrainingSet(
+        np.concatenate([d.pixels for _, d in sets]), np.concatenate([d.sigma for _, d in sets]),
+        np.concatenate([d.labels for _, d in sets]), np.concatenate([d.x for _, d in sets]),
+        np.concatenate([d.y for _, d in sets]), np.concatenate([d.rows for _, d in sets]),
+        first.plan, first.label_col, first.mag_col, first.position_columns, counts,
+        np.concatenate([np.full(d.labels.size, k, np.int64) for k, d in sets]))
+    per_class = np.bincount(data.labels, minlength=len(data.plan.class_names))
+    empty = [n for n, c in zip(data.plan.class_names, per_class, strict=True) if c == 0]
+    if empty:
+        raise CatalogError(f"{cfg.catalog}: no {', '.join(map(repr, empty))} rows on any field "
+                           f"of {cfg.images[0]}; every class needs examples")
+    log(f"survey {cfg.images[0]}: {data.labels.size} cutouts from {len(sets)} of "
+        f"{len(survey.fields)} fields")
+    return data, tuple(bands), float(np.mean(scales))
+
+
 def _val_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     p = probabilities[np.arange(labels.size), labels]
     return float(-np.mean(np.log(np.maximum(p, 1e-12))))
@@ -111,10 +165,7 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     kind = init_kind(cfg.init_weights) if cfg.init_weights is not None else None
     preprocess = (read_spec(cfg.init_weights)[0].preprocess if kind == "pyengine"
                   else PreprocessSpec())
-    with Mosaic.open(list(cfg.images), bands=cfg.bands) as mosaic:
-        data = load_training_set(cfg, mosaic, log)
-        bands = mosaic.bands
-        pixel_scale = float(np.mean(proj_plane_pixel_scales(mosaic.wcs.celestial)) * 3600.0)
+    data, bands, pixel_scale = _training_data(cfg, log)
     plan = data.plan
     train_idx, val_idx = split_indices(data, method=cfg.split, fraction=cfg.val_fraction,
                                        block=cfg.block_size, seed=cfg.seed)
@@ -194,6 +245,10 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     provenance = {
         "pyengine_version": __version__, "torch_version": torch.__version__, "date": _date(),
         "command_line": command_line, "images": [os.path.abspath(p) for p in cfg.images],
+        "positions": cfg.positions,
+        **({"match_radius_arcsec": cfg.match_radius,
+            "detection": {"threshold": cfg.detect_threshold, "min_area": cfg.min_area,
+                          "band": cfg.detect_band}} if cfg.positions == "detect" else {}),
         "catalog": os.path.abspath(cfg.catalog), "catalog_sha256": fingerprint["catalog_sha256"],
         "label_column": data.label_col, "label_values": list(plan.label_values),
         "positive_values": list(plan.positive_values), "binary": cfg.binary,
@@ -204,7 +259,7 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
         "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "weight_decay": cfg.weight_decay, "warmup": cfg.warmup, "schedule": "warmup+cosine",
         "optimizer": "AdamW", "balance": cfg.balance, "augment": cfg.augment,
-        "noise": cfg.noise, "threads": torch.get_num_threads(),
+        "noise": cfg.noise, "shift": cfg.shift, "dim": cfg.dim, "blur": cfg.blur, "threads": torch.get_num_threads(),
         "init_weights": None if kind is None else {
             "path": os.path.abspath(cfg.init_weights), "kind": kind,
             "sha256": file_sha256(cfg.init_weights), "fresh": fresh},
