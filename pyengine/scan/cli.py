@@ -177,6 +177,10 @@ def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
                    "(pyengine calibrate). The scan's end note estimates it from the scores.")
 @click.option("--target-purity", type=float, default=None,
               help="With --prevalence: the purity aimed for [the model's calibration target].")
+@click.option("--group-radius", type=float, default=None,
+              help="Detection mode: candidates within this many arcsec of each other (chains "
+                   "of them) are one object, the highest-scoring one the candidate, the others "
+                   "flagged FRAGMENT; 0: no grouping [2.0].")
 @click.option("--regions", type=click.Path(dir_okay=False),
               help="Also write the candidates as DS9 regions (.reg).")
 @click.option("--scoremap", type=click.Path(dir_okay=False),
@@ -227,7 +231,7 @@ def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
               help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
                    "worker processes (pip install 'pyengine[dask]').")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
-         prevalence, target_purity,
+         prevalence, target_purity, group_radius,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
          detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
@@ -304,7 +308,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     if survey_mode:
         _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
                      precision=precision, batch_size=batch_size, threads=threads,
-                     threshold=threshold, regions=regions, scoremap=scoremap, resume=resume,
+                     threshold=threshold, group_radius=group_radius, regions=regions,
+                     scoremap=scoremap, resume=resume,
                      overwrite=overwrite, quiet=quiet, log_json=log_json,
                      band_names=band_names, catalog_opts=catalog_opts, mag_limit=mag_limit,
                      detect={"threshold": detect_threshold, "min_area": min_area,
@@ -339,6 +344,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
         model = int8_for_field(model, runner, precision, mosaic, source, core=tile_size)
         engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
                         threads=threads, threshold=threshold, core=tile_size,
+                        group_radius=group_radius,
                         max_nan_fraction=max_nan)
     except BaseException:
         mosaic.close()
@@ -394,6 +400,7 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
 
 
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
+                 group_radius,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
                  catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
                  shard, dask_address):
@@ -454,6 +461,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     model = int8_for_survey(model, runner, precision, geo, make_source, cone, sky, core=tile_size)
     config = {"model": model, "runner": runner, "precision": precision,
               "batch_size": batch_size, "threads": threads, "threshold": threshold,
+              "group_radius": group_radius,
               "core": tile_size, "max_nan_fraction": max_nan}
     client = cluster = None
     if dask_address:

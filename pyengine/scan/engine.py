@@ -93,7 +93,11 @@ class Engine:
     the largest that fits), and a runtime allocation failure during a scan becomes a
     one-line ConfigError suggesting a smaller one.  ``threads`` None lets each library
     choose; more than the CPUs usable is capped at them, with a warning on stderr
-    (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold.
+    (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold;
+    ``prevalence`` (with ``target_purity``, default the model's calibration target)
+    chooses it instead from a calibrated model's rates (:mod:`pyengine.models.operating`).
+    ``group_radius`` (arcsec; None: :data:`pyengine.output.grouping.DEFAULT_GROUP_RADIUS`,
+    0: none) groups detection-mode candidates into one per object.
     ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
     ``slots`` (at least 2; None: the runner's ``in_flight`` + 2, at least 4, so the
     gather stage fills one and queues another while the runner holds its batches)
@@ -108,7 +112,8 @@ class Engine:
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int | None = None,
-                 gather_threads: int | None = None):
+                 gather_threads: int | None = None, group_radius: float | None = None,
+                 prevalence: float | None = None, target_purity: float | None = None):
         if batch_size is not None:
             integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
@@ -122,13 +127,16 @@ class Engine:
         number(threshold, "threshold", 0.0, 1.0, allow_none=True,
                accepted="a probability in [0, 1] is needed")
         integer(core, "tile core", 64, 1 << 16, whole_floats=True)
+        number(group_radius, "group radius", 0.0, 3600.0, allow_none=True,
+               accepted="a radius in arcsec >= 0 is needed (0: no grouping)")
         # What another process needs to make this Engine again (a Dask worker of a
         # survey scan); None when the runner was given as an object.
         self.config = None if isinstance(runner, Runner) else {
             "model": None if model is None else str(model), "runner": runner,
             "precision": precision, "batch_size": batch_size, "threads": threads,
             "threshold": threshold, "core": core, "max_nan_fraction": max_nan_fraction,
-            "device": device, "cache_dir": None if cache_dir is None else str(cache_dir)}
+            "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
+            "group_radius": group_radius}
         if isinstance(runner, Runner):
             self.runner = runner
         else:
@@ -149,7 +157,17 @@ class Engine:
         # always has one to fill when in_flight <= slots.
         self.in_flight = min(wanted, self.nslots)
         self._check_batch_memory()
+        if prevalence is not None:  # the threshold for a target purity at this prevalence
+            from pyengine.models.operating import threshold_for_spec
+
+            if threshold is not None:
+                raise ConfigError("give threshold or prevalence, not both (prevalence "
+                                  "chooses the threshold)")
+            threshold = threshold_for_spec(self.spec, prevalence, target_purity)["value"]
+            if self.config is not None:
+                self.config["threshold"] = threshold
         self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
+        self.group_radius = None if group_radius is None else float(group_radius)
         self.core = int(core)
         self.max_nan_fraction = float(max_nan_fraction)
         self.prefetch = max(1, int(prefetch))

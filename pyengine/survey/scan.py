@@ -428,6 +428,10 @@ def finish(table, kind, geo):
         if name in table.colnames:
             table.remove_column(name)
     table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
+    if kind == "detect" and "GROUPRAD" in table.meta and "is_candidate" in table.colnames:
+        from pyengine.output.grouping import group_candidates
+
+        group_candidates(table, float(table.meta["GROUPRAD"]))  # across parts and fields
     return table, merged
 
 

@@ -80,6 +80,9 @@ def _command_line(ctx) -> str:
               help="--positions detect: minimum detection area, pixels.")
 @click.option("--detect-band", default=_DEFAULT["detect_band"], show_default=True,
               help="--positions detect: detection band, or 'sum'.")
+@click.option("--negative-ratio", type=float,
+              help="Keep at most this many non-cluster positions per cluster (a seeded random "
+                   "subset; detections are mostly stars) [default: all].")
 @click.option("--mag-col", help="Magnitude column for --mag-limit [default: mag, i_mag, mag_i "
                                 "or imag].")
 @click.option("--mag-limit", type=float,
@@ -134,7 +137,7 @@ def _command_line(ctx) -> str:
 @click.pass_context
 def train(ctx, images, catalog, output, bands, label_col, positive, classes, binary, ra_col,
           dec_col, x_col, y_col, positions, match_radius, unmatched_label, detect_threshold,
-          min_area, detect_band, mag_col, mag_limit, cutout_size, max_nan, split,
+          min_area, detect_band, negative_ratio, mag_col, mag_limit, cutout_size, max_nan, split,
           val_fraction, block_size, epochs, batch_size, lr, weight_decay, warmup, balance,
           no_augment, noise, shift, dim, blur, target_purity, init_weights, seed, threads, resume,
           keep_checkpoint, quiet):
@@ -155,6 +158,7 @@ def train(ctx, images, catalog, output, bands, label_col, positive, classes, bin
         ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col, positions=positions,
         match_radius=match_radius, unmatched_label=unmatched_label,
         detect_threshold=detect_threshold, min_area=min_area, detect_band=detect_band,
+        negative_ratio=negative_ratio,
         mag_col=mag_col,
         mag_limit=mag_limit, cutout_size=cutout_size, max_nan=max_nan, split=split,
         val_fraction=val_fraction, block_size=block_size, epochs=epochs,

@@ -50,6 +50,7 @@ class TrainConfig:
     detect_threshold: float = 3.0  # the scan's detection options (positions="detect")
     min_area: int = 5
     detect_band: str = "sum"
+    negative_ratio: float | None = None  # keep at most this many non-clusters per cluster
     mag_col: str | None = None
     mag_limit: float | None = None  # keep rows with mag < mag_limit
     cutout_size: int = 64
@@ -95,6 +96,9 @@ class TrainConfig:
              "a number of pixels >= 1 is needed")
         need(self.mag_col is None or self.positions == "catalog", "--mag-col", self.mag_col,
              "with --positions detect the cut applies to the detections' magnitudes")
+        need(self.negative_ratio is None or (is_number(self.negative_ratio)
+                                             and self.negative_ratio > 0), "--negative-ratio",
+             self.negative_ratio, "a number of non-clusters per cluster > 0 is needed")
         need(is_int(self.cutout_size) and 16 <= self.cutout_size <= 256, "--size",
              self.cutout_size, "an integer from 16 to 256 pixels is needed")
         need(is_number(self.max_nan) and 0 <= self.max_nan < 1, "--max-nan", self.max_nan,

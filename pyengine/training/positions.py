@@ -18,8 +18,7 @@ options as ``pyengine scan``) over the training images and labels each detection
   labels of different classes within the radius;
 * labels matched by no detection are counted (not detected at this threshold).
 
-Pairs are found on a grid of cells one radius wide (each position against the labels
-in its own and the eight neighbouring cells), exact in pixel distance.
+Pairs come from :func:`pyengine.matching.pairs_within` (exact, in pixels).
 
 Thread safety: pure functions apart from the reads of the mosaic passed in.
 """
@@ -31,39 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.errors import CatalogError
+from pyengine.matching import pairs_within
 
-__all__ = ["LabelledDetections", "detect_positions", "label_detections", "pairs_within"]
-
-
-def pairs_within(x1, y1, x2, y2, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i, j, distance) with |p1[i] - p2[j]| <= radius, in pixels."""
-    x1, y1, x2, y2 = (np.asarray(v, np.float64) for v in (x1, y1, x2, y2))
-    if x1.size == 0 or x2.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    r = float(radius)
-    cx2, cy2 = np.floor(x2 / r).astype(np.int64), np.floor(y2 / r).astype(np.int64)
-    key2 = cy2 * (1 << 32) + cx2
-    order = np.argsort(key2, kind="stable")
-    sorted_keys = key2[order]
-    cx1, cy1 = np.floor(x1 / r).astype(np.int64), np.floor(y1 / r).astype(np.int64)
-    out_i, out_j = [], []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            k = (cy1 + dy) * (1 << 32) + (cx1 + dx)
-            lo = np.searchsorted(sorted_keys, k, "left")
-            hi = np.searchsorted(sorted_keys, k, "right")
-            n = hi - lo
-            if not n.any():
-                continue
-            i = np.repeat(np.arange(x1.size), n)
-            offset = np.arange(i.size) - np.repeat(np.cumsum(n) - n, n)
-            j = order[np.repeat(lo, n) + offset]
-            out_i.append(i)
-            out_j.append(j)
-    i, j = np.concatenate(out_i), np.concatenate(out_j)
-    d = np.hypot(x1[i] - x2[j], y1[i] - y2[j])
-    keep = d <= r
-    return i[keep], j[keep], d[keep]
+__all__ = ["LabelledDetections", "detect_positions", "label_detections"]
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,24 @@ def _training_data(cfg, log):
     return data, tuple(bands), float(np.mean(scales))
 
 
+def _fewer_negatives(data: TrainingSet, ratio: float, seed: int, log) -> TrainingSet:
+    """All clusters and a seeded random subset of at most ``ratio`` x as many others."""
+    pos = data.is_positive
+    neg = np.flatnonzero(~pos)
+    want = round(float(ratio * pos.sum()))
+    if want >= neg.size:
+        return data
+    rng = np.random.default_rng([seed, 2])  # stream 2: this subset
+    keep = np.sort(np.r_[np.flatnonzero(pos), rng.choice(neg, want, replace=False)])
+    log(f"--negative-ratio {ratio:g}: kept {want} of {neg.size} non-cluster positions "
+        f"with the {int(pos.sum())} clusters")
+    counts = {**data.counts, "negatives_left_out": int(neg.size - want), "used": int(keep.size)}
+    return TrainingSet(data.pixels[keep], data.sigma[keep], data.labels[keep], data.x[keep],
+                       data.y[keep], data.rows[keep], data.plan, data.label_col, data.mag_col,
+                       data.position_columns, counts,
+                       None if data.field is None else data.field[keep])
+
+
 def _val_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     p = probabilities[np.arange(labels.size), labels]
     return float(-np.mean(np.log(np.maximum(p, 1e-12))))
@@ -166,6 +184,8 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     preprocess = (read_spec(cfg.init_weights)[0].preprocess if kind == "pyengine"
                   else PreprocessSpec())
     data, bands, pixel_scale = _training_data(cfg, log)
+    if cfg.negative_ratio is not None:
+        data = _fewer_negatives(data, cfg.negative_ratio, cfg.seed, log)
     plan = data.plan
     train_idx, val_idx = split_indices(data, method=cfg.split, fraction=cfg.val_fraction,
                                        block=cfg.block_size, seed=cfg.seed)
@@ -245,7 +265,7 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     provenance = {
         "pyengine_version": __version__, "torch_version": torch.__version__, "date": _date(),
         "command_line": command_line, "images": [os.path.abspath(p) for p in cfg.images],
-        "positions": cfg.positions,
+        "positions": cfg.positions, "negative_ratio": cfg.negative_ratio,
         **({"match_radius_arcsec": cfg.match_radius,
             "detection": {"threshold": cfg.detect_threshold, "min_area": cfg.min_area,
                           "band": cfg.detect_band}} if cfg.positions == "detect" else {}),
