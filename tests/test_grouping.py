@@ -20,7 +20,8 @@ def test_pairs_within_is_exact():
     i, j, d = pairs_within(a[:, 0], a[:, 1], b[:, 0], b[:, 1], 2.5)
     full = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
     ii, jj = np.nonzero(full <= 2.5)
-    assert set(zip(i.tolist(), j.tolist())) == set(zip(ii.tolist(), jj.tolist()))
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(ii.tolist(), jj.tolist(),
+                                                                strict=True))
     np.testing.assert_allclose(d, full[i, j])
 
 
