@@ -27,7 +27,8 @@ from pyengine.models.operating import (
 from pyengine.models.spec import ModelSpec
 from pyengine.runners.onnxrt import onnx_scores
 from pyengine.synth import DEFAULT_BANDS, SynthConfig, make_field
-from pyengine.training.calibrate import calibrate, ece, fit_temperature
+from pyengine.training.calibrate import calibrate, fit_temperature
+from pyengine.training.reliability import ece
 
 S = 32
 

@@ -95,7 +95,7 @@ def stage_train(args) -> Path:
     tables = [Table.read(f["labels"]) for f in fields]
     for k, t in enumerate(tables):
         t["id"] = t["id"] + k * 10**9
-    vstack(tables).write(args.workdir / "train-labels.fits", overwrite=True)
+    vstack(tables, metadata_conflicts="silent").write(args.workdir / "train-labels.fits", overwrite=True)
     fp32 = args.workdir / "demo-fp32.safetensors"
     if fp32.exists():
         return fp32

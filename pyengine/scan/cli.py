@@ -123,6 +123,28 @@ def _resume_command() -> str:
     return shlex.join(argv)
 
 
+def _prevalence_note(spec, catalog) -> None:
+    """For a calibrated model: the prevalence of clusters these positions' scores imply
+    (Saerens et al. 2002, pyengine.models.operating), and how to threshold at it."""
+    cal = (spec.metrics or {}).get("calibration")
+    if not cal or catalog is None or spec.num_classes != 2:
+        return
+    import numpy as np
+
+    from pyengine.io.catalog import read_catalog
+    from pyengine.models.operating import estimate_prevalence
+
+    table = read_catalog(str(catalog))
+    scores = np.asarray(table["score"], np.float64) if "score" in table.colnames else []
+    if len(scores) < 50:
+        return
+    est = estimate_prevalence(scores, float(cal["prevalence"]))
+    click.echo(f"note: these {len(scores)} positions' calibrated scores imply a cluster "
+               f"prevalence of {est:.4f} (EM of Saerens et al. 2002; the calibration field's: "
+               f"{cal['prevalence']:.4f}); a threshold for that prevalence: add --prevalence "
+               f"{est:.4g} --resume", err=True)
+
+
 def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
     """The threshold for --target-purity at --prevalence, from the model file's rates."""
     from pathlib import Path
@@ -397,6 +419,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
             click.echo(f"  {kind}: {path}")
     for line in summary.warnings:  # whole-field problems (scan.assembly.scan_warnings)
         click.echo(f"Warning: {line}", err=True)
+    if not quiet and not log_json:
+        _prevalence_note(engine.spec, summary.outputs.get("catalog"))
 
 
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,

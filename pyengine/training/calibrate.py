@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.errors import ConfigError
+from pyengine.training.reliability import ece, reliability_bins
 
-__all__ = ["calibrate", "ece", "fit_temperature", "reliability_bins"]
+__all__ = ["calibrate", "fit_temperature"]
 
-BINS = 10
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
@@ -75,24 +75,6 @@ def _probabilities(logits, t):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def reliability_bins(truth, prob, bins: int = BINS) -> dict:
-    """Equal-width bins of ``prob``: count, mean predicted, observed fraction per bin."""
-    truth, prob = np.asarray(truth, bool), np.asarray(prob, np.float64)
-    k = np.minimum((prob * bins).astype(int), bins - 1)
-    count = np.bincount(k, minlength=bins)
-    pred = np.bincount(k, prob, minlength=bins) / np.maximum(count, 1)
-    obs = np.bincount(k, truth.astype(float), minlength=bins) / np.maximum(count, 1)
-    return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": count.tolist(),
-            "mean_predicted": pred.tolist(), "observed": obs.tolist()}
-
-
-def ece(truth, prob, bins: int = BINS) -> float:
-    """Expected calibration error: count-weighted mean |observed - predicted| over bins."""
-    r = reliability_bins(truth, prob, bins)
-    c = np.asarray(r["count"], float)
-    return float(np.sum(c * np.abs(np.asarray(r["observed"]) - r["mean_predicted"])) / c.sum())
-
-
 def _plot(path: Path, before: dict, after: dict, title: str) -> None:
     from matplotlib.figure import Figure
 
@@ -125,8 +107,8 @@ def calibrate(model_path, images, catalog, output, *, log=print, positions: str 
     from pyengine.models.checkpoint import load_model, read_spec, save_model
     from pyengine.models.operating import rates_curve, threshold_at_prevalence
     from pyengine.training.config import TrainConfig
+    from pyengine.training.fields import training_data
     from pyengine.training.loop import centre_crop
-    from pyengine.training.run import _training_data
 
     model = load_model(model_path)
     spec = model.spec
@@ -141,7 +123,7 @@ def calibrate(model_path, images, catalog, output, *, log=print, positions: str 
                       ra_col=ra_col, dec_col=dec_col, positions=positions,
                       match_radius=match_radius, mag_limit=mag_limit,
                       cutout_size=spec.cutout_size, threads=threads)
-    data, _, _ = _training_data(cfg, log)
+    data, _, _ = training_data(cfg, log)
     if tuple(data.plan.class_names) != tuple(spec.class_names):
         raise ConfigError(f"{catalog}: its classes {list(data.plan.class_names)} are not the "
                           f"model's {list(spec.class_names)}")

@@ -25,20 +25,15 @@ import torch
 
 from pyengine import __version__
 from pyengine.bands import match_order
-from pyengine.errors import CatalogError, ConfigError, ModelFileError
-from pyengine.io.mosaic import Mosaic
+from pyengine.errors import ConfigError, ModelFileError
 from pyengine.metrics import roc_auc
 from pyengine.models.checkpoint import file_sha256, load_model, read_spec, save_model
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.resnet import load_torchvision_weights
 from pyengine.models.spec import ModelSpec, PreprocessSpec
 from pyengine.training.config import TrainConfig, TrainResult, config_hash, describe_changes
-from pyengine.training.data import (
-    TrainingSet,
-    load_training_set,
-    pixel_scale_of,
-    split_indices,
-)
+from pyengine.training.data import split_indices
+from pyengine.training.fields import fewer_negatives, training_data
 from pyengine.training.loop import (
     build_optimizer,
     build_scheduler,
@@ -106,70 +101,6 @@ def apply_init(model, path: str, kind: str, log) -> list[str]:
     return fresh
 
 
-def _training_data(cfg, log):
-    """(TrainingSet, band names, pixel scale): of the images, or of every field of a survey
-    manifest (each label row used by the first field that holds it)."""
-    if not cfg.is_survey:
-        with Mosaic.open(list(cfg.images), bands=cfg.bands) as mosaic:
-            data = load_training_set(cfg, mosaic, log)
-            return data, mosaic.bands, pixel_scale_of(mosaic)
-    from pyengine.survey.manifest import read_manifest
-
-    survey = read_manifest(cfg.images[0])
-    bands = list(cfg.bands) if cfg.bands else list(survey.bands)
-    sets, scales, used = [], [], None
-    for k, f in enumerate(survey.fields):
-        with f.open(bands) as mosaic:
-            got = load_training_set(cfg, mosaic, lambda msg, fid=f.id: log(f"field {fid}: {msg}"),
-                                    exclude=used, allow_empty=True)
-            scales.append(pixel_scale_of(mosaic))
-        if got is None:
-            continue
-        if used is None:
-            used = np.zeros(got.counts["catalog"], bool)
-        used[got.rows[got.rows >= 0]] = True
-        sets.append((k, got))
-    if not sets:
-        raise CatalogError(f"{cfg.catalog}: no labelled position lies on any field of "
-                           f"{cfg.images[0]} ({len(survey.fields)} fields)")
-    first = sets[0][1]
-    counts = {key: sum(int(d.counts.get(key, 0)) for _, d in sets)
-              for key in dict.fromkeys(k for _, d in sets for k in d.counts)}
-    counts["catalog"] = first.counts["catalog"]
-    data = TrainingSet(
-        np.concatenate([d.pixels for _, d in sets]), np.concatenate([d.sigma for _, d in sets]),
-        np.concatenate([d.labels for _, d in sets]), np.concatenate([d.x for _, d in sets]),
-        np.concatenate([d.y for _, d in sets]), np.concatenate([d.rows for _, d in sets]),
-        first.plan, first.label_col, first.mag_col, first.position_columns, counts,
-        np.concatenate([np.full(d.labels.size, k, np.int64) for k, d in sets]))
-    per_class = np.bincount(data.labels, minlength=len(data.plan.class_names))
-    empty = [n for n, c in zip(data.plan.class_names, per_class, strict=True) if c == 0]
-    if empty:
-        raise CatalogError(f"{cfg.catalog}: no {', '.join(map(repr, empty))} rows on any field "
-                           f"of {cfg.images[0]}; every class needs examples")
-    log(f"survey {cfg.images[0]}: {data.labels.size} cutouts from {len(sets)} of "
-        f"{len(survey.fields)} fields")
-    return data, tuple(bands), float(np.mean(scales))
-
-
-def _fewer_negatives(data: TrainingSet, ratio: float, seed: int, log) -> TrainingSet:
-    """All clusters and a seeded random subset of at most ``ratio`` x as many others."""
-    pos = data.is_positive
-    neg = np.flatnonzero(~pos)
-    want = round(float(ratio * pos.sum()))
-    if want >= neg.size:
-        return data
-    rng = np.random.default_rng([seed, 2])  # stream 2: this subset
-    keep = np.sort(np.r_[np.flatnonzero(pos), rng.choice(neg, want, replace=False)])
-    log(f"--negative-ratio {ratio:g}: kept {want} of {neg.size} non-cluster positions "
-        f"with the {int(pos.sum())} clusters")
-    counts = {**data.counts, "negatives_left_out": int(neg.size - want), "used": int(keep.size)}
-    return TrainingSet(data.pixels[keep], data.sigma[keep], data.labels[keep], data.x[keep],
-                       data.y[keep], data.rows[keep], data.plan, data.label_col, data.mag_col,
-                       data.position_columns, counts,
-                       None if data.field is None else data.field[keep])
-
-
 def _val_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     p = probabilities[np.arange(labels.size), labels]
     return float(-np.mean(np.log(np.maximum(p, 1e-12))))
@@ -183,9 +114,9 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     kind = init_kind(cfg.init_weights) if cfg.init_weights is not None else None
     preprocess = (read_spec(cfg.init_weights)[0].preprocess if kind == "pyengine"
                   else PreprocessSpec())
-    data, bands, pixel_scale = _training_data(cfg, log)
+    data, bands, pixel_scale = training_data(cfg, log)
     if cfg.negative_ratio is not None:
-        data = _fewer_negatives(data, cfg.negative_ratio, cfg.seed, log)
+        data = fewer_negatives(data, cfg.negative_ratio, cfg.seed, log)
     plan = data.plan
     train_idx, val_idx = split_indices(data, method=cfg.split, fraction=cfg.val_fraction,
                                        block=cfg.block_size, seed=cfg.seed)
