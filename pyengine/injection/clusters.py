@@ -45,7 +45,11 @@ __all__ = [
     "YOUNG_FRACTION",
     "InjectedMosaic",
     "Injections",
+    "cell_size",
+    "cells_per_round",
+    "check_ranges",
     "draw_injections",
+    "needs_colour",
     "render_round",
     "separation",
     "site_grid",
@@ -89,12 +93,17 @@ def separation(cutout: int, match_px: float, rh_max_px: float) -> float:
     return max(cutout + 2.0 * max(match_px, rh_max_px), 6.0 * rh_max_px)
 
 
+def cell_size(spacing: float) -> float:
+    """Side (px) of a grid cell whose jittered sites stay ``spacing`` apart."""
+    return spacing / (1.0 - _JITTER)
+
+
 def site_grid(shape, cutout: int, spacing: float, rng, blank=None):
     """One round's sites: (x, y) of one point per grid cell (module docstring); ``blank(x,
     y)`` says whether a site's cutout holds blank pixels (those are skipped)."""
     ny, nx = shape
     margin = cutout / 2.0 + 1.0
-    cell = spacing / (1.0 - _JITTER)
+    cell = cell_size(spacing)
     width, height = nx - 2 * margin, ny - 2 * margin
     if width < cell or height < cell:
         return np.zeros(0), np.zeros(0)
@@ -117,7 +126,7 @@ def cells_per_round(shape, cutout: int, spacing: float) -> int:
     """Grid cells of one round (before blank sites are skipped)."""
     ny, nx = shape
     margin = cutout / 2.0 + 1.0
-    cell = spacing / (1.0 - _JITTER)
+    cell = cell_size(spacing)
     return int((nx - 2 * margin) // cell) * int((ny - 2 * margin) // cell)
 
 

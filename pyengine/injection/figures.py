@@ -100,7 +100,7 @@ def grid_figure(report: dict):
 
     grid = report["completeness"]["grid"]
     me, re = np.asarray(grid["mag_edges"]), np.asarray(grid["rh_edges"])
-    fig = Figure(figsize=(10.0, 4.4), dpi=120)
+    fig = Figure(figsize=(10.0, 4.4), dpi=120, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     mesh = None
     for ax, kind in zip(axes, ("detected", "recovered"), strict=True):

@@ -182,14 +182,6 @@ def _prepare(field_, k: int, bands, engine, s) -> _Field:
         f = _Field(field_.id, k, mosaic, tuple(mosaic.paths), tuple(mosaic.shape), scale,
                    mag_index, zps, zp_from,
                    [_header_number(h, "GAIN") for h in mosaic.headers], colours)
-        fwhm = _per_band(s["psf_fwhm"], mosaic.bands, "--psf-fwhm")
-        for b in range(mosaic.nband):
-            if fwhm[b] is not None:
-                f.psfs.append(given_psf(mosaic.bands[b], fwhm[b], s["psf_beta"] or 3.0, scale))
-            else:
-                f.psfs.append(measure_psf(mosaic, b, beta=s["psf_beta"],
-                                          saturate=_header_number(mosaic.headers[b], "SATURATE")))
-        f.noise = _noise(mosaic)
         rh_hi_px = s["rh"][1] / scale
         if rh_hi_px > MAX_RH_PX:
             raise ConfigError(f"--rh {s['rh'][0]:g}:{s['rh'][1]:g}: r_h {s['rh'][1]:g}\" is "
@@ -206,8 +198,16 @@ def _prepare(field_, k: int, bands, engine, s) -> _Field:
                     if fits else "no cluster fits: use larger images")
             raise ConfigError(
                 f"{f.images[0]}: the image ({nx} x {ny} px) is too small for one cluster of "
-                f"r_h up to {s['rh'][1]:g}\" (each needs a {f.spacing / (1 - C._JITTER):.0f} px "
+                f"r_h up to {s['rh'][1]:g}\" (each needs a {C.cell_size(f.spacing):.0f} px "
                 f"cell clear of the {engine.spec.cutout_size // 2 + 1} px edge); {hint}")
+        fwhm = _per_band(s["psf_fwhm"], mosaic.bands, "--psf-fwhm")
+        for b in range(mosaic.nband):
+            if fwhm[b] is not None:
+                f.psfs.append(given_psf(mosaic.bands[b], fwhm[b], s["psf_beta"] or 3.0, scale))
+            else:
+                f.psfs.append(measure_psf(mosaic, b, beta=s["psf_beta"],
+                                          saturate=_header_number(mosaic.headers[b], "SATURATE")))
+        f.noise = _noise(mosaic)
         return f
     except BaseException:
         mosaic.close()
