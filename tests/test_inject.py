@@ -198,8 +198,9 @@ def test_bright_large_clusters_are_detected_faint_ones_lost_files_untouched(fiel
         # Recovered exactly where a detection of the cluster's own scores >= threshold.
         threshold = report["settings"]["threshold"]
         assert np.array_equal(rec.astype(bool), det.astype(bool) & (score >= threshold))
-    # The shipped demo model (threshold 0.9955) recovers few of them: measured 0 of 36
-    # here, 31 of 36 with a threshold of 0.5 (see docs/architecture.md).
+    # The shipped demo model (threshold 0.9955) recovers few of them: 0-2 of 36 on this
+    # field for seeds 0-2, 26-32 of 36 at a threshold of 0.5 (docs/architecture.md); so
+    # no recovery fraction is asserted, only that recovery follows the scores.
     assert bright["totals"]["recovered"] <= bright["totals"]["detected"]
     psf = bright["fields"][0]["psf"]
     assert psf["g"]["source"] == "measured" and abs(psf["i"]["fwhm_arcsec"] / 0.7 - 1) < 0.1

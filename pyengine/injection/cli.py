@@ -182,12 +182,18 @@ def inject(images, output_dir, n, mag, rh, seed, per_round, mag_band, colours, c
         click.echo(f"field {f['id']}: PSF FWHM {psf}; zero points {zps}; {f['injected']} "
                    f"clusters in {f['rounds']} rounds of up to {f['per_round']}")
     click.echo(summary_line(report))
+    lo, hi = mag_range
+
+    def limit(value, note):
+        if value is not None:
+            return f"{value:.2f}"
+        return f"> {hi:g}" if "fainter" in note else f"< {lo:g}" if "brightest" in note else "-"
+
     for kind in ("detected", "recovered"):
         lim = report["limits"][kind]
         per = "; ".join(
             f"r_h {r['rh_arcsec'][0]:.2g}-{r['rh_arcsec'][1]:.2g}\": "
-            + (f"{r['m50']:.2f}" if r["m50"] is not None else "-")
-            for r in lim["per_rh"])
-        m90 = f"{lim['m90']:.2f}" if lim["m90"] is not None else "-"
-        click.echo(f"  {kind}: 90 % at {m90}; 50 % per r_h bin: {per}")
+            + limit(r["m50"], r["notes"].get("m50", "")) for r in lim["per_rh"])
+        click.echo(f"  {kind}: 90 % at {limit(lim['m90'], lim['notes'].get('m90', ''))}; "
+                   f"50 % per r_h bin: {per}")
     click.echo(f"  report: {output_dir}/inject.json (+ injections.ecsv, completeness_*.png)")

@@ -25,7 +25,7 @@ def _title(report: dict) -> str:
     fields = len(report["fields"])
     where = f"{fields} fields" if fields > 1 else report["fields"][0]["images"][-1].split("/")[-1]
     return (f"{t['injected']} injected King clusters ({where}); threshold "
-            f"{s['threshold']:.3g}, match {s['match_radius_arcsec']:g}\"")
+            f"{s['threshold']:.4g}, match {s['match_radius_arcsec']:g}\"")
 
 
 def _curve(ax, binned: dict, kind: str, offset: float = 0.0) -> None:
