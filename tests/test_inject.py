@@ -265,7 +265,7 @@ def test_survey_fields_share_the_clusters(survey_2x2, engine):
     (["--mag", "23:16"], "--mag 23:16 is an empty range"),
     (["--rh", "0:0"], "--rh 0:0 is not a range of half-light radii"),
     (["--mag", "16-23"], "--mag '16-23' is not a range; give LO:HI"),
-    (["--n", "0"], "--n"),
+    (["--n", "0"], "--n 0 is not accepted; a number of clusters >= 1 is needed"),
     (["--rh", "1:30"], "larger than a cluster the synth can draw"),
     (["--colour", "g-r=0.5"], "colours are against the magnitude band"),
     (["--mag-band", "z"], "--mag-band 'z' is not a band"),
