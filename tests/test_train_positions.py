@@ -61,8 +61,8 @@ def test_detections_of_every_field_are_labelled_and_split_by_field(two_fields, t
     assert data.position_columns == ("x_detect", "y_detect")
     assert (data.rows >= 0).all()  # this clean field has no detection without a label
     labels = Table.read(two_fields["labels"])
-    from astropy.wcs import WCS
     from astropy.io import fits
+    from astropy.wcs import WCS
 
     f0 = data.fields == 0
     wcs = WCS(fits.getheader(two_fields["fields"][0].images[0]))
