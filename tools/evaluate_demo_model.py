@@ -114,8 +114,9 @@ def evaluate_model(model: Path, workdir: Path, field_fn, held_out: dict, *,
         from pyengine.injection import inject
 
         f = field_fn(workdir, first, held_out[first])
-        inj = inject(f["images"], n=inject_n, model=str(model), seed=1,
-                     output_dir=str(f["dir"] / "inject"))
+        inj = inject(f["images"], n=inject_n, model=str(model), seed=1, mag=(16.0, 23.0),
+                     rh=(1.0, 6.0), threads=threads, output_dir=str(f["dir"] / "inject"),
+                     overwrite=True)
         results["injection"] = {"field": first, **_injection_summary(inj)}
         print(f"injection: {json.dumps(results['injection'])}", flush=True)
     except ImportError:
@@ -129,6 +130,8 @@ def evaluate_model(model: Path, workdir: Path, field_fn, held_out: dict, *,
 
 
 def _injection_summary(inj: dict) -> dict:
-    keep = ("n_injected", "completeness_50_mag", "completeness_90_mag",
-            "detected_50_mag", "detected_90_mag")
-    return {k: inj.get(k) for k in keep if k in inj} or {"keys": sorted(inj)}
+    from pyengine.injection.report import completeness_magnitude, summary_line
+
+    return {"injected": inj["totals"]["injected"], "line": summary_line(inj),
+            **{f"{kind}_{int(level * 100)}_mag": completeness_magnitude(inj, level, kind)
+               for kind in ("recovered", "detected") for level in (0.5, 0.9)}}
