@@ -141,11 +141,16 @@ def test_given_threshold_mag_limit_and_within():
     r = evaluate(catalog_table(), truth_table(), mag_limit=21.5)
     assert r["counts"]["truth_positives"] == 5 and r["counts"]["positives_without_row"] == 0
     assert r["operating_point"]["recall"] == pytest.approx(3 / 5)
-    # i < 18.75: truths 2, 3, 4, 8 are fainter: their rows are left out, not wrong
+    # i < 18.75: clusters 2, 3, 4 are fainter: their rows are left out, not wrong; the
+    # row of star 8 (19 mag) would be wrong, but it is BLANK
     r = evaluate(catalog_table(), truth_table(), mag_limit=18.75)
-    assert r["counts"]["left_out_rows"] == 4  # rows of truth 2, 3, 4 (unscored), 8
+    assert r["counts"]["left_out_rows"] == 3  # rows of truth 2, 3, 4 (unscored)
     assert r["counts"]["eligible_rows"] == 7  # the 9 scored rows but those of truth 2, 3
     assert r["operating_point"]["tp"] == 2 and r["operating_point"]["recall"] == 1.0
+    # i < 17.5: only star 6 (17 mag) counts, yet the rows of the other stars stay wrong
+    r = evaluate(catalog_table(), truth_table(), mag_limit=17.5)
+    assert r["counts"]["truth_positives"] == 0 and r["counts"]["left_out_rows"] == 5
+    assert r["operating_point"]["fp"] == 3 and r["operating_point"]["tn"] == 2
     # within a circle of 15" about the centre: truth 4, 5, 6, 7, 8, 9 and rows near them
     r = evaluate(catalog_table(), truth_table(), within=f"{RA0},{DEC0},{15 / 3600}")
     assert r["counts"]["truth_positives"] == 2 and r["counts"]["truth_negatives"] == 4

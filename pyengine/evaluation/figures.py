@@ -127,7 +127,8 @@ def _errorbar(ax, x, frac, lo, hi, **kw):
     x, f = np.asarray(x, float), np.array(frac, dtype=float)
     lo_, hi_ = np.array(lo, dtype=float), np.array(hi, dtype=float)
     ok = np.isfinite(f)
-    ax.errorbar(x[ok], f[ok], yerr=[f[ok] - lo_[ok], hi_[ok] - f[ok]], capsize=2, **kw)
+    yerr = np.clip([f[ok] - lo_[ok], hi_[ok] - f[ok]], 0.0, None)
+    ax.errorbar(x[ok], f[ok], yerr=yerr, capsize=2, **kw)
 
 
 def _completeness_figure(block: dict, what: str):

@@ -5,11 +5,14 @@ radius, one to one, closest pairs first (:mod:`pyengine.evaluation.match`).
 
 **Who counts.** A truth object *counts* when it has a label, lies in the scanned area
 (:func:`pyengine.evaluation.inputs.scan_area`; and ``within``), and, with ``mag_limit``,
-is brighter than it (``mag < mag_limit``). A catalog row is *eligible* when it has a finite
-score, is neither OFF_IMAGE nor BLANK (those are never candidates), lies in the area, and
-is not matched to a truth object that does not count (such rows are *left out*: neither
-right nor wrong). An eligible row is a *cluster row* when it is matched to a counted
-positive truth object; unmatched eligible rows count as non-clusters.
+is brighter than it (``mag < mag_limit``); the counted clusters are recall's denominator.
+A catalog row is *eligible* when it has a finite score, is neither OFF_IMAGE nor BLANK
+(those are never candidates), lies in the area, and is not *left out*: matched to a
+cluster that does not count (fainter than the limit, outside the area) or to an object
+without a label, which is neither right nor wrong. An eligible row is a *cluster row*
+when it is matched to a counted cluster; every other eligible row is a non-cluster:
+unmatched, or matched to a labelled non-cluster of any magnitude (a candidate that is a
+star is wrong however faint the star).
 
 **At the threshold** (the catalog's ``THRESH``, or ``threshold``): a row is selected when
 it is a candidate: at the catalog's own threshold its ``is_candidate`` column decides (the
@@ -225,12 +228,14 @@ def evaluate(catalog, truth, *, match_radius="0.5arcsec", threshold=None, label_
     truth_row[ti] = ci
 
     scored = np.isfinite(cat.score) & ((cat.flags & NOT_CANDIDATE) == 0)
-    in_area = region.inside(cat.ra, cat.dec) | (row_truth >= 0)
     matched = row_truth >= 0
-    left_out = matched & ~counted[np.maximum(row_truth, 0)]
+    t_of = np.maximum(row_truth, 0)
+    cluster_row = matched & counted_pos[t_of]
+    # a cluster that does not count, or an object without a label: neither right nor wrong;
+    # a labelled non-cluster is wrong whatever its magnitude
+    left_out = matched & ~cluster_row & (tru.positive[t_of] | ~tru.labelled[t_of])
+    in_area = region.inside(cat.ra, cat.dec) | cluster_row
     eligible = scored & in_area & ~left_out
-    cluster_row = matched & tru.positive[np.maximum(row_truth, 0)] & counted[
-        np.maximum(row_truth, 0)]
     if cat.is_candidate is not None and t_source == "catalog":
         selected = cat.is_candidate & eligible
     else:
