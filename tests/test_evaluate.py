@@ -184,6 +184,12 @@ def test_matching_is_one_to_one_closest_first():
     # the closest pair (truth 1, row 1: 0.05") first; truth 0 then takes row 0 (0.1")
     assert sorted(zip(ti.tolist(), ci.tolist(), strict=True)) == [(0, 0), (1, 1), (2, 2)]
     np.testing.assert_allclose(sorted(sep), [0.05, 0.1, 0.4], rtol=1e-6)
+    # closest first, not in index order: truth 1 takes row 0 (0.05"), so truth 0 takes
+    # row 1 (0.3"); in index order truth 0 would take row 0 (0.15") and truth 1 nothing
+    ra2, dec2 = _sky([(0, 0), (0.2, 0)])
+    cra2, cdec2 = _sky([(0.15, 0), (-0.3, 0)])
+    ti, ci, _ = match_one_to_one(ra2, dec2, cra2, cdec2, 0.45)
+    assert sorted(zip(ti.tolist(), ci.tolist(), strict=True)) == [(0, 1), (1, 0)]
     # a wrap in RA: 359.99999 and 0.00001 are 0.072" apart at the equator
     ti, ci, sep = match_one_to_one([359.99999], [0.0], [0.00001], [0.0], 0.1)
     assert ci.tolist() == [0] and sep[0] == pytest.approx(0.072, rel=1e-4)

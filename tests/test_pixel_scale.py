@@ -68,6 +68,9 @@ def test_a_dss_like_image_is_refused_before_any_work(tmp_path, model):
     assert "resample the image to 0.187\"/px" in line and "train a model at 1.7\"/px" in line
     assert "--allow-pixel-scale-mismatch scans it anyway" in line
     assert not out.exists() and not (tmp_path / "c.fits.journal").exists()
+    # before the runner is made: a runner name that cannot work is not reached
+    res = _scan([*bands, "--grid", 24, "--model", model, "--runner", "bogus", "-o", out])
+    assert res.exit_code == 1 and "pixel scale 1.7\"/px differs" in res.output
 
 
 def test_allowed_with_one_warning(tmp_path, model):
@@ -105,6 +108,8 @@ def test_a_survey_field_at_the_wrong_scale_is_named(tmp_path, model):
     assert f"Error: {manifest}: field 'B' (" in res.output
     assert "pixel scale 1.7\"/px differs from the model's 0.187\"/px" in res.output
     assert "field 'A'" not in res.output and not out.exists()
+    res = _scan([manifest, "--grid", 24, "--model", model, "--runner", "bogus", "-o", out])
+    assert res.exit_code == 1 and "field 'B'" in res.output  # before the runner is made
     res = _scan([manifest, "--grid", 24, "--model", model, "--runner", "torch", "-q", "-o", out,
                  "--allow-pixel-scale-mismatch"])
     assert res.exit_code == 0, res.output
@@ -129,7 +134,7 @@ def test_engine_scan_refuses_and_allows(tmp_path, engine_64):
     with pytest.raises(PixelScaleError):
         next(engine_64.iter_scan(bands, GridSource(24)))
     with Mosaic.open(bands) as mosaic:
-        with pytest.raises(PixelScaleError, match="0.187"):
+        with pytest.raises(PixelScaleError, match=r"0\.187"):
             check_mosaic_scale(engine_64, mosaic)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
