@@ -177,6 +177,33 @@ def test_every_catalog_format_gives_the_same_answer(tmp_path, files, suffix):
     assert r["operating_point"]["precision"] == 0.5 and r["operating_point"]["recall"] == 0.5
 
 
+def test_footprint_from_the_catalogs_band_files(tmp_path, monkeypatch):
+    """The area from BANDFIL1..n (relative paths found beside the catalog), and a radius
+    in pixels of those images."""
+    from astropy.io import fits
+
+    from tests.makedata import make_wcs
+
+    header = make_wcs((400, 400), crval=(RA0, DEC0)).to_header()  # 74.8" square
+    for band in ("g", "i"):
+        fits.PrimaryHDU(np.zeros((400, 400), np.float32), header).writeto(
+            tmp_path / f"{band}.fits")
+    cat = catalog_table()
+    cat.meta.update(BANDS="g,i", BANDFIL1="g.fits", BANDFIL2="i.fits")
+    path = write_catalog(cat, tmp_path / "cands.fits")
+    monkeypatch.chdir(tmp_path.parent)  # the band paths are relative to the catalog's folder
+    r = evaluate(path, truth_table(), match_radius=f"{0.5 / 0.187}px")
+    assert r["area"]["method"] == "footprint" and "g.fits" in r["area"]["description"]
+    assert r["match_radius_arcsec"] == pytest.approx(0.5)
+    assert r["counts"]["truth_counted"] == 10  # truth 10 is off the image
+    assert r["operating_point"]["precision"] == 0.5 and r["operating_point"]["recall"] == 0.5
+    cat.meta["BANDFIL2"] = "nowhere.fits"
+    other = write_catalog(cat, tmp_path / "other.fits")
+    with pytest.raises(ConfigError, match="--area footprint: its band files"):
+        evaluate(other, truth_table(), area="footprint")
+    assert evaluate(other, truth_table())["area"]["note"].startswith("footprint not used")
+
+
 def test_matching_is_one_to_one_closest_first():
     ra, dec = _sky([(0, 0), (0.2, 0), (5, 0)])
     cra, cdec = _sky([(0.1, 0), (0.15, 0), (5.4, 0), (20, 0)])

@@ -18,8 +18,8 @@ unmatched catalog row is a non-cluster. Rows without a label are left out.
 **The area** (:func:`scan_area`) decides which truth objects a scan could have found:
 
 - ``footprint``: the images the scan read: the survey manifest named by the ``SURVEY``
-  key, else the band files ``BANDFIL1..n`` of a one-field scan; a position is inside when
-  some field's image holds it (:meth:`pyengine.survey.geometry.SurveyGeometry.owner`).
+  key, else the band files ``BANDFIL1..n`` of a one-field scan (paths as written, else
+  relative to the catalog's folder); a position is inside when some field's image holds it (:meth:`pyengine.survey.geometry.SurveyGeometry.owner`).
 - ``hull``: the convex hull of the catalog's positions in the tangent plane at their
   centre, widened by the match radius (a truth object within the radius of a catalog row
   is always inside).
@@ -60,6 +60,7 @@ class CatalogData:
     flags: np.ndarray  # int64; 0 where the catalog has no flags column
     is_candidate: np.ndarray | None
     meta: dict
+    path: Path | None = None  # the file read (None: a Table)
 
     def __len__(self) -> int:
         return int(self.ra.size)
@@ -128,6 +129,7 @@ def read_scan_catalog(catalog) -> CatalogData:
     """A scan catalog (a path, or an astropy Table with its ``meta``) as arrays."""
     from astropy.table import Table
 
+    path = None
     if isinstance(catalog, Table):
         table, where, meta = catalog, "catalog", {str(k).upper(): v for k, v in
                                                  catalog.meta.items()}
@@ -154,7 +156,7 @@ def read_scan_catalog(catalog) -> CatalogData:
         cand = _booleans(table[names["is_candidate"]])
     if not np.any(np.isfinite(ra) & np.isfinite(dec)):
         raise CatalogError(f"{where}: no row has a finite ra and dec; sky positions are needed")
-    return CatalogData(where, ra, dec, score, flags, cand, meta)
+    return CatalogData(where, ra, dec, score, flags, cand, meta, path)
 
 
 def _positives(values, where: str, label_col: str, positive) -> tuple[str, ...]:
@@ -319,24 +321,38 @@ def _hull_area(cat: CatalogData, radius: float, within, note: str) -> Area:
                 within=within, note=note)
 
 
-def _footprint(meta: dict):
+def _found(spec: str, base: Path | None) -> str | None:
+    """``spec`` (``path[ext]``) as found: as written (relative to the working folder), else
+    relative to the catalog's folder; None when neither exists."""
+    from pyengine.io.fitsfile import parse_spec
+
+    path, ext = parse_spec(spec)
+    for p in (path, None if base is None or path.is_absolute() else base / path):
+        if p is not None and p.exists():
+            return str(p) if ext is None else f"{p}[{ext}]"
+    return None
+
+
+def _footprint(meta: dict, base: Path | None):
     """(SurveyGeometry, description) of the scan's images from the catalog's metadata, or
     (None, why not)."""
     from pyengine.survey.geometry import SurveyGeometry
     from pyengine.survey.manifest import Survey, read_manifest
 
     manifest = str(meta.get("SURVEY", "") or "")
-    files = [str(meta[k]) for k in sorted((k for k in meta if k.startswith("BANDFIL")
+    named = [str(meta[k]) for k in sorted((k for k in meta if k.startswith("BANDFIL")
                                            and k[7:].isdigit()), key=lambda k: int(k[7:]))]
     try:
         if manifest:
-            if not Path(manifest).exists():
+            found = _found(manifest, base)
+            if found is None:
                 return None, f"its survey manifest {manifest} (key SURVEY) is not found"
-            geo = SurveyGeometry(read_manifest(manifest))
-            return geo, f"the {len(geo)} fields of {manifest}"
-        if not files:
+            geo = SurveyGeometry(read_manifest(found))
+            return geo, f"the {len(geo)} fields of {found}"
+        if not named:
             return None, "the catalog names no images (no SURVEY or BANDFIL1.. keys)"
-        missing = [f for f in files if not Path(f.split("[")[0]).exists()]
+        files = [_found(f, base) for f in named]
+        missing = [f for f, got in zip(named, files, strict=True) if got is None]
         if missing:
             return None, f"its band files ({', '.join(missing)}) are not found"
         bands = [b for b in str(meta.get("BANDS", "")).split(",") if b] or None
@@ -353,7 +369,8 @@ def scan_area(cat: CatalogData, *, mode: str = "auto", radius: float, within=Non
     if mode not in AREA_MODES:
         raise ConfigError(f"--area {mode!r} is not accepted; accepted: {', '.join(AREA_MODES)}")
     if mode != "hull":
-        geo, text = _footprint(cat.meta)
+        base = None if cat.path is None else cat.path.parent
+        geo, text = _footprint(cat.meta, base)
         if geo is not None:
             return Area("footprint", text, geometry=geo, within=within)
         if mode == "footprint":
