@@ -155,7 +155,7 @@ def _completeness_figure(block: dict, what: str):
     ax.set_title(f"Completeness against {what}: {block['column']}{unit}, "
                  f"{int(sum(rec['count']))} clusters")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left" if what == "magnitude" else "lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     _counts(low, edges, rec["count"], "clusters")
     low.set_xlabel(f"{block['column']}{unit}")
     ax.tick_params(labelbottom=False)
