@@ -33,7 +33,7 @@ import numpy as np
 from pyengine.flags import FRAGMENT
 from pyengine.matching import friends_of_friends
 
-__all__ = ["DEFAULT_GROUP_RADIUS", "group_candidates"]
+__all__ = ["DEFAULT_GROUP_RADIUS", "group_candidates", "regroup"]
 
 DEFAULT_GROUP_RADIUS = 2.0  # arcsec
 
@@ -85,3 +85,10 @@ def group_candidates(table, radius: float, pixel_scale: float | None = None) -> 
     table["group_size"] = size
     table.meta["GROUPRAD"] = float(radius)
     return int((~primary).sum())
+
+
+def regroup(table, kind: str) -> None:
+    """A survey's joined catalog grouped again as a whole (detection mode only), with the
+    radius its parts were grouped with."""
+    if kind == "detect" and "GROUPRAD" in table.meta and "is_candidate" in table.colnames:
+        group_candidates(table, float(table.meta["GROUPRAD"]))

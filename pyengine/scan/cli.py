@@ -252,11 +252,14 @@ def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
 @click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
               help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
                    "worker processes (pip install 'pyengine[dask]').")
+@click.option("--allow-pixel-scale-mismatch", "allow_scale", is_flag=True,
+              help="Scan images whose pixel scale differs from the model's by more than 5 % "
+                   "(refused otherwise), with a warning.")
 def scan(bands, out, catalog, grid, model, runner, precision, batch_size, threads, threshold,
          prevalence, target_purity, group_radius,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
-         detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
+         detect_band, tile_size, max_nan, within, sky_region, shard, dask_address, allow_scale):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits), or a survey
     manifest (survey.ecsv: many fields, one catalog with a field column), for star-cluster
     candidates.  Sources: --catalog, --grid, or detection (default)."""
@@ -339,7 +342,8 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
                              "mag_band": mag_band, "zero_point": zero_point,
                              "aperture": aperture},
                      tile_size=tile_size, max_nan=max_nan, within=within,
-                     sky_region=sky_region, shard=shard, dask_address=dask_address)
+                     sky_region=sky_region, shard=shard, dask_address=dask_address,
+                     allow_scale=allow_scale)
         return
     if any(is_manifest(b) for b in bands):
         raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
@@ -347,6 +351,13 @@ def scan(bands, out, catalog, grid, model, runner, precision, batch_size, thread
     check_model_file(model)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
     mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
+    try:  # the pixel-scale guard, before anything is calibrated, loaded or read
+        from pyengine.scan.pixscale import check_mosaic_scale
+
+        check_mosaic_scale(model, mosaic, allow=allow_scale)
+    except BaseException:
+        mosaic.close()
+        raise
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
         try:
@@ -427,7 +438,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
                  group_radius,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
                  catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
-                 shard, dask_address):
+                 shard, dask_address, allow_scale):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError, ScanOutputError
@@ -479,6 +490,9 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
             click.echo("sources: each field's own catalog (manifest column catalog)", err=True)
 
     check_model_file(model)
+    from pyengine.scan.pixscale import check_field_scales
+
+    check_field_scales(model, geo, touched, allow=allow_scale)
     install_sigbus_handler()
     from pyengine.scan.int8 import int8_for_survey  # once, for every shard and worker
 
@@ -516,7 +530,8 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     try:
         summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
                               regions=sky, resume=resume, overwrite=overwrite, stop=stop,
-                              progress=show, shard=share, client=client, engine_config=config)
+                              progress=show, shard=share, client=client, engine_config=config,
+                              allow_pixel_scale_mismatch=allow_scale)
     except (ScanInterrupted, KeyboardInterrupt):
         show.close()
         click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "

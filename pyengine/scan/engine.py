@@ -284,8 +284,12 @@ class Engine:
         return out
 
     # -- scanning ------------------------------------------------------------------
-    def prepare(self, mosaic, sources=None):
+    def prepare(self, mosaic, sources=None, *, allow_pixel_scale_mismatch: bool | None = None):
         """(mosaic, source, plan) ready to scan: bands matched to the model, source bound.
+
+        ``allow_pixel_scale_mismatch`` False or True: the pixel-scale guard runs once the
+        mosaic is open, before the source is bound (:mod:`pyengine.scan.pixscale`); None
+        (the default, as ``pyengine bench`` calls it): no check.
 
         ``mosaic`` is a :class:`Mosaic` or the band image paths.  The mosaic returned
         is the one given when its bands are already in the model's order; otherwise
@@ -303,6 +307,11 @@ class Engine:
             mosaic = match_bands(opened, self.spec.bands)
             if opened is not given and mosaic is not opened:
                 opened.close()  # reopened in the model's order: the first one is not used
+            if allow_pixel_scale_mismatch is not None:
+                from pyengine.scan.pixscale import check_mosaic_scale
+
+                check_mosaic_scale(self, mosaic, allow=allow_pixel_scale_mismatch,
+                                   stacklevel=5)
             source = sources if sources is not None else DetectSource()
             plan = TilePlan.for_cutout(mosaic.shape, cutout=self.spec.cutout_size,
                                        core=self.core)
@@ -315,18 +324,23 @@ class Engine:
         return mosaic, source, plan
 
     @contextlib.contextmanager
-    def prepared(self, mosaic, sources=None):
+    def prepared(self, mosaic, sources=None, *, allow_pixel_scale_mismatch: bool | None = None):
         """:meth:`prepare` as a context manager: closes on exit (error or not) the
         mosaic it opened, never the one given."""
-        ready = self.prepare(mosaic, sources)
+        ready = self.prepare(mosaic, sources, allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         try:
             yield ready
         finally:
             if ready[0] is not mosaic:
                 ready[0].close()
 
-    def scan(self, mosaic, sources=None, *, within=None, regions=None, client=None):
+    def scan(self, mosaic, sources=None, *, within=None, regions=None, client=None,
+             allow_pixel_scale_mismatch: bool = False):
         """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``.
+
+        An image (or survey field) whose pixel scale differs from the model's by more than
+        5 % is refused before any work (PixelScaleError); ``allow_pixel_scale_mismatch``
+        scans it with a PixelScaleWarning (:mod:`pyengine.scan.pixscale`).
 
         ``mosaic`` may be a survey (a :class:`pyengine.survey.Survey`, or a manifest's
         path): then the catalog of every field touching the area (``within``: a
@@ -342,38 +356,44 @@ class Engine:
             from pyengine.survey.scan import scan_table
 
             return scan_table(self, survey, sources, within=within, regions=regions,
-                              client=client)
+                              client=client,
+                              allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         if within is not None or regions is not None or client is not None:
             raise ConfigError("within=, regions= and client= apply to surveys (a Survey or "
                               "a manifest), not to one mosaic")
         from pyengine.scan.assembly import assemble_catalog
 
-        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+        with self.prepared(mosaic, sources, allow_pixel_scale_mismatch=bool(
+                allow_pixel_scale_mismatch)) as (mosaic, source, plan):
             results = list(self.iter_results(mosaic, source, plan))
             return assemble_catalog(self, mosaic, source, results)
 
-    def iter_scan(self, mosaic, sources=None, *, within=None, regions=None):
+    def iter_scan(self, mosaic, sources=None, *, within=None, regions=None,
+                  allow_pixel_scale_mismatch: bool = False):
         """Per-tile catalogs (astropy Tables), one per :meth:`iter_results` result: in
         tile order, each as soon as it and the tiles before it are scored.  A mosaic opened
         for the scan is closed when the iterator ends or is closed.
 
         A survey (a Survey or a manifest's path; ``within``, ``regions`` as for
         :meth:`scan`): one catalog per field, with its ``field`` column, as each field is
-        done (:func:`pyengine.survey.scan.iter_tables`)."""
+        done (:func:`pyengine.survey.scan.iter_tables`). The pixel-scale guard as in
+        :meth:`scan`."""
         from pyengine.survey.manifest import as_survey
 
         survey = as_survey(mosaic)
         if survey is not None:
             from pyengine.survey.scan import iter_tables
 
-            yield from iter_tables(self, survey, sources, within=within, regions=regions)
+            yield from iter_tables(self, survey, sources, within=within, regions=regions,
+                                   allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
             return
         if within is not None or regions is not None:
             raise ConfigError("within= and regions= apply to surveys (a Survey or a "
                               "manifest), not to one mosaic")
         from pyengine.scan.assembly import tile_table
 
-        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+        with self.prepared(mosaic, sources, allow_pixel_scale_mismatch=bool(
+                allow_pixel_scale_mismatch)) as (mosaic, source, plan):
             for result in self.iter_results(mosaic, source, plan):
                 yield tile_table(self, mosaic, result)
 

@@ -65,6 +65,7 @@ import numpy as np
 
 from pyengine.defaults import DEFAULT_CORE
 from pyengine.errors import ConfigError, OutputError, ScanOutputError
+from pyengine.output.grouping import regroup
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import (
@@ -144,7 +145,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                 resume: bool = False, overwrite: bool = False, stop=None,
                 progress: Callable[[dict], None] | None = None,
                 shard: tuple[int, int] | None = None, client=None,
-                engine_config: dict | None = None, whole: dict | None = None):
+                engine_config: dict | None = None, whole: dict | None = None,
+                allow_pixel_scale_mismatch: bool = False):
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
@@ -163,7 +165,9 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     celestial WCS needed), with its journal ``OUT.journal``, and ``whole``'s options for
     :func:`pyengine.scan.run.run_scan`: ``mosaic`` (the field, opened; else opened here),
     ``regions``, ``scoremap``, ``outputs_probed``. Returns the field's
-    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`."""
+    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`. The
+    pixel-scale guard (:mod:`pyengine.scan.pixscale`) checks the touched fields first
+    (``whole``: the CLI checks its field before the model loads)."""
     from pyengine.output.catalog import write_catalog
     from pyengine.survey import units as U
 
@@ -179,6 +183,10 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         raise ConfigError(f"--out {out}: the file exists; add --overwrite to replace it")
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
+    from pyengine.scan.pixscale import check_field_scales  # before any part runs
+
+    check_field_scales(engine if engine is not None else (engine_config or {}).get("model"),
+                       geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     parts = parts_folder(out)
     if parts.exists() and not resume:
         shutil.rmtree(parts)
@@ -244,7 +252,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
 
 
 def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=None,
-               client=None):
+               client=None, allow_pixel_scale_mismatch: bool = False):
     """The survey's catalog as an astropy Table (:meth:`pyengine.scan.engine.Engine.scan`
     of a survey): :func:`scan_survey` in a temporary folder, read back. ``sources``: an
     unbound source (default: detection), copied for each part; ``within``: a Cone or
@@ -264,7 +272,8 @@ def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=Non
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         out = Path(tmp) / "survey.fits"
         scan_survey(engine, survey, out, make_source=make, cone=cone, regions=regions,
-                    client=client, engine_config=config)
+                    client=client, engine_config=config,
+                    allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         return _as_text(Table.read(out, mask_invalid=False, memmap=False))
 
 
@@ -297,7 +306,8 @@ def _as_text(table):
     return table
 
 
-def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=None):
+def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=None,
+                allow_pixel_scale_mismatch: bool = False):
     """The survey's catalog field by field (:meth:`pyengine.scan.engine.Engine.iter_scan`
     of a survey): each touched field's rows, with its ``field`` column, as soon as the
     field is scanned, in field order. Catalog rows that no field holds come with the
@@ -311,13 +321,17 @@ def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=No
     make, cone = _template(sources), _area(within)
     kind = make().kind
     if kind in MEASURED:
-        table = scan_table(engine, survey, sources, within=cone, regions=regions)
+        table = scan_table(engine, survey, sources, within=cone, regions=regions,
+                           allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         fields = np.asarray(table["field"]).astype(str)
         for fid in dict.fromkeys(fields):
             yield table[fields == fid]
         return
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
+    from pyengine.scan.pixscale import check_field_scales
+
+    check_field_scales(engine, geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     units = unit_list(geo, touched, engine.core)
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         parts = Path(tmp)
@@ -428,10 +442,7 @@ def finish(table, kind, geo):
         if name in table.colnames:
             table.remove_column(name)
     table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
-    if kind == "detect" and "GROUPRAD" in table.meta and "is_candidate" in table.colnames:
-        from pyengine.output.grouping import group_candidates
-
-        group_candidates(table, float(table.meta["GROUPRAD"]))  # across parts and fields
+    regroup(table, kind)  # one object, one candidate across parts and fields
     return table, merged
 
 

@@ -1,5 +1,6 @@
-"""Reliability of probabilities: equal-width bins and the expected calibration error
-(Guo et al. 2017): what training's report and ``pyengine calibrate`` measure.
+"""Reliability of probabilities as the training report and ``pyengine calibrate`` store
+them: JSON-plain bins and the expected calibration error, from
+:func:`pyengine.metrics.reliability` (the one implementation).
 
 Thread safety: pure functions.
 """
@@ -8,24 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from pyengine.metrics import expected_calibration_error, reliability
+
 __all__ = ["BINS", "ece", "reliability_bins"]
 
 BINS = 10
 
 
 def reliability_bins(truth, prob, bins: int = BINS) -> dict:
-    """Equal-width bins of ``prob``: count, mean predicted, observed fraction per bin."""
-    truth, prob = np.asarray(truth, bool), np.asarray(prob, np.float64)
-    k = np.minimum((prob * bins).astype(int), bins - 1)
-    count = np.bincount(k, minlength=bins)
-    pred = np.bincount(k, prob, minlength=bins) / np.maximum(count, 1)
-    obs = np.bincount(k, truth.astype(float), minlength=bins) / np.maximum(count, 1)
-    return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": count.tolist(),
-            "mean_predicted": pred.tolist(), "observed": obs.tolist()}
+    """Equal-width bins of ``prob``: edges, count, mean predicted, observed fraction (JSON:
+    empty bins' means and fractions are 0)."""
+    r = reliability(np.asarray(truth, bool), np.clip(np.asarray(prob, np.float64), 0, 1), bins)
+    return {"edges": r.edges.tolist(), "count": r.count.tolist(),
+            "mean_predicted": np.nan_to_num(r.mean_predicted).tolist(),
+            "observed": np.nan_to_num(r.observed).tolist()}
 
 
 def ece(truth, prob, bins: int = BINS) -> float:
-    """Expected calibration error: count-weighted mean |observed - predicted| over bins."""
-    r = reliability_bins(truth, prob, bins)
-    c = np.asarray(r["count"], float)
-    return float(np.sum(c * np.abs(np.asarray(r["observed"]) - r["mean_predicted"])) / c.sum())
+    """Expected calibration error (Guo et al. 2017) of the cluster probability."""
+    return float(expected_calibration_error(np.asarray(truth, bool),
+                                            np.clip(np.asarray(prob, np.float64), 0, 1), bins))
