@@ -66,6 +66,7 @@ import numpy as np
 from pyengine.defaults import DEFAULT_CORE
 from pyengine.errors import ConfigError, OutputError, ScanOutputError
 from pyengine.output.grouping import regroup
+from pyengine.scan.pixscale import check_field_scales  # before any part runs
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import (
@@ -183,8 +184,6 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         raise ConfigError(f"--out {out}: the file exists; add --overwrite to replace it")
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
-    from pyengine.scan.pixscale import check_field_scales  # before any part runs
-
     check_field_scales(engine if engine is not None else (engine_config or {}).get("model"),
                        geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     parts = parts_folder(out)
@@ -329,8 +328,6 @@ def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=No
         return
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
-    from pyengine.scan.pixscale import check_field_scales
-
     check_field_scales(engine, geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     units = unit_list(geo, touched, engine.core)
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
