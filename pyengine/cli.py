@@ -61,14 +61,18 @@ def main():
 # pyengine/<job>/cli.py (the package does the work; cli.py only parses options).
 from pyengine.bench.cli import bench  # noqa: E402
 from pyengine.demo.cli import demo  # noqa: E402
+from pyengine.evaluation.cli import evaluate  # noqa: E402
 from pyengine.export.cli import export  # noqa: E402
 from pyengine.info.cli import info  # noqa: E402
+from pyengine.injection.cli import inject  # noqa: E402
 from pyengine.scan.cli import scan  # noqa: E402
 from pyengine.survey.cli import merge, survey  # noqa: E402
 from pyengine.synth.cli import synth  # noqa: E402
+from pyengine.training.calibrate_cli import calibrate  # noqa: E402
 from pyengine.training.cli import train  # noqa: E402
 
-for _command in (info, scan, survey, merge, demo, synth, train, export, bench):
+for _command in (info, scan, survey, merge, demo, synth, train, calibrate, export, bench,
+                 evaluate, inject):
     main.add_command(_command)
 
 

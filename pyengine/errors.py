@@ -23,6 +23,8 @@ __all__ = [
     "ModelFileWarning",
     "MosaicMismatchError",
     "OutputError",
+    "PixelScaleError",
+    "PixelScaleWarning",
     "PyEngineError",
     "PyEngineWarning",
     "ResumeError",
@@ -58,6 +60,10 @@ class MosaicMismatchError(PyEngineError):
 
 class ConfigError(PyEngineError):
     """An option or argument has a value outside what is accepted."""
+
+
+class PixelScaleError(MosaicMismatchError):
+    """An image's pixel scale differs from the model's by more than the guard allows."""
 
 
 class ModelFileError(InputFileError):
@@ -104,6 +110,11 @@ class PyEngineWarning(UserWarning):
 
 class ModelFileWarning(PyEngineWarning):
     """A model file loads but cannot be fully checked (written before its checksum existed)."""
+
+
+class PixelScaleWarning(PyEngineWarning):
+    """An image scanned although its pixel scale differs from the model's
+    (``--allow-pixel-scale-mismatch``)."""
 
 
 class BandWarning(PyEngineWarning):

@@ -6,7 +6,7 @@ pyengine.
 
 from __future__ import annotations
 
-__all__ = ["BLANK", "EDGE", "FLAG_BITS", "NOT_CANDIDATE", "OFF_IMAGE", "OFF_IMAGE_FLAGS",
+__all__ = ["BLANK", "EDGE", "FLAG_BITS", "FRAGMENT", "NOT_CANDIDATE", "OFF_IMAGE", "OFF_IMAGE_FLAGS",
            "cutout_flags", "describe_flags"]
 
 #: Centre pixel off the image, or position not finite: not scored (score NaN).
@@ -17,12 +17,19 @@ BLANK = 2
 #: Some cutout pixels are NaN (the image edge or blank pixels).
 EDGE = 4
 
+#: A candidate by its score, grouped with a higher-scoring candidate within the group
+#: radius (a deblended fragment of one object, pyengine.output.grouping): not a candidate
+#: itself; its group's primary row is.
+FRAGMENT = 8
+
 #: Flag name -> (bit, meaning).
 FLAG_BITS = {
     "OFF_IMAGE": (OFF_IMAGE, "centre pixel off the image or position not finite; not scored"),
     "BLANK": (BLANK, "too much of the cutout is NaN in some band; scored but never a "
                       "candidate"),
     "EDGE": (EDGE, "some cutout pixels are NaN (image edge or blank pixels)"),
+    "FRAGMENT": (FRAGMENT, "grouped with a higher-scoring candidate within the group radius "
+                           "(one object's fragment); not a candidate itself"),
 }
 
 #: Rows with any of these bits are never candidates, whatever their score.

@@ -40,6 +40,7 @@ def test_help_lists_commands():
     assert res.exit_code == 0
     assert "info" in res.output
     assert "synth" in res.output
+    assert "inject" in res.output
 
 
 def test_info_reports_runners_and_machine():

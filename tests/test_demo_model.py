@@ -31,10 +31,21 @@ def test_demo_model_loads_by_default_and_describes_itself(demo):
     assert spec.bands == ("g", "i")
     assert spec.class_names == ("non-cluster", "cluster")
     assert 0.0 < spec.threshold < 1.0
-    test = spec.metrics["test_field"]
-    assert test["clusters"] > 50
-    assert "synthetic" in test["field"]
-    assert spec.provenance["seed"] == 1
+    # The issue-14 recipe: trained at detections, calibrated on another field, measured
+    # on held-out fields in both modes (tools/train_demo_model.py).
+    assert spec.provenance["positions"] == "detect" and spec.provenance["seed"] == 1
+    cal = spec.metrics["calibration"]
+    assert cal["method"] == "temperature" and spec.temperature == cal["temperature"] != 1.0
+    assert cal["ece_after"] <= cal["ece_before"]
+    assert spec.metrics["threshold"]["rule"].endswith("_at_prevalence")
+    held = spec.metrics["held_out"]
+    fields = [k for k in held if isinstance(held[k], dict) and "catalog" in held[k]]
+    assert len(fields) >= 3
+    for name in fields:
+        for mode in ("catalog", "detection"):
+            point = held[name][mode]
+            assert point["positives"] > 20 and 0 <= point["recall"] <= 1, (name, mode)
+        assert held[name]["shift_1px"]["n"] > 100
 
 
 @pytest.fixture(scope="module")

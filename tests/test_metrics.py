@@ -136,3 +136,81 @@ def test_bad_inputs_name_the_problem():
         m.purity_threshold([1, 0], [0.5, 0.1], 1.5)
     with pytest.raises(ConfigError, match=r"0\.\.2"):
         m.confusion_matrix([0, 3], [0, 1], 3)
+
+
+# -- calibration and binned fractions ------------------------------------------------------
+
+def test_wilson_interval_known_values():
+    # Published 95 % Wilson intervals (Newcombe 1998, Stat. Med. 17, 857, Table I):
+    # 81/263 -> 0.2553-0.3662; 15/148 -> 0.0624-0.1605; 0/20 -> 0.0000-0.1611;
+    # 1/29 -> 0.0061-0.1718.
+    lo, hi = m.wilson_interval([81, 15, 0, 1], [263, 148, 20, 29])
+    np.testing.assert_allclose(lo, [0.2553, 0.0624, 0.0, 0.0061], atol=6e-5)
+    np.testing.assert_allclose(hi, [0.3662, 0.1605, 0.1611, 0.1718], atol=6e-5)
+    # symmetric about 1/2, and k = n mirrors k = 0
+    lo, hi = m.wilson_interval([5, 10], [10, 10])
+    assert lo[0] == pytest.approx(1 - hi[0]) and hi[1] == 1.0
+    assert lo[1] == pytest.approx(1 - m.wilson_interval(0, 10)[1])
+    # z = 1 (68.27 %): 5 of 10 is 0.5 +- sqrt(0.025 + 1/400) / 1.1
+    lo, hi = m.wilson_interval(5, 10, level=0.682689492)
+    assert hi == pytest.approx(0.5 + np.sqrt(0.025 + 1 / 400) / 1.1, rel=1e-8)
+    lo, hi = m.wilson_interval(0, 0)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+def test_binned_fraction_by_hand():
+    values = [0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 2.5, np.nan, 7.0]
+    hits = [1, 1, 0, 1, 0, 1, 0, 1, 1]
+    b = m.binned_fraction(values, hits, [0.0, 1.0, 2.0, 3.0])
+    # [0, 1): 0.0, 0.5 (2 hits); [1, 2): 1.0, 1.0, 1.5 (1 hit); [2, 3]: 2.0, 2.5 (1 hit)
+    np.testing.assert_array_equal(b.count, [2, 3, 2])
+    np.testing.assert_array_equal(b.hits, [2, 1, 1])
+    np.testing.assert_allclose(b.fraction, [1.0, 1 / 3, 0.5])
+    np.testing.assert_allclose(b.centres, [0.5, 1.5, 2.5])
+    assert b.left_out == 2  # NaN and 7.0
+    assert m.binned_fraction([3.0], [True], [0.0, 1.0, 3.0]).count.tolist() == [0, 1]
+    d = m.binned_fraction([0.5], [True], [0.0, 1.0, 2.0]).to_dict()
+    assert d["fraction"] == [1.0, None] and d["count"] == [1, 0]
+    with pytest.raises(ConfigError, match="increasing edges"):
+        m.binned_fraction([1.0], [True], [1.0, 1.0])
+
+
+def test_reliability_and_ece_by_hand():
+    # bin [0.1, 0.2): 0.1, 0.15 (labels 0, 0); [0.3, 0.4): 0.3 (1); [0.9, 1.0]: 0.9, 1.0 (1, 0)
+    y = [0, 0, 1, 1, 0]
+    p = [0.1, 0.15, 0.3, 0.9, 1.0]
+    r = m.reliability(y, p, bins=10)
+    np.testing.assert_array_equal(r.count, [0, 2, 0, 1, 0, 0, 0, 0, 0, 2])
+    np.testing.assert_allclose(r.mean_predicted[[1, 3, 9]], [0.125, 0.3, 0.95])
+    np.testing.assert_allclose(r.observed[[1, 3, 9]], [0.0, 1.0, 0.5])
+    assert np.isnan(r.observed[0]) and np.isnan(r.mean_predicted[0])
+    # ECE = (2 * 0.125 + 1 * 0.7 + 2 * 0.45) / 5
+    want = (2 * 0.125 + 0.7 + 2 * 0.45) / 5
+    assert r.ece == pytest.approx(want)
+    assert m.expected_calibration_error(y, p) == pytest.approx(want)
+    # 0.3 is in [0.3, 0.4) although 3 * 0.1 != 0.3 in floating point
+    assert m.reliability([1], [0.3]).count[3] == 1 and m.reliability([1], [0.7]).count[7] == 1
+    d = r.to_dict()
+    assert d["ece"] == pytest.approx(want) and d["count"][9] == 2 and d["observed"][0] is None
+    assert np.isnan(m.expected_calibration_error([], []))
+    # perfectly calibrated in every bin: ECE 0
+    assert m.expected_calibration_error([1, 0, 1, 1], [0.5, 0.5, 1.0, 1.0], bins=2) == 0.0
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        m.reliability([1], [1.5])
+    with pytest.raises(ConfigError, match="bins 0"):
+        m.reliability([1], [0.5], bins=0)
+
+
+def test_fraction_limit_interpolates_between_bins():
+    centres = [18.0, 19.0, 20.0, 21.0, 22.0]
+    frac = [1.0, 0.95, 0.8, 0.4, 0.1]
+    # 90 %: between 19 (0.95) and 20 (0.8): 19 + 0.05 / 0.15; 50 %: 20 + 0.3 / 0.4
+    assert m.fraction_limit(centres, frac, 0.9) == pytest.approx(19 + 1 / 3)
+    assert m.fraction_limit(centres, frac, 0.5) == pytest.approx(20.75)
+    # empty bins (NaN) are skipped; the first crossing counts
+    assert m.fraction_limit([1, 2, 3, 4], [1.0, np.nan, 0.0, 1.0], 0.5) == pytest.approx(2.0)
+    # never below, or below from the start: no limit in the range
+    assert m.fraction_limit(centres, [1.0] * 5, 0.5) is None
+    assert m.fraction_limit(centres, [0.2] * 5, 0.5) is None
+    # rising with the value (completeness against size): walked from the largest
+    assert m.fraction_limit([1, 2, 3], [0.0, 0.5, 1.0], 0.75, falling=False) == pytest.approx(2.5)

@@ -110,7 +110,7 @@ def test_package_exports():
 def test_flag_bits_and_description():
     assert (OFF_IMAGE, BLANK, EDGE) == (1, 2, 4)
     assert {name: bit for name, (bit, _) in FLAG_BITS.items()} == {
-        "OFF_IMAGE": 1, "BLANK": 2, "EDGE": 4}
+        "OFF_IMAGE": 1, "BLANK": 2, "EDGE": 4, "FRAGMENT": 8}
     text = describe_flags()
     assert "\n" not in text and text.isascii()
     for name, (bit, _) in FLAG_BITS.items():

@@ -21,7 +21,15 @@ from pyengine.models.resnet import resnet50
 from pyengine.scan.cutouts import extract_cutouts
 from pyengine.synth import DEFAULT_BANDS, SynthConfig, make_field
 from pyengine.train import TrainConfig, train
-from pyengine.training.augment import _dihedral, augment_batch, epoch_batches
+from pyengine.training.augment import (
+    PAD,
+    Augment,
+    _dihedral,
+    _shifted,
+    augment_batch,
+    cubic_weights,
+    epoch_batches,
+)
 from pyengine.training.data import (
     ClassPlan,
     TrainingSet,
@@ -160,33 +168,73 @@ def test_mag_limit_filters_and_dropped_rows_are_counted(field, tmp_path):
     assert any("1 rows off the image and 1 more than 50% blank" in n for n in notes)
 
 
-def test_jitter_crops_real_pixels_and_augmentations_are_dihedral(field, tmp_path):
+def test_shifted_views_crop_real_pixels_and_augmentations_are_dihedral(field, tmp_path):
     cfg = _config(field, tmp_path / "m.safetensors")
     with Mosaic.open(list(field["images"])) as mosaic:
         data = load_training_set(cfg, mosaic, lambda s: None)
         k = np.arange(5)
-        for dy, dx in ((0, 0), (1, 1), (2, 0), (1, 2)):
-            shifted = extract_cutouts(mosaic, data.x[k] + dx - 1, data.y[k] + dy - 1, S)
-            np.testing.assert_array_equal(data.pixels[k, :, dy:dy + S, dx:dx + S],
-                                          shifted.pixels)
+        for dy, dx in ((0, 0), (1, 1), (2, 0), (1, 2), (-2, 2)):
+            shifted = extract_cutouts(mosaic, data.x[k] + dx, data.y[k] + dy, S)
+            np.testing.assert_array_equal(
+                data.pixels[k, :, PAD + dy:PAD + dy + S, PAD + dx:PAD + dx + S], shifted.pixels)
+            if (dy, dx) == (-2, 2):  # a whole-pixel shift through the augmenter
+                np.testing.assert_array_equal(_shifted(data.pixels[0], S, dx, dy),
+                                              shifted.pixels[0])
     a = np.arange(16.0).reshape(1, 4, 4)
     views = [_dihedral(a, t) for t in range(8)]
     assert len({v.tobytes() for v in views}) == 8
-    out = augment_batch(data.pixels, data.sigma, k, S, np.random.default_rng(1), noise=0.0)
+    only_flips = Augment(shift=1.0, dim=0.0, blur=0.0, noise=0.0)
+    out = augment_batch(data.pixels, data.sigma, k, S, np.random.default_rng(1),
+                        augment=dataclasses.replace(only_flips, shift=0.0))
     for j, row in enumerate(k):
-        options = [_dihedral(data.pixels[row, :, oy:oy + S, ox:ox + S], t)
-                   for oy in range(3) for ox in range(3) for t in range(8)]
+        options = [_dihedral(data.pixels[row, :, PAD:PAD + S, PAD:PAD + S], t) for t in range(8)]
         assert any(np.array_equal(out[j], o) for o in options)
     pix = data.pixels[:2].copy()
     pix[0, 0, 5, :] = np.nan
     clean = augment_batch(pix, data.sigma[:2], np.arange(2), S, np.random.default_rng(2),
-                          noise=0.0)
+                          augment=Augment.off())
     noisy = augment_batch(pix, data.sigma[:2], np.arange(2), S, np.random.default_rng(2),
-                          noise=1.0)
+                          augment=Augment(shift=0.0, dim=0.0, blur=0.0, noise=1.0,
+                                          dihedral=False))
     assert np.isnan(clean).any()
     np.testing.assert_array_equal(np.isnan(noisy), np.isnan(clean))  # NaN stays NaN
     diff = (noisy - clean)[1]
     assert 0 < np.std(diff) < 1.5 * data.sigma[1].max()  # up to 1 x the cutout's own noise
+
+
+def test_subpixel_shift_moves_the_light_and_keeps_the_flux():
+    """A Gaussian star moved by a fractional shift: its centroid moves by that shift
+    (cubic convolution is accurate to ~1e-2 px here) and its flux is kept."""
+    n = S + 2 * PAD
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2
+    star = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 2.0 ** 2)[None].astype(np.float32)
+    np.testing.assert_allclose(cubic_weights(0.3).sum(), 1.0)
+    for dx, dy in ((0.3, -0.4), (1.5, 0.25), (-1.7, 1.1)):
+        view = _shifted(star, S, dx, dy)[0].astype(np.float64)
+        cy, cx = (np.mgrid[0:S, 0:S] - (S - 1) / 2)
+        # Moving the cutout's centre by +d moves the star by -d within it.
+        assert abs((view * cx).sum() / view.sum() + dx) < 0.02
+        assert abs((view * cy).sum() / view.sum() + dy) < 0.02
+        assert abs(view.sum() / star.sum() - 1) < 1e-3
+
+
+def test_dimming_and_blur_keep_the_noise_level(field, tmp_path):
+    """Dimmed and blurred views keep the cutout's own noise (within 25 %) and lose light."""
+    rng = np.random.default_rng(5)
+    n = S + 2 * PAD
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2
+    star = 200 * np.exp(-0.5 * (xx ** 2 + yy ** 2) / 1.5 ** 2)
+    pixels = (100 + star + rng.standard_normal((40, 1, n, n)) * 5).astype(np.float32)
+    sigma = np.full((40, 1), 5.0, np.float32)
+    plain = augment_batch(pixels, sigma, np.arange(40), S, np.random.default_rng(0),
+                          augment=Augment.off())
+    for aug in (Augment(shift=0, dim=0.5, blur=0, noise=0, dihedral=False),
+                Augment(shift=0, dim=0, blur=2.0, noise=0, dihedral=False)):
+        out = augment_batch(pixels, sigma, np.arange(40), S, np.random.default_rng(0),
+                            augment=aug)
+        edge = np.r_[out[:, 0, :6, :].ravel(), out[:, 0, -6:, :].ravel()]
+        assert abs(np.std(edge) / 5.0 - 1) < 0.25
+        assert out[:, 0, S // 2, S // 2].mean() < plain[:, 0, S // 2, S // 2].mean() - 10
 
 
 def test_balanced_sampler_and_plain_epochs():

@@ -24,7 +24,7 @@ from pyengine.models.preprocess import Preprocess
 from pyengine.models.resnet import resnet50
 from pyengine.models.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "PRECISION_DTYPES", "ClusterClassifier",
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "PRECISION_DTYPES", "ClusterClassifier", "calibrated",
            "precision_graph"]
 
 
@@ -47,8 +47,14 @@ class ClusterClassifier(nn.Module):
 
     def forward(self, cutouts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw cutouts -> (probabilities (B, num_classes), score (B,))."""
-        probabilities = torch.softmax(self.logits(cutouts), dim=1)
+        probabilities = torch.softmax(calibrated(self.logits(cutouts), self.spec), dim=1)
         return probabilities, probabilities @ self.positive
+
+
+def calibrated(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Logits divided by the spec's calibration temperature (a constant in the exported
+    graph, so ONNX Runtime and TensorRT apply the same calibration); unchanged at 1."""
+    return logits if spec.temperature == 1.0 else logits / float(spec.temperature)
 
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -73,7 +79,7 @@ def precision_graph(model: ClusterClassifier, precision: str) -> nn.Module:
 
         def forward(self, cutouts):
             logits = self.backbone(self.preprocess(cutouts).to(dtype)).float()
-            probabilities = torch.softmax(logits, dim=1)
+            probabilities = torch.softmax(calibrated(logits, model.spec), dim=1)
             return probabilities, probabilities @ self.positive
 
     return _Graph().eval()

@@ -136,6 +136,10 @@ class ModelSpec:
     class_names: tuple[str, ...] = ("non-cluster", "cluster")
     positive_classes: tuple[int, ...] = (1,)
     threshold: float = 0.5
+    #: Temperature scaling (Guo et al. 2017): the graph divides the logits by this before
+    #: the softmax.  1 = uncalibrated; ``pyengine calibrate`` fits it on a labelled field
+    #: and records how in ``metrics["calibration"]``.
+    temperature: float = 1.0
     architecture: str = "resnet50"
     provenance: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -167,6 +171,9 @@ class ModelSpec:
                f"indices into class_names (0..{len(self.class_names) - 1}), not all of them")
         _check(math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0, "threshold",
                self.threshold, "a probability in [0, 1] is needed")
+        _check(isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
+               and 0.01 <= self.temperature <= 100.0, "temperature", self.temperature,
+               "a number from 0.01 to 100 is needed")
         self.preprocess.validate(self.cutout_size)
         return self
 

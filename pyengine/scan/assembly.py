@@ -168,10 +168,25 @@ def assemble_catalog(engine, mosaic, source, results: list[TileResult], *,
             out = name if name.lower() not in {t.lower() for t in taken} else f"in_{name}"
             table[out] = rows[name]
             taken.add(out)
+    if getattr(source, "kind", None) == "detect":  # one object, one candidate
+        from pyengine.output.grouping import DEFAULT_GROUP_RADIUS, group_candidates
+
+        radius = getattr(engine, "group_radius", None)
+        group_candidates(table, DEFAULT_GROUP_RADIUS if radius is None else radius,
+                         _pixel_scale(mosaic))
     table.meta.update(catalog_meta(engine, mosaic, source, table))
     if meta:
         table.meta.update(meta)
     return table
+
+
+def _pixel_scale(mosaic) -> float | None:
+    wcs = getattr(mosaic, "wcs", None)
+    if wcs is None or not getattr(wcs, "has_celestial", False):
+        return None
+    from pyengine.survey.manifest import pixel_scale_arcsec
+
+    return pixel_scale_arcsec(wcs)
 
 
 def catalog_meta(engine, mosaic, source, table) -> dict:

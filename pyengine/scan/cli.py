@@ -135,6 +135,51 @@ def _resume_command() -> str:
     return shlex.join(argv)
 
 
+def _prevalence_note(spec, catalog) -> None:
+    """For a calibrated model: the prevalence of clusters these positions' scores imply
+    (Saerens et al. 2002, pyengine.models.operating), and how to threshold at it."""
+    cal = (spec.metrics or {}).get("calibration")
+    if not cal or catalog is None or spec.num_classes != 2:
+        return
+    import numpy as np
+
+    from pyengine.io.catalog import read_catalog
+    from pyengine.models.operating import estimate_prevalence
+
+    table = read_catalog(str(catalog))
+    scores = np.asarray(table["score"], np.float64) if "score" in table.colnames else []
+    if len(scores) < 50:
+        return
+    est = estimate_prevalence(scores, float(cal["prevalence"]))
+    click.echo(f"note: these {len(scores)} positions' calibrated scores imply a cluster "
+               f"prevalence of {est:.4f} (EM of Saerens et al. 2002; the calibration field's: "
+               f"{cal['prevalence']:.4f}); a threshold for that prevalence: add --prevalence "
+               f"{est:.4g} --resume", err=True)
+
+
+def _prevalence_threshold(model, threshold, prevalence, target_purity, quiet):
+    """The threshold for --target-purity at --prevalence, from the model file's rates."""
+    from pathlib import Path
+
+    from pyengine.errors import ConfigError
+    from pyengine.models.checkpoint import DEMO_MODEL, read_spec
+    from pyengine.models.operating import threshold_for_spec
+
+    if threshold is not None:
+        raise ConfigError("give --threshold or --prevalence, not both (--prevalence chooses "
+                          "the threshold)")
+    path = Path(model) if model is not None else DEMO_MODEL
+    if path.suffix.lower() != ".safetensors":
+        raise ConfigError(f"--prevalence: {path} is not a pyengine model file (.safetensors); "
+                          "choose the threshold from its model file and give --threshold")
+    chosen = threshold_for_spec(read_spec(path)[0], prevalence, target_purity)
+    if not quiet:
+        click.echo(f"threshold {chosen['value']:.4f} for prevalence {chosen['prevalence']:g}: "
+                   f"expected purity {chosen['purity']:.3f}, recall {chosen['recall']:.3f} "
+                   f"({chosen['rule'].replace('_', ' ')}, target {chosen['target']:g})", err=True)
+    return chosen["value"]
+
+
 @click.command()
 @click.argument("bands", nargs=-1, required=True, metavar="BAND_FITS...")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
@@ -166,6 +211,16 @@ def _resume_command() -> str:
 @click.option("--threads", type=int, default=None, help="CPU threads [all].")
 @click.option("--threshold", type=float, default=None,
               help="Candidate threshold on the score [the model's].")
+@click.option("--prevalence", type=float, default=None,
+              help="Share of clusters expected among this scan's positions: the threshold is "
+                   "the one reaching --target-purity at it, from the calibrated model's rates "
+                   "(pyengine calibrate). The scan's end note estimates it from the scores.")
+@click.option("--target-purity", type=float, default=None,
+              help="With --prevalence: the purity aimed for [the model's calibration target].")
+@click.option("--group-radius", type=float, default=None,
+              help="Detection mode: candidates within this many arcsec of each other (chains "
+                   "of them) are one object, the highest-scoring one the candidate, the others "
+                   "flagged FRAGMENT; 0: no grouping [2.0].")
 @click.option("--regions", type=click.Path(dir_okay=False),
               help="Also write the candidates as DS9 regions (.reg).")
 @click.option("--scoremap", type=click.Path(dir_okay=False),
@@ -215,11 +270,14 @@ def _resume_command() -> str:
 @click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
               help="Survey: run the fields on the Dask scheduler at ADDRESS, or on local:N "
                    "worker processes (pip install 'pyengine[dask]').")
+@click.option("--allow-pixel-scale-mismatch", "allow_scale", is_flag=True,
+              help="Scan images whose pixel scale differs from the model's by more than 5 % "
+                   "(refused otherwise), with a warning.")
 def scan(bands, out, catalog, grid, model, class_columns, runner, precision, batch_size,
-         threads, threshold,
+         threads, threshold, prevalence, target_purity, group_radius,
          regions, scoremap, resume, overwrite, quiet, log_json, band_names, ra_col, dec_col, x_col, y_col,
          mag_col, mag_limit, mag_band, zero_point, aperture, detect_threshold, min_area,
-         detect_band, tile_size, max_nan, within, sky_region, shard, dask_address):
+         detect_band, tile_size, max_nan, within, sky_region, shard, dask_address, allow_scale):
     """Scan band images BAND_FITS... (one per model band, e.g. g.fits i.fits), or a survey
     manifest (survey.ecsv: many fields, one catalog with a field column), for star-cluster
     candidates.  Sources: --catalog, --grid, or detection (default)."""
@@ -234,6 +292,11 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
                           "(or neither, to detect sources)")
     if scoremap is not None and grid is None:
         raise ConfigError("--scoremap needs --grid STRIDE (a score map samples a grid)")
+    if prevalence is not None:
+        threshold = _prevalence_threshold(model, threshold, prevalence, target_purity, quiet)
+    elif target_purity is not None:
+        raise ConfigError("--target-purity needs --prevalence (the purity a threshold reaches "
+                          "depends on the share of clusters among the positions)")
     # a manifest with a catalog column, scanned without --catalog or --grid: each field's
     # positions are the rows of its own catalog
     own_catalogs = (catalog is None and grid is None and len(bands) == 1
@@ -290,7 +353,8 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
     if survey_mode:
         _scan_survey(bands, out, catalog=catalog, grid=grid, model=model, runner=runner,
                      precision=precision, batch_size=batch_size, threads=threads,
-                     threshold=threshold, regions=regions, scoremap=scoremap, resume=resume,
+                     threshold=threshold, group_radius=group_radius, regions=regions,
+                     scoremap=scoremap, resume=resume,
                      overwrite=overwrite, quiet=quiet, log_json=log_json,
                      band_names=band_names, catalog_opts=catalog_opts, mag_limit=mag_limit,
                      detect={"threshold": detect_threshold, "min_area": min_area,
@@ -299,7 +363,7 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
                              "aperture": aperture},
                      tile_size=tile_size, max_nan=max_nan, within=within,
                      sky_region=sky_region, shard=shard, dask_address=dask_address,
-                     class_columns=class_columns)
+                     allow_scale=allow_scale, class_columns=class_columns)
         return
     if any(is_manifest(b) for b in bands):
         raise ConfigError("a survey manifest is scanned alone: pyengine scan survey.ecsv "
@@ -307,6 +371,13 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
     _each_member(model, check_model_file)
     install_sigbus_handler()  # a mapped input shrinking under a read: one line, exit 75
     mosaic = Mosaic.open(list(bands), bands=parse_band_list(band_names))
+    try:  # the pixel-scale guard, before anything is calibrated, loaded or read
+        from pyengine.scan.pixscale import check_mosaic_scale
+
+        _each_member(model, lambda m: check_mosaic_scale(m, mosaic, allow=allow_scale))
+    except BaseException:
+        mosaic.close()
+        raise
     if catalog is not None:
         source = CatalogSource(catalog, mag_limit=mag_limit, **catalog_opts)
         try:
@@ -327,6 +398,7 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
                                                              source, core=tile_size))
         engine = Engine(model, runner=runner, precision=precision, batch_size=batch_size,
                         threads=threads, threshold=threshold, core=tile_size,
+                        group_radius=group_radius,
                         max_nan_fraction=max_nan, class_columns=class_columns)
     except BaseException:
         mosaic.close()
@@ -379,12 +451,15 @@ def scan(bands, out, catalog, grid, model, class_columns, runner, precision, bat
             click.echo(f"  {kind}: {path}")
     for line in summary.warnings:  # whole-field problems (scan.assembly.scan_warnings)
         click.echo(f"Warning: {line}", err=True)
+    if not quiet and not log_json:
+        _prevalence_note(engine.spec, summary.outputs.get("catalog"))
 
 
 def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_size, threads,
+                 group_radius,
                  threshold, regions, scoremap, resume, overwrite, quiet, log_json, band_names,
                  catalog_opts, mag_limit, detect, tile_size, max_nan, within, sky_region,
-                 shard, dask_address, class_columns=None):
+                 shard, dask_address, allow_scale, class_columns=None):
     """``pyengine scan survey.ecsv ...`` (or band images with --within/--region, a
     one-field survey): :func:`pyengine.survey.scan.scan_survey` with the scan's options."""
     from pyengine.errors import ConfigError, ScanOutputError
@@ -436,6 +511,9 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
             click.echo("sources: each field's own catalog (manifest column catalog)", err=True)
 
     _each_member(model, check_model_file)
+    from pyengine.scan.pixscale import check_field_scales
+
+    _each_member(model, lambda m: check_field_scales(m, geo, touched, allow=allow_scale))
     install_sigbus_handler()
     from pyengine.scan.int8 import int8_for_survey  # once, for every shard and worker
 
@@ -444,6 +522,7 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
                                                           core=tile_size))
     config = {"model": model, "runner": runner, "precision": precision,
               "batch_size": batch_size, "threads": threads, "threshold": threshold,
+              "group_radius": group_radius,
               "core": tile_size, "max_nan_fraction": max_nan, "class_columns": class_columns}
     client = cluster = None
     if dask_address:
@@ -474,7 +553,8 @@ def _scan_survey(bands, out, *, catalog, grid, model, runner, precision, batch_s
     try:
         summary = scan_survey(engine, geo.survey, out, make_source=make_source, cone=cone,
                               regions=sky, resume=resume, overwrite=overwrite, stop=stop,
-                              progress=show, shard=share, client=client, engine_config=config)
+                              progress=show, shard=share, client=client, engine_config=config,
+                              allow_pixel_scale_mismatch=allow_scale)
     except (ScanInterrupted, KeyboardInterrupt):
         show.close()
         click.echo(f"Interrupted: finished fields and tiles are kept. Resume with:\n  "

@@ -98,7 +98,11 @@ class Engine:
     the largest that fits), and a runtime allocation failure during a scan becomes a
     one-line ConfigError suggesting a smaller one.  ``threads`` None lets each library
     choose; more than the CPUs usable is capped at them, with a warning on stderr
-    (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold.
+    (:func:`capped_threads`).  ``threshold`` None takes the model's decision threshold;
+    ``prevalence`` (with ``target_purity``, default the model's calibration target)
+    chooses it instead from a calibrated model's rates (:mod:`pyengine.models.operating`).
+    ``group_radius`` (arcsec; None: :data:`pyengine.output.grouping.DEFAULT_GROUP_RADIUS`,
+    0: none) groups detection-mode candidates into one per object.
     ``prefetch`` (at least 1) tiles are read ahead of the gather stage and
     ``slots`` (at least 2; None: the runner's ``in_flight`` + 2, at least 4, so the
     gather stage fills one and queues another while the runner holds its batches)
@@ -113,7 +117,9 @@ class Engine:
                  threshold: float | None = None, core: int = DEFAULT_CORE,
                  max_nan_fraction: float = DEFAULT_MAX_NAN, device: str = "auto",
                  cache_dir=None, prefetch: int = 2, slots: int | None = None,
-                 gather_threads: int | None = None, class_columns: bool | None = None):
+                 gather_threads: int | None = None, group_radius: float | None = None,
+                 prevalence: float | None = None, target_purity: float | None = None,
+                 class_columns: bool | None = None):
         if batch_size is not None:
             integer(batch_size, "batch size", 1, 65536, whole_floats=True)
         if threads is not None:
@@ -127,6 +133,8 @@ class Engine:
         number(threshold, "threshold", 0.0, 1.0, allow_none=True,
                accepted="a probability in [0, 1] is needed")
         integer(core, "tile core", 64, 1 << 16, whole_floats=True)
+        number(group_radius, "group radius", 0.0, 3600.0, allow_none=True,
+               accepted="a radius in arcsec >= 0 is needed (0: no grouping)")
         if class_columns is not None and not isinstance(class_columns, bool):
             raise ConfigError(f"class_columns = {class_columns!r} is not accepted; accepted: "
                               "True, False or None (the model decides)")
@@ -141,7 +149,7 @@ class Engine:
             "precision": precision, "batch_size": batch_size, "threads": threads,
             "threshold": threshold, "core": core, "max_nan_fraction": max_nan_fraction,
             "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
-            "class_columns": class_columns}
+            "group_radius": group_radius, "class_columns": class_columns}
         if isinstance(runner, Runner):
             self.runner = runner
         else:
@@ -162,7 +170,17 @@ class Engine:
         # always has one to fill when in_flight <= slots.
         self.in_flight = min(wanted, self.nslots)
         self._check_batch_memory()
+        if prevalence is not None:  # the threshold for a target purity at this prevalence
+            from pyengine.models.operating import threshold_for_spec
+
+            if threshold is not None:
+                raise ConfigError("give threshold or prevalence, not both (prevalence "
+                                  "chooses the threshold)")
+            threshold = threshold_for_spec(self.spec, prevalence, target_purity)["value"]
+            if self.config is not None:
+                self.config["threshold"] = threshold
         self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
+        self.group_radius = None if group_radius is None else float(group_radius)
         self._threshold_given = threshold is not None
         self.core = int(core)
         self.max_nan_fraction = float(max_nan_fraction)
@@ -324,8 +342,12 @@ class Engine:
         return out
 
     # -- scanning ------------------------------------------------------------------
-    def prepare(self, mosaic, sources=None):
+    def prepare(self, mosaic, sources=None, *, allow_pixel_scale_mismatch: bool | None = None):
         """(mosaic, source, plan) ready to scan: bands matched to the model, source bound.
+
+        ``allow_pixel_scale_mismatch`` False or True: the pixel-scale guard runs once the
+        mosaic is open, before the source is bound (:mod:`pyengine.scan.pixscale`); None
+        (the default, as ``pyengine bench`` calls it): no check.
 
         ``mosaic`` is a :class:`Mosaic` or the band image paths.  The mosaic returned
         is the one given when its bands are already in the model's order; otherwise
@@ -343,6 +365,11 @@ class Engine:
             mosaic = match_bands(opened, self.spec.bands)
             if opened is not given and mosaic is not opened:
                 opened.close()  # reopened in the model's order: the first one is not used
+            if allow_pixel_scale_mismatch is not None:
+                from pyengine.scan.pixscale import check_mosaic_scale
+
+                check_mosaic_scale(self, mosaic, allow=allow_pixel_scale_mismatch,
+                                   stacklevel=5)
             source = sources if sources is not None else DetectSource()
             plan = TilePlan.for_cutout(mosaic.shape, cutout=self.spec.cutout_size,
                                        core=self.core)
@@ -355,18 +382,23 @@ class Engine:
         return mosaic, source, plan
 
     @contextlib.contextmanager
-    def prepared(self, mosaic, sources=None):
+    def prepared(self, mosaic, sources=None, *, allow_pixel_scale_mismatch: bool | None = None):
         """:meth:`prepare` as a context manager: closes on exit (error or not) the
         mosaic it opened, never the one given."""
-        ready = self.prepare(mosaic, sources)
+        ready = self.prepare(mosaic, sources, allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         try:
             yield ready
         finally:
             if ready[0] is not mosaic:
                 ready[0].close()
 
-    def scan(self, mosaic, sources=None, *, within=None, regions=None, client=None):
+    def scan(self, mosaic, sources=None, *, within=None, regions=None, client=None,
+             allow_pixel_scale_mismatch: bool = False):
         """The whole catalog (astropy Table) of ``sources`` (default: detection) on ``mosaic``.
+
+        An image (or survey field) whose pixel scale differs from the model's by more than
+        5 % is refused before any work (PixelScaleError); ``allow_pixel_scale_mismatch``
+        scans it with a PixelScaleWarning (:mod:`pyengine.scan.pixscale`).
 
         ``mosaic`` may be a survey (a :class:`pyengine.survey.Survey`, or a manifest's
         path): then the catalog of every field touching the area (``within``: a
@@ -382,38 +414,44 @@ class Engine:
             from pyengine.survey.scan import scan_table
 
             return scan_table(self, survey, sources, within=within, regions=regions,
-                              client=client)
+                              client=client,
+                              allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         if within is not None or regions is not None or client is not None:
             raise ConfigError("within=, regions= and client= apply to surveys (a Survey or "
                               "a manifest), not to one mosaic")
         from pyengine.scan.assembly import assemble_catalog
 
-        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+        with self.prepared(mosaic, sources, allow_pixel_scale_mismatch=bool(
+                allow_pixel_scale_mismatch)) as (mosaic, source, plan):
             results = list(self.iter_results(mosaic, source, plan))
             return assemble_catalog(self, mosaic, source, results)
 
-    def iter_scan(self, mosaic, sources=None, *, within=None, regions=None):
+    def iter_scan(self, mosaic, sources=None, *, within=None, regions=None,
+                  allow_pixel_scale_mismatch: bool = False):
         """Per-tile catalogs (astropy Tables), one per :meth:`iter_results` result: in
         tile order, each as soon as it and the tiles before it are scored.  A mosaic opened
         for the scan is closed when the iterator ends or is closed.
 
         A survey (a Survey or a manifest's path; ``within``, ``regions`` as for
         :meth:`scan`): one catalog per field, with its ``field`` column, as each field is
-        done (:func:`pyengine.survey.scan.iter_tables`)."""
+        done (:func:`pyengine.survey.scan.iter_tables`). The pixel-scale guard as in
+        :meth:`scan`."""
         from pyengine.survey.manifest import as_survey
 
         survey = as_survey(mosaic)
         if survey is not None:
             from pyengine.survey.scan import iter_tables
 
-            yield from iter_tables(self, survey, sources, within=within, regions=regions)
+            yield from iter_tables(self, survey, sources, within=within, regions=regions,
+                                   allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
             return
         if within is not None or regions is not None:
             raise ConfigError("within= and regions= apply to surveys (a Survey or a "
                               "manifest), not to one mosaic")
         from pyengine.scan.assembly import tile_table
 
-        with self.prepared(mosaic, sources) as (mosaic, source, plan):
+        with self.prepared(mosaic, sources, allow_pixel_scale_mismatch=bool(
+                allow_pixel_scale_mismatch)) as (mosaic, source, plan):
             for result in self.iter_results(mosaic, source, plan):
                 yield tile_table(self, mosaic, result)
 

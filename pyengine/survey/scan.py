@@ -65,6 +65,8 @@ import numpy as np
 
 from pyengine.defaults import DEFAULT_CORE
 from pyengine.errors import ConfigError, OutputError, ScanOutputError
+from pyengine.output.grouping import regroup
+from pyengine.scan.pixscale import check_field_scales  # before any part runs
 from pyengine.survey.geometry import SurveyGeometry
 from pyengine.survey.manifest import Survey
 from pyengine.survey.sources import (
@@ -144,7 +146,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
                 resume: bool = False, overwrite: bool = False, stop=None,
                 progress: Callable[[dict], None] | None = None,
                 shard: tuple[int, int] | None = None, client=None,
-                engine_config: dict | None = None, whole: dict | None = None):
+                engine_config: dict | None = None, whole: dict | None = None,
+                allow_pixel_scale_mismatch: bool = False):
     """Scan every field of ``survey`` touching the area into one catalog ``out``.
 
     ``make_source()`` returns a new, unbound position source (catalog, grid, detection)
@@ -163,7 +166,9 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
     celestial WCS needed), with its journal ``OUT.journal``, and ``whole``'s options for
     :func:`pyengine.scan.run.run_scan`: ``mosaic`` (the field, opened; else opened here),
     ``regions``, ``scoremap``, ``outputs_probed``. Returns the field's
-    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`."""
+    :class:`pyengine.scan.results.ScanSummary` then, else a :class:`SurveySummary`. The
+    pixel-scale guard (:mod:`pyengine.scan.pixscale`) checks the touched fields first
+    (``whole``: the CLI checks its field before the model loads)."""
     from pyengine.output.catalog import write_catalog
     from pyengine.survey import units as U
 
@@ -179,6 +184,8 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
         raise ConfigError(f"--out {out}: the file exists; add --overwrite to replace it")
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
+    check_field_scales(engine if engine is not None else (engine_config or {}).get("model"),
+                       geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     parts = parts_folder(out)
     if parts.exists() and not resume:
         shutil.rmtree(parts)
@@ -244,7 +251,7 @@ def scan_survey(engine, survey: Survey, out, *, make_source: Callable, cone=None
 
 
 def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=None,
-               client=None):
+               client=None, allow_pixel_scale_mismatch: bool = False):
     """The survey's catalog as an astropy Table (:meth:`pyengine.scan.engine.Engine.scan`
     of a survey): :func:`scan_survey` in a temporary folder, read back. ``sources``: an
     unbound source (default: detection), copied for each part; ``within``: a Cone or
@@ -264,7 +271,8 @@ def scan_table(engine, survey: Survey, sources=None, *, within=None, regions=Non
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         out = Path(tmp) / "survey.fits"
         scan_survey(engine, survey, out, make_source=make, cone=cone, regions=regions,
-                    client=client, engine_config=config)
+                    client=client, engine_config=config,
+                    allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         return _as_text(Table.read(out, mask_invalid=False, memmap=False))
 
 
@@ -297,7 +305,8 @@ def _as_text(table):
     return table
 
 
-def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=None):
+def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=None,
+                allow_pixel_scale_mismatch: bool = False):
     """The survey's catalog field by field (:meth:`pyengine.scan.engine.Engine.iter_scan`
     of a survey): each touched field's rows, with its ``field`` column, as soon as the
     field is scanned, in field order. Catalog rows that no field holds come with the
@@ -311,13 +320,15 @@ def iter_tables(engine, survey: Survey, sources=None, *, within=None, regions=No
     make, cone = _template(sources), _area(within)
     kind = make().kind
     if kind in MEASURED:
-        table = scan_table(engine, survey, sources, within=cone, regions=regions)
+        table = scan_table(engine, survey, sources, within=cone, regions=regions,
+                           allow_pixel_scale_mismatch=allow_pixel_scale_mismatch)
         fields = np.asarray(table["field"]).astype(str)
         for fid in dict.fromkeys(fields):
             yield table[fields == fid]
         return
     geo = SurveyGeometry(survey)
     touched = geo.fields_touching(cone, regions)
+    check_field_scales(engine, geo, touched, allow=allow_pixel_scale_mismatch, stacklevel=3)
     units = unit_list(geo, touched, engine.core)
     with tempfile.TemporaryDirectory(prefix="pyengine-survey-") as tmp:
         parts = Path(tmp)
@@ -428,6 +439,7 @@ def finish(table, kind, geo):
         if name in table.colnames:
             table.remove_column(name)
     table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
+    regroup(table, kind)  # one object, one candidate across parts and fields
     return table, merged
 
 
@@ -479,12 +491,11 @@ def _model_identity(engine, config) -> dict:
         sha = engine.model_sha256
     else:
         sha = model_identity(config.get("model"))  # an ensemble's: all its members
-    identity = {"sha256": sha, "runner": config.get("runner", "auto"),
-                "precision": config.get("precision"),
-                "max_nan_fraction": config.get("max_nan_fraction")}
-    if config.get("class_columns") is not None:  # the parts' columns (None: the default)
-        identity["class_columns"] = config["class_columns"]
-    return identity
+    columns = config.get("class_columns")  # the parts' columns (None: the model's default)
+    return {"sha256": sha, "runner": config.get("runner", "auto"),
+            "precision": config.get("precision"),
+            "max_nan_fraction": config.get("max_nan_fraction"),
+            **({} if columns is None else {"class_columns": columns})}
 
 
 def _check_started_with(parts: Path, identity: dict, resume: bool) -> None:

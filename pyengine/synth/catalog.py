@@ -47,7 +47,8 @@ from pyengine.synth.config import SynthConfig
 from pyengine.synth.profiles import R_MAX, king_core_radius, king_sample_radii
 from pyengine.synth.sky import disk_shape
 
-__all__ = ["CELL", "CLASSES", "SUBCLASSES", "Objects", "draw_cell", "placed_objects"]
+__all__ = ["CELL", "CLASSES", "SUBCLASSES", "Objects", "cluster_members", "draw_cell",
+           "king_on_stamp", "placed_objects"]
 
 #: Cell size, pixels.
 CELL = 256
@@ -208,7 +209,7 @@ class _Cell:
         return disk_shape(self.config, x, y) * self.rel_max
 
 
-def _king_on_stamp(rh_px, conc):
+def king_on_stamp(rh_px, conc):
     """(rc, rt) px of King profiles of half-light radii ``rh_px`` and concentrations
     ``conc`` (changed in place where lowered): c is lowered, r_h kept, where the tidal
     radius would not fit on the largest stamp."""
@@ -258,8 +259,36 @@ def _clusters(cfg: SynthConfig, cell: _Cell, rng):
     q = rng.uniform(0.8, 1.0, n)
     pa = rng.uniform(0.0, math.pi, n)
     rh_px = rh_pc / 1000.0 / cfg.kpc_per_px
-    rc, rt = _king_on_stamp(rh_px, conc)
+    rc, rt = king_on_stamp(rh_px, conc)
     flux = np.vstack([band_g.flux(i_mag + gi), band_i.flux(i_mag)])
+    owner, dx, dy, mf, flux = cluster_members(rng, cfg, cfg.bands, young, flux, rc, rt, q, pa)
+    members = (x[owner] + dx, y[owner] + dy, mf)
+    out = _empty(n, 0, n)
+    out.update(t_x=x, t_y=y, t_class=np.zeros(n, np.int8),
+               t_sub=np.where(young, _SUB["young"], _SUB["old"]).astype(np.int8),
+               t_g=i_mag + gi, t_i=i_mag, t_rh=rh_pc,
+               e_x=x, e_y=y, e_kind=np.zeros(n, np.int8), e_scale=rc, e_shape=rt / rc,
+               e_q=q, e_pa=pa, e_half=np.ceil(rt + 1.0).astype(np.int64), e_flux=flux)
+    return out, members
+
+
+def cluster_members(rng, cfg: SynthConfig, bands, young, flux, rc, rt, q, pa):
+    """Resolved member stars of clusters, and the light left to their smooth profiles.
+
+    ``bands`` are the (g, i) bands (objects with ``flux(mag)``), ``young`` marks young
+    clusters, ``flux`` (2, n) their total counts, ``rc``/``rt`` their King core and tidal
+    radii (px), ``q``/``pa`` their axis ratio and position angle.  As many members per
+    unit i light as ``cfg``'s disk has giants (``rgb_density``), drawn from the field
+    stars' luminosity functions (young or old) down to ``star_limit``, placed on the
+    King profile; each cluster keeps its members, in drawn order, while together they
+    carry at most half of its light in both bands.  Returns ``(owner, dx, dy,
+    member_flux, smooth_flux)``: each kept member's cluster index and pixel offset from
+    its centre, its (2, m) counts, and each cluster's (2, n) counts minus its members'.
+    The draws from ``rng`` come in a fixed order (the field's cells depend on it).
+    """
+    band_g, band_i = bands
+    n = len(young)
+    flux = np.array(flux, dtype=np.float64)
     # Resolved members: as many per unit i light as the field has giants.
     per_flux = cfg.rgb_density / band_i.flux(21.0)
     lf = np.where(young, _lf_factor(_YOUNG_BRIGHT, cfg.star_limit),
@@ -284,15 +313,7 @@ def _clusters(cfg: SynthConfig, cell: _Cell, rng):
     cum -= np.repeat(before, nm, axis=1)            # running sums within each cluster
     keep = np.all(cum <= _MEMBER_MAX_FRACTION * flux[:, owner], axis=0)
     flux -= np.vstack([np.bincount(owner[keep], mf[b, keep], minlength=n) for b in (0, 1)])
-    members = (x[owner][keep] + (a * ux + b * uy)[keep],
-               y[owner][keep] + (a * uy - b * ux)[keep], mf[:, keep])
-    out = _empty(n, 0, n)
-    out.update(t_x=x, t_y=y, t_class=np.zeros(n, np.int8),
-               t_sub=np.where(young, _SUB["young"], _SUB["old"]).astype(np.int8),
-               t_g=i_mag + gi, t_i=i_mag, t_rh=rh_pc,
-               e_x=x, e_y=y, e_kind=np.zeros(n, np.int8), e_scale=rc, e_shape=rt / rc,
-               e_q=q, e_pa=pa, e_half=np.ceil(rt + 1.0).astype(np.int64), e_flux=flux)
-    return out, members
+    return (owner[keep], (a * ux + b * uy)[keep], (a * uy - b * ux)[keep], mf[:, keep], flux)
 
 
 def _galaxies(cfg: SynthConfig, cell: _Cell, rng):
@@ -404,7 +425,7 @@ def placed_objects(config: SynthConfig, x, y, specs) -> Objects:
         elif spec.kind == "cluster":
             o = _empty(1, 0, 1)
             rh_px = np.array([float(spec.r_h_pc) / 1000.0 / config.kpc_per_px])
-            rc, rt = _king_on_stamp(rh_px, np.array([float(spec.concentration)]))
+            rc, rt = king_on_stamp(rh_px, np.array([float(spec.concentration)]))
             o.update(t_class=np.zeros(1, np.int8), t_rh=np.array([float(spec.r_h_pc)]),
                      t_sub=np.full(1, _SUB["young" if spec.g_i < 0.8 else "old"], np.int8),
                      e_kind=np.zeros(1, np.int8), e_scale=rc, e_shape=rt / rc,

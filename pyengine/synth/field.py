@@ -43,7 +43,7 @@ from pyengine.kernels.pool import POOL
 from pyengine.synth import render
 from pyengine.synth.catalog import CELL, Objects, draw_cell
 from pyengine.synth.config import SynthConfig
-from pyengine.synth.profiles import PSF, R_MAX, convolve_bands, intrinsic_stamp
+from pyengine.synth.profiles import PSF, R_MAX, object_stamps
 from pyengine.synth.sky import (
     disk_coefficients,
     disk_geometry,
@@ -233,14 +233,10 @@ class FieldRenderer:
         if stamps is None:
             o = row.objects
             cx, cy = int(centre_pixel(o.e_x[k])), int(centre_pixel(o.e_y[k]))
-            intrinsic = intrinsic_stamp(int(o.e_kind[k]), o.e_scale[k], o.e_shape[k], o.e_q[k],
-                                        o.e_pa[k], o.e_x[k] - cx, o.e_y[k] - cy,
-                                        int(o.e_half[k]))
             radii = [int(r) for r in row.e_kernel[:, k]]
-            # A new compact array per band (the convolution's output is a view
-            # of a larger padded transform).
-            stamps = [s * o.e_flux[b, k]
-                      for b, s in enumerate(convolve_bands(intrinsic, self.psfs, radii))]
+            stamps = object_stamps(o.e_kind[k], o.e_scale[k], o.e_shape[k], o.e_q[k],
+                                   o.e_pa[k], o.e_x[k] - cx, o.e_y[k] - cy, o.e_half[k],
+                                   o.e_flux[:, k], self.psfs, radii)
             self._stamps[key] = stamps
         return stamps
 

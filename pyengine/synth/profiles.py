@@ -46,6 +46,7 @@ __all__ = [
     "king_core_radius",
     "king_enclosed",
     "king_sample_radii",
+    "object_stamps",
     "sersic_b",
 ]
 
@@ -178,6 +179,19 @@ def convolve_bands(stamp: np.ndarray, psfs, radii) -> list[np.ndarray]:
                              s=(length, length))
         out.append(full[:n_out, :n_out])
     return out
+
+
+def object_stamps(kind, scale, shape_par, q, pa, dx, dy, half, fluxes, psfs, radii):
+    """PSF-convolved stamps of one extended object, one per band: its intrinsic light
+    (:func:`intrinsic_stamp`, centred (dx, dy) px from the stamp's central pixel) convolved
+    with each band's PSF kernel of the given radius (:func:`convolve_bands`) and scaled to
+    that band's total counts ``fluxes[b]``.  Stamp b has half-size ``half + radii[b]`` and
+    the same central pixel.  The one renderer of extended objects: synthetic fields
+    (:mod:`pyengine.synth.field`) and injected clusters (:mod:`pyengine.synth.cluster`)."""
+    intrinsic = intrinsic_stamp(int(kind), scale, shape_par, q, pa, dx, dy, int(half))
+    # A new compact array per band (the convolution's output is a view of a larger
+    # padded transform).
+    return [s * f for s, f in zip(convolve_bands(intrinsic, psfs, radii), fluxes, strict=True)]
 
 
 def sersic_b(n):

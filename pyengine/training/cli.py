@@ -16,7 +16,7 @@ from dataclasses import fields
 import click
 
 from pyengine.bands import parse_band_list
-from pyengine.training.config import BALANCES, SPLITS, TrainConfig
+from pyengine.training.config import BALANCES, POSITIONS, SPLITS, TrainConfig
 
 __all__ = ["train"]
 
@@ -66,10 +66,29 @@ def _command_line(ctx) -> str:
 @click.option("--dec-col", help="Dec column, degrees.")
 @click.option("--x-col", help="x column, 0-based pixels (X_IMAGE-style: 1-based); with --y-col.")
 @click.option("--y-col", help="y column, pixels.")
+@click.option("--positions", type=click.Choice(POSITIONS), default=_DEFAULT["positions"],
+              show_default=True,
+              help="Train at the label catalog's positions, or at the scan's own detections "
+                   "labelled by a sky match to it (unmatched detections are negatives).")
+@click.option("--match-radius", type=float, default=_DEFAULT["match_radius"], show_default=True,
+              help="--positions detect: match radius, arcsec.")
+@click.option("--unmatched-label", help="--positions detect: label value of unmatched "
+                                        "detections [default: the first non-cluster value].")
+@click.option("--detect-threshold", type=float, default=_DEFAULT["detect_threshold"],
+              show_default=True, help="--positions detect: detection threshold, sigma.")
+@click.option("--min-area", type=int, default=_DEFAULT["min_area"], show_default=True,
+              help="--positions detect: minimum detection area, pixels.")
+@click.option("--detect-band", default=_DEFAULT["detect_band"], show_default=True,
+              help="--positions detect: detection band, or 'sum'.")
+@click.option("--negative-ratio", type=float,
+              help="Keep at most this many non-cluster positions per cluster (a seeded random "
+                   "subset; detections are mostly stars) [default: all].")
 @click.option("--mag-col", help="Magnitude column for --mag-limit [default: mag, i_mag, mag_i "
                                 "or imag].")
 @click.option("--mag-limit", type=float,
-              help="Keep only sources brighter than this (mag < limit); Zhang+2025 used 21.")
+              help="Keep only sources brighter than this (mag < limit; with --positions "
+                   "detect, the detections' aperture magnitudes, as scan --mag-limit); "
+                   "Zhang+2025 used 21.")
 @click.option("--size", "cutout_size", type=int, default=_DEFAULT["cutout_size"],
               show_default=True, help="Cutout size, pixels.")
 @click.option("--max-nan", type=float, default=_DEFAULT["max_nan"], show_default=True,
@@ -93,9 +112,16 @@ def _command_line(ctx) -> str:
               show_default=True, help="Class balancing: balanced sampling, a class-weighted "
                                       "loss, or none.")
 @click.option("--no-augment", is_flag=True,
-              help="No flips/rotations, jitter or noise.")
+              help="No shifts, flips/rotations, dimming, blur or noise.")
 @click.option("--noise", type=float, default=_DEFAULT["noise"], show_default=True,
               help="Augmentation noise: up to this times the cutout's own noise level.")
+@click.option("--shift", type=float, default=_DEFAULT["shift"], show_default=True,
+              help="Augmentation: centre shifts up to this many pixels per axis (sub-pixel, "
+                   "cubic resampling).")
+@click.option("--dim", type=float, default=_DEFAULT["dim"], show_default=True,
+              help="Augmentation: flux scaled by a factor in [1 - dim, 1] at the same noise.")
+@click.option("--blur", type=float, default=_DEFAULT["blur"], show_default=True,
+              help="Augmentation: seeing widened by a Gaussian of sigma up to this (px).")
 @click.option("--target-purity", type=float,
               help="Set the model's threshold to the highest-recall one with at least this "
                    "validation precision (0.893 mirrors Zhang+2025) [default: F1-optimal].")
@@ -113,13 +139,14 @@ def _command_line(ctx) -> str:
               help="Keep the checkpoint after the model is written.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.pass_context
-def train(ctx, images, catalog, output, members, bands, label_col, positive, classes, binary,
-          ra_col,
-          dec_col, x_col, y_col, mag_col, mag_limit, cutout_size, max_nan, split,
+def train(ctx, images, catalog, output, members, bands, label_col, positive, classes, binary, ra_col,
+          dec_col, x_col, y_col, positions, match_radius, unmatched_label, detect_threshold,
+          min_area, detect_band, negative_ratio, mag_col, mag_limit, cutout_size, max_nan, split,
           val_fraction, block_size, epochs, batch_size, lr, weight_decay, warmup, balance,
-          no_augment, noise, target_purity, init_weights, seed, threads, resume,
+          no_augment, noise, shift, dim, blur, target_purity, init_weights, seed, threads, resume,
           keep_checkpoint, quiet):
-    """Train a ResNet-50 cluster classifier on IMAGES (one FITS image per band).
+    """Train a ResNet-50 cluster classifier on IMAGES (one FITS image per band, or one
+    survey manifest: training across its fields).
 
     Labels come from the catalog's label column: each value is a class; --positive
     names the values that count as cluster.  Writes the model file with the
@@ -132,11 +159,16 @@ def train(ctx, images, catalog, output, members, bands, label_col, positive, cla
     config = TrainConfig(
         images=images, catalog=catalog, output=output, bands=_bands(bands),
         label_col=label_col, positive=_list(positive), classes=_list(classes), binary=binary,
-        ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col, mag_col=mag_col,
+        ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col, positions=positions,
+        match_radius=match_radius, unmatched_label=unmatched_label,
+        detect_threshold=detect_threshold, min_area=min_area, detect_band=detect_band,
+        negative_ratio=negative_ratio,
+        mag_col=mag_col,
         mag_limit=mag_limit, cutout_size=cutout_size, max_nan=max_nan, split=split,
         val_fraction=val_fraction, block_size=block_size, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        balance=balance, augment=not no_augment, noise=noise, target_purity=target_purity,
+        balance=balance, augment=not no_augment, noise=noise, shift=shift, dim=dim, blur=blur,
+        target_purity=target_purity,
         init_weights=init_weights, seed=seed, threads=threads, resume=resume,
         keep_checkpoint=keep_checkpoint)
     if members != 1:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pyengine.validate import is_int, is_number, need
 
-__all__ = ["BALANCES", "SPLITS", "TrainConfig", "TrainResult", "config_hash", "describe_changes"]
+__all__ = ["BALANCES", "POSITIONS", "SPLITS", "TrainConfig", "TrainResult", "config_hash", "describe_changes"]
 
+POSITIONS = ("catalog", "detect")  # training positions: the label catalog's, or detections
 SPLITS = ("random", "spatial")  # validation split: stratified random, or spatial blocks
 BALANCES = ("sampler", "loss", "none")  # class balancing (see pyengine.training.augment)
 
@@ -43,6 +44,13 @@ class TrainConfig:
     dec_col: str | None = None
     x_col: str | None = None
     y_col: str | None = None
+    positions: str = "catalog"
+    match_radius: float = 1.0  # arcsec, for positions="detect"
+    unmatched_label: str | None = None  # label of unmatched detections
+    detect_threshold: float = 3.0  # the scan's detection options (positions="detect")
+    min_area: int = 5
+    detect_band: str = "sum"
+    negative_ratio: float | None = None  # keep at most this many non-clusters per cluster
     mag_col: str | None = None
     mag_limit: float | None = None  # keep rows with mag < mag_limit
     cutout_size: int = 64
@@ -58,6 +66,9 @@ class TrainConfig:
     balance: str = "sampler"
     augment: bool = True
     noise: float = 0.5  # added noise up to this times the cutout's own
+    shift: float = 2.0  # px: centre shifts up to this on each axis
+    dim: float = 0.4  # flux scaled by [1 - dim, 1] at constant noise
+    blur: float = 1.5  # px: Gaussian seeing widening up to this sigma
     target_purity: float | None = None
     init_weights: str | None = None
     seed: int = 0
@@ -78,6 +89,19 @@ class TrainConfig:
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
         need(bool(self.images), "images", self.images, "one band image per band is needed")
+        need(self.positions in POSITIONS, "--positions", self.positions,
+             f"accepted: {', '.join(POSITIONS)}")
+        need(is_number(self.match_radius) and 0 < self.match_radius <= 60, "--match-radius",
+             self.match_radius, "a radius in arcsec in (0, 60] is needed")
+        need(is_number(self.detect_threshold) and self.detect_threshold > 0,
+             "--detect-threshold", self.detect_threshold, "a number of sigma > 0 is needed")
+        need(is_int(self.min_area) and self.min_area >= 1, "--min-area", self.min_area,
+             "a number of pixels >= 1 is needed")
+        need(self.mag_col is None or self.positions == "catalog", "--mag-col", self.mag_col,
+             "with --positions detect the cut applies to the detections' magnitudes")
+        need(self.negative_ratio is None or (is_number(self.negative_ratio)
+                                             and self.negative_ratio > 0), "--negative-ratio",
+             self.negative_ratio, "a number of non-clusters per cluster > 0 is needed")
         need(is_int(self.cutout_size) and 16 <= self.cutout_size <= 256, "--size",
              self.cutout_size, "an integer from 16 to 256 pixels is needed")
         need(is_number(self.max_nan) and 0 <= self.max_nan < 1, "--max-nan", self.max_nan,
@@ -100,6 +124,12 @@ class TrainConfig:
              f"accepted: {', '.join(BALANCES)}")
         need(is_number(self.noise) and 0 <= self.noise <= 10, "--noise", self.noise,
              "a number from 0 to 10 (times the cutout's own noise) is needed")
+        need(is_number(self.shift) and 0 <= self.shift <= 2, "--shift", self.shift,
+             "a number of pixels from 0 to 2 is needed")
+        need(is_number(self.dim) and 0 <= self.dim < 1, "--dim", self.dim,
+             "a fraction in [0, 1) is needed")
+        need(is_number(self.blur) and 0 <= self.blur <= 5, "--blur", self.blur,
+             "a Gaussian sigma from 0 to 5 pixels is needed")
         need(self.target_purity is None or (is_number(self.target_purity)
                                            and 0 < self.target_purity <= 1),
              "--target-purity", self.target_purity, "a precision in (0, 1] is needed")
@@ -115,12 +145,36 @@ class TrainConfig:
              "--threads", self.threads, "an integer >= 1 is needed")
 
     @property
+    def augmentation(self):
+        """The :class:`pyengine.training.augment.Augment` of these options (False: none)."""
+        from pyengine.training.augment import Augment
+
+        if not self.augment:
+            return False
+        return Augment(shift=self.shift, dim=self.dim, blur=self.blur, noise=self.noise)
+
+    @property
     def checkpoint_path(self) -> Path:
         return Path(self.output).with_suffix(".train-state.pt")
 
     @property
     def plot_path(self) -> Path:
         return Path(self.output).with_suffix(".pr.png")
+
+    @property
+    def is_survey(self) -> bool:
+        """Whether ``images`` is one survey manifest (training across its fields)."""
+        from pyengine.survey.manifest import is_manifest
+
+        return len(self.images) == 1 and is_manifest(self.images[0])
+
+    def image_files(self) -> list[str]:
+        """Every image file of the run (a manifest's fields' images, or ``images``)."""
+        if not self.is_survey:
+            return list(self.images)
+        from pyengine.survey.manifest import read_manifest
+
+        return [img for f in read_manifest(self.images[0]).fields for img in f.images]
 
     def fingerprint(self) -> dict:
         """What determines the result: the options and the input files' identities."""
@@ -129,11 +183,13 @@ class TrainConfig:
 
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUN_ONLY}
         files = []
-        for spec in self.images:
+        for spec in self.image_files():
             path = parse_spec(spec)[0]
             st = path.stat() if path.exists() else None
             files.append([os.fspath(path.resolve()), st and st.st_size, st and st.st_mtime_ns])
         out["image_files"] = files
+        if self.is_survey:
+            out["manifest_sha256"] = file_sha256(self.images[0])
         out["catalog_sha256"] = file_sha256(parse_spec(self.catalog)[0])
         if self.init_weights is not None:
             out["init_weights_sha256"] = file_sha256(self.init_weights)

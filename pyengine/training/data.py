@@ -8,9 +8,10 @@ lists the values to train on (rows with other values are left out and counted).
 ``cluster``, ``1``, ``True`` (case-insensitive) present among the values.
 ``--binary`` merges the classes into ``non-cluster`` / ``cluster``.
 
-Cutouts are extracted once at size S + 2 through :func:`pyengine.scan.cutouts.extract_cutouts`
-(the scan's own TilePlan/gather path) so augmentation can jitter by +-1 px with real
-pixels; the central S x S crop is exactly the cutout a scan sees.  Rows whose centre
+Cutouts are extracted once at size S + 2 PAD through
+:func:`pyengine.scan.cutouts.extract_cutouts` (the scan's own TilePlan/gather path) so
+augmentation can shift by up to +-2 px with real pixels; the central S x S crop is
+exactly the cutout a scan sees.  Rows whose centre
 is off the image or whose central crop is more than ``max_nan`` blank are dropped and
 counted (training data must be clean), never silently.
 
@@ -31,6 +32,7 @@ from pyengine.errors import CatalogError, ConfigError
 from pyengine.io.catalog import catalog_positions, find_column, read_catalog
 from pyengine.scan.cutouts import extract_cutouts
 from pyengine.stats import nan_robust_sigma
+from pyengine.training.augment import PAD
 from pyengine.training.config import SPLITS
 
 __all__ = ["ClassPlan", "TrainingSet", "block_index", "label_strings", "load_training_set",
@@ -155,7 +157,7 @@ def robust_sigma(pixels: np.ndarray, chunk: int = 4096) -> np.ndarray:
 class TrainingSet:
     """Clean labelled cutouts in memory, ready for splitting and augmentation."""
 
-    pixels: np.ndarray  # (n, C, S + 2, S + 2) float32, NaN blank
+    pixels: np.ndarray  # (n, C, S + 2 PAD, S + 2 PAD) float32, NaN blank
     sigma: np.ndarray  # (n, C) float32 robust noise of the central crop
     labels: np.ndarray  # (n,) int64 class index
     x: np.ndarray  # (n,) 0-based pixel positions
@@ -166,14 +168,24 @@ class TrainingSet:
     mag_col: str | None
     position_columns: tuple[str, str]
     counts: dict  # catalog rows, and rows left out per reason
+    field: np.ndarray | None = None  # (n,) field index of each cutout (survey training)
 
     @property
     def is_positive(self) -> np.ndarray:
         return np.isin(self.labels, self.plan.positive)
 
+    @property
+    def fields(self) -> np.ndarray:
+        return self.field if self.field is not None else np.zeros(self.labels.size, np.int64)
 
-def load_training_set(cfg, mosaic, log: Callable[[str], None]) -> TrainingSet:
-    """Read the catalog, apply the label/magnitude cuts and cut clean S + 2 cutouts."""
+
+def load_training_set(cfg, mosaic, log: Callable[[str], None], *, exclude=None,
+                      allow_empty: bool = False) -> TrainingSet | None:
+    """Read the catalog, apply the label/magnitude cuts and cut clean S + 2 PAD cutouts.
+
+    ``exclude``: catalog rows not to use (an earlier field of a survey used them);
+    ``allow_empty``: return None rather than refuse when no row is left (a field of a
+    survey that holds no label)."""
     where = str(cfg.catalog)
     table = read_catalog(cfg.catalog)
     label_col = find_column(table, LABEL_NAMES, given=cfg.label_col, where=where,
@@ -192,7 +204,7 @@ def load_training_set(cfg, mosaic, log: Callable[[str], None]) -> TrainingSet:
     counts["other_class"] = int(other.sum())
     keep &= ~other
     mag_col = None
-    if cfg.mag_limit is not None:
+    if cfg.mag_limit is not None and cfg.positions == "catalog":
         mag_col = find_column(table, MAG_NAMES, given=cfg.mag_col, where=where,
                               what="magnitudes (--mag-col)")
         if mag_col is None:
@@ -210,35 +222,87 @@ def load_training_set(cfg, mosaic, log: Callable[[str], None]) -> TrainingSet:
             f"{cfg.mag_limit:g}, left out {counts['fainter']} fainter or without a magnitude")
     pos = catalog_positions(table, mosaic.wcs, where=where, ra_col=cfg.ra_col,
                             dec_col=cfg.dec_col, x_col=cfg.x_col, y_col=cfg.y_col)
-    rows = np.flatnonzero(keep)
+    columns = pos.columns
+    if exclude is not None:  # rows an earlier field of a survey used
+        counts["other_field"] = int((keep & exclude).sum())
+        keep &= ~exclude
+    if cfg.positions == "detect":
+        x, y, values, rows, det_counts = _detections(cfg, mosaic, pos, values, keep, plan, where,
+                                                     log)
+        counts.update(det_counts)
+        keep = np.ones(x.size, bool)
+        columns = ("x_detect", "y_detect")
+    else:
+        x, y, rows = pos.x, pos.y, np.arange(len(table))
+    index = np.flatnonzero(keep)
     size = cfg.cutout_size
-    # S + 2: the +-1 px jitter crops real neighbouring pixels (see augment.crop).
-    cut = extract_cutouts(mosaic, pos.x[rows], pos.y[rows], size + 2)
-    centre = cut.pixels[:, :, 1:size + 1, 1:size + 1]
-    nan_fraction = np.isnan(centre).mean(axis=(1, 2, 3)) if rows.size else np.zeros(0)
+    # S + 2 PAD: shifted views crop real neighbouring pixels (see augment._shifted).
+    cut = extract_cutouts(mosaic, x[index], y[index], size + 2 * PAD)
+    centre = cut.pixels[:, :, PAD:size + PAD, PAD:size + PAD]
+    nan_fraction = np.isnan(centre).mean(axis=(1, 2, 3)) if index.size else np.zeros(0)
     off = ~cut.on_image
     blank = cut.on_image & (nan_fraction > cfg.max_nan)
     counts.update(off_image=int(off.sum()), blank=int(blank.sum()))
     if off.any() or blank.any():
         log(f"dropped {int(off.sum())} rows off the image and {int(blank.sum())} more than "
-            f"{cfg.max_nan:.0%} blank (of {rows.size} labelled rows in the cuts)")
+            f"{cfg.max_nan:.0%} blank (of {index.size} labelled rows in the cuts)")
     good = ~off & ~blank
-    rows = rows[good]
-    labels = np.array([plan.value_to_class[v] for v in values[rows]], dtype=np.int64)
-    counts["used"] = int(rows.size)
-    if rows.size == 0:
+    index = index[good]
+    labels = np.array([plan.value_to_class[v] for v in values[index]], dtype=np.int64)
+    counts["used"] = int(index.size)
+    if index.size == 0 and allow_empty:
+        return None
+    if index.size == 0:
         raise CatalogError(f"{where}: no rows left after the cuts ({_describe(counts)}); "
                            "check the positions, --mag-limit and --max-nan")
     per_class = np.bincount(labels, minlength=len(plan.class_names))
     empty = [n for n, c in zip(plan.class_names, per_class, strict=True) if c == 0]
-    if empty:
+    if empty and not allow_empty:
         raise CatalogError(f"{where}: no {', '.join(repr(e) for e in empty)} rows left after "
                            f"the cuts ({_describe(counts)}); every class needs examples "
                            "(choose classes with --classes, or --binary)")
     pixels = np.ascontiguousarray(cut.pixels[good])
-    return TrainingSet(pixels, robust_sigma(pixels[:, :, 1:size + 1, 1:size + 1]), labels,
-                       pos.x[rows], pos.y[rows], rows, plan, label_col, mag_col, pos.columns,
+    return TrainingSet(pixels, robust_sigma(pixels[:, :, PAD:size + PAD, PAD:size + PAD]), labels,
+                       x[index], y[index], rows[index], plan, label_col, mag_col, columns,
                        counts)
+
+
+def _detections(cfg, mosaic, pos, values, keep, plan, where, log):
+    """Detections of the scan's detection step on ``mosaic``, labelled by the catalog."""
+    from pyengine.training.positions import detect_positions, label_detections
+
+    scale = pixel_scale_of(mosaic)
+    unmatched = cfg.unmatched_label
+    negatives = [v for v in plan.label_values if v not in plan.positive_values]
+    if unmatched is None:
+        unmatched = negatives[0]
+    elif unmatched not in plan.label_values:
+        raise ConfigError(f"--unmatched-label {unmatched!r} is not a value of the label column "
+                          f"(accepted: {', '.join(plan.label_values)})")
+    detect = {"threshold": cfg.detect_threshold, "min_area": cfg.min_area,
+              "band": cfg.detect_band, "mag_limit": cfg.mag_limit}
+    det_x, det_y = detect_positions(mosaic, cfg.cutout_size, detect)
+    lab = np.flatnonzero(keep)
+    got = label_detections(det_x, det_y, pos.x[lab], pos.y[lab], values[lab],
+                           radius_px=cfg.match_radius / scale, unmatched=unmatched,
+                           where=where, radius_arcsec=cfg.match_radius)
+    c = got.counts
+    log(f"--positions detect: {c['detections']} detections; {c['matched']} matched a label "
+        f"within {cfg.match_radius:g}\", {c['negatives']} unmatched ({unmatched!r}), "
+        f"{c['ambiguous']} ambiguous left out; {c['labels_not_detected']} of {lab.size} labels "
+        "not detected")
+    rows = np.where(got.label_row >= 0, lab[np.maximum(got.label_row, 0)], -1)
+    return got.x, got.y, got.values, rows, {f"detect_{k}": v for k, v in c.items()}
+
+
+def pixel_scale_of(mosaic) -> float:
+    """Mean pixel scale of ``mosaic``'s celestial WCS, arcsec / px (1 without one)."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    wcs = getattr(mosaic, "wcs", None)
+    if wcs is None or not wcs.has_celestial:
+        return 1.0
+    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
 
 def _describe(counts: dict) -> str:
@@ -266,7 +330,7 @@ def split_indices(data: TrainingSet, *, method: str, fraction: float, block: int
             val.append(members[:take])
         val_idx = np.sort(np.concatenate(val))
     elif method == "spatial":
-        blocks = block_index(data.x, data.y, block)
+        blocks = block_index(data.x, data.y, block) + data.fields * (1 << 62 >> 8)
         ids, inverse, sizes = np.unique(blocks, return_inverse=True, return_counts=True)
         order = rng.permutation(ids.size)
         before = np.cumsum(sizes[order]) - sizes[order]

@@ -79,7 +79,7 @@ def train_epoch(model, optimizer, scheduler, data, train_idx: np.ndarray, epoch:
     for step, local in enumerate(batches):
         rows = train_idx[local]
         x = augment_batch(data.pixels, data.sigma, rows, cfg.cutout_size, rng,
-                          augment=cfg.augment, noise=cfg.noise)
+                          augment=cfg.augmentation)
         y = torch.from_numpy(data.labels[rows])
         loss = F.cross_entropy(model.logits(torch.from_numpy(x)), y, weight=weight)
         optimizer.zero_grad(set_to_none=True)

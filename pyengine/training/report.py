@@ -19,6 +19,7 @@ import numpy as np
 
 from pyengine import metrics as m
 from pyengine.atomic import atomic_path
+from pyengine.training.reliability import ece, reliability_bins
 
 __all__ = ["Progress", "plot_pr_curve", "validation_metrics"]
 
@@ -43,6 +44,9 @@ def validation_metrics(probabilities: np.ndarray, labels: np.ndarray, plan,
         "pr_auc": m.average_precision(truth, score),
         "f1_optimal": m.operating_point(truth, score, f1_t).to_dict(),
     }
+    # Calibration at the validation set's own class mix (pyengine calibrate fits the
+    # temperature on a field at its real prevalence).
+    out["reliability"] = {**reliability_bins(truth, score), "ece": ece(truth, score)}
     threshold, rule = f1_t, "f1_optimal"
     if target_purity is not None:
         t = m.purity_threshold(truth, score, target_purity)

@@ -22,19 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from pyengine import __version__
 from pyengine.bands import match_order
 from pyengine.errors import ConfigError, ModelFileError
-from pyengine.io.mosaic import Mosaic
 from pyengine.metrics import roc_auc
 from pyengine.models.checkpoint import file_sha256, load_model, read_spec, save_model
 from pyengine.models.classifier import ClusterClassifier
 from pyengine.models.resnet import load_torchvision_weights
 from pyengine.models.spec import ModelSpec, PreprocessSpec
 from pyengine.training.config import TrainConfig, TrainResult, config_hash, describe_changes
-from pyengine.training.data import load_training_set, split_indices
+from pyengine.training.data import split_indices
+from pyengine.training.fields import fewer_negatives, training_data
 from pyengine.training.loop import (
     build_optimizer,
     build_scheduler,
@@ -64,8 +63,12 @@ def init_kind(path: str) -> str:
     if not p.is_file():
         raise ModelFileError(f"{p}: no such file (--init-weights)")
     with open(p, "rb") as fh:
-        head = fh.read(4)
-    # torch.save writes a zip archive (PK); older torch a bare pickle (0x80 PROTO).
+        head = fh.read(9)
+    # A safetensors file: an 8-byte little-endian header length, then the JSON header
+    # ("{"); its first byte may be anything, 0x80 included.  torch.save writes a zip
+    # archive (PK); older torch a bare pickle (0x80 PROTO).
+    if len(head) == 9 and head[8:9] == b"{":
+        return "pyengine"
     return "torchvision" if head.startswith(b"PK") or head[:1] == b"\x80" else "pyengine"
 
 
@@ -111,10 +114,9 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     kind = init_kind(cfg.init_weights) if cfg.init_weights is not None else None
     preprocess = (read_spec(cfg.init_weights)[0].preprocess if kind == "pyengine"
                   else PreprocessSpec())
-    with Mosaic.open(list(cfg.images), bands=cfg.bands) as mosaic:
-        data = load_training_set(cfg, mosaic, log)
-        bands = mosaic.bands
-        pixel_scale = float(np.mean(proj_plane_pixel_scales(mosaic.wcs.celestial)) * 3600.0)
+    data, bands, pixel_scale = training_data(cfg, log)
+    if cfg.negative_ratio is not None:
+        data = fewer_negatives(data, cfg.negative_ratio, cfg.seed, log)
     plan = data.plan
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     train_idx, val_idx = split_indices(data, method=cfg.split, fraction=cfg.val_fraction,
@@ -195,6 +197,10 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
     provenance = {
         "pyengine_version": __version__, "torch_version": torch.__version__, "date": _date(),
         "command_line": command_line, "images": [os.path.abspath(p) for p in cfg.images],
+        "positions": cfg.positions, "negative_ratio": cfg.negative_ratio,
+        **({"match_radius_arcsec": cfg.match_radius,
+            "detection": {"threshold": cfg.detect_threshold, "min_area": cfg.min_area,
+                          "band": cfg.detect_band}} if cfg.positions == "detect" else {}),
         "catalog": os.path.abspath(cfg.catalog), "catalog_sha256": fingerprint["catalog_sha256"],
         "label_column": data.label_col, "label_values": list(plan.label_values),
         "positive_values": list(plan.positive_values), "binary": cfg.binary,
@@ -205,7 +211,7 @@ def run(cfg, *, log, progress=None, command_line=None, on_epoch_end=None) -> Tra
         "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "weight_decay": cfg.weight_decay, "warmup": cfg.warmup, "schedule": "warmup+cosine",
         "optimizer": "AdamW", "balance": cfg.balance, "augment": cfg.augment,
-        "noise": cfg.noise, "threads": torch.get_num_threads(),
+        "noise": cfg.noise, "shift": cfg.shift, "dim": cfg.dim, "blur": cfg.blur, "threads": torch.get_num_threads(),
         "init_weights": None if kind is None else {
             "path": os.path.abspath(cfg.init_weights), "kind": kind,
             "sha256": file_sha256(cfg.init_weights), "fresh": fresh},
