@@ -176,7 +176,10 @@ class Engine:
             if threshold is not None:
                 raise ConfigError("give threshold or prevalence, not both (prevalence "
                                   "chooses the threshold)")
-            threshold = threshold_for_spec(self.spec, prevalence, target_purity)["value"]
+            # an ensemble: the mean of its members' thresholds at this prevalence
+            specs = [r.spec for r in getattr(self.runner, "members", ())] or [self.spec]
+            threshold = float(np.mean([threshold_for_spec(s, prevalence, target_purity)
+                                       ["value"] for s in specs]))
             if self.config is not None:
                 self.config["threshold"] = threshold
         self.threshold = float(threshold) if threshold is not None else float(self.spec.threshold)
