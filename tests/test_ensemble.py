@@ -272,7 +272,7 @@ def test_survey_shards_and_merge_keep_the_ensembles_columns(survey_2x2, model, t
 def test_train_members_writes_seeded_members_on_one_split(tmp_path):
     from pyengine.models.checkpoint import load_model, read_spec
 
-    small = multifield.make_field(tmp_path / "f", per_side=8)
+    small = multifield.make_field(tmp_path / "f", per_side=6)
     out = tmp_path / "phangs.safetensors"
     opts = ["--catalog", small["labels"], "--output", str(out), "--x-col", "x", "--y-col",
             "y", "--classes", ",".join(multifield.CLASSES), "--positive",
@@ -323,3 +323,16 @@ def test_vetting_order_puts_the_members_disagreement_first():
     del table.meta["THRESH"]
     with pytest.raises(ConfigError, match="no THRESH"):
         vetting_order(table)
+
+
+def test_an_ensembles_config_makes_the_same_ensemble_again(members, cache):
+    """What a Dask worker does: ``Engine(**engine.config)``."""
+    engine = _engine(members, cache, class_columns=True)
+    again = Engine(**engine.config)
+    assert engine.config["model"] == [str(m) for m in members]
+    assert again.members == 2 and again.model == tuple(str(m) for m in members)
+    assert again.model_sha256 == engine.model_sha256 and again.threshold == engine.threshold
+    assert again.class_columns and again.row_outputs == engine.row_outputs
+    one = Engine([members[0]], runner="onnxruntime", cache_dir=cache)  # a list of one: the file
+    assert one.members == 1 and one.model == str(members[0])
+    assert one.model_sha256 == model_identity(members[0])
