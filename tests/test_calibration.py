@@ -27,7 +27,7 @@ from pyengine.models.operating import (
 from pyengine.models.spec import ModelSpec
 from pyengine.runners.onnxrt import onnx_scores
 from pyengine.synth import DEFAULT_BANDS, SynthConfig, make_field
-from pyengine.training.calibrate import calibrate, fit_temperature
+from pyengine.training.calibrate import calibrate, fit_scaling, fit_temperature
 from pyengine.training.reliability import ece
 
 S = 32
@@ -41,6 +41,21 @@ def test_fit_temperature_recovers_a_known_temperature():
     # The network's logits are 3x too confident: T = 3 undoes it.
     assert abs(fit_temperature(3.0 * z, labels) - 3.0) < 0.1
     assert ece(labels == 1, p1) < 0.02
+
+
+def test_fit_scaling_recovers_temperature_and_prior():
+    """Logits of a model trained at a 50 % prior, 2x too confident, on a field of 3 %
+    clusters: T = 2 and the offset log(0.03 / 0.97) undo both."""
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(size=60000) < 0.03
+    d = np.where(truth, rng.normal(1.5, 1, truth.size), rng.normal(-1.5, 1, truth.size))
+    z = 2.0 * np.c_[np.zeros_like(d), 3.0 * d]  # true log-odds at 50 %: 3 d
+    t, bias = fit_scaling(z, truth.astype(np.int64))
+    assert abs(t - 2.0) < 0.1
+    assert bias[0] == 0.0 and abs(bias[1] - np.log(0.03 / 0.97)) < 0.15
+    p_t = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0]) / fit_temperature(z, truth.astype(np.int64))))
+    p_tb = 1 / (1 + np.exp(-((z[:, 1] - z[:, 0]) / t + bias[1])))
+    assert ece(truth, p_tb) < 0.01 < ece(truth, p_t)  # the prior is what T alone misses
 
 
 def test_threshold_at_prevalence_and_prior_shift_by_the_formula():
@@ -97,6 +112,7 @@ def test_calibrate_stores_the_temperature_and_onnx_applies_it(cal_field, tmp_pat
     spec, _ = read_spec(out)
     cal = spec.metrics["calibration"]
     assert spec.temperature == pytest.approx(r["temperature"]) and spec.temperature != 1.0
+    assert len(spec.logit_bias) == 2 and spec.logit_bias[0] == 0.0 and spec.logit_bias[1] != 0
     assert cal["ece_after"] <= cal["ece_before"] + 1e-9
     assert cal["n"] == r["n"] and 0 < cal["prevalence"] < 1
     assert spec.threshold == pytest.approx(spec.metrics["threshold"]["value"])
@@ -111,7 +127,7 @@ def test_calibrate_stores_the_temperature_and_onnx_applies_it(cal_field, tmp_pat
     with torch.no_grad():
         want = model(torch.from_numpy(x))[1].numpy()
         logits = raw.logits(torch.from_numpy(x)).double().numpy()
-    z = logits / spec.temperature
+    z = logits / spec.temperature + np.asarray(spec.logit_bias)
     expect = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
     np.testing.assert_allclose(want, expect, atol=1e-5)
     path = export_onnx(model, tmp_path / "cal.onnx")

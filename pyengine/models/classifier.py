@@ -52,9 +52,15 @@ class ClusterClassifier(nn.Module):
 
 
 def calibrated(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """Logits divided by the spec's calibration temperature (a constant in the exported
-    graph, so ONNX Runtime and TensorRT apply the same calibration); unchanged at 1."""
-    return logits if spec.temperature == 1.0 else logits / float(spec.temperature)
+    """Logits divided by the spec's calibration temperature, plus its per-class offsets
+    (constants in the exported graph, so ONNX Runtime and TensorRT apply the same
+    calibration); unchanged for an uncalibrated spec."""
+    if spec.temperature != 1.0:
+        logits = logits / float(spec.temperature)
+    if spec.logit_bias:
+        logits = logits + torch.tensor(spec.logit_bias, dtype=logits.dtype,
+                                       device=logits.device)
+    return logits
 
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -140,6 +140,9 @@ class ModelSpec:
     #: the softmax.  1 = uncalibrated; ``pyengine calibrate`` fits it on a labelled field
     #: and records how in ``metrics["calibration"]``.
     temperature: float = 1.0
+    #: Per-class offsets added after the division (the prior of the calibration field:
+    #: a model trained on balanced batches predicts a 50 % prior); () = none.
+    logit_bias: tuple[float, ...] = ()
     architecture: str = "resnet50"
     provenance: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -174,6 +177,10 @@ class ModelSpec:
         _check(isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
                and 0.01 <= self.temperature <= 100.0, "temperature", self.temperature,
                "a number from 0.01 to 100 is needed")
+        _check(len(self.logit_bias) in (0, len(self.class_names))
+               and all(isinstance(b, int | float) and math.isfinite(b) and abs(b) <= 100
+                       for b in self.logit_bias), "logit_bias", list(self.logit_bias),
+               "one finite offset per class (|b| <= 100), or none")
         self.preprocess.validate(self.cutout_size)
         return self
 
@@ -186,6 +193,7 @@ class ModelSpec:
         out["bands"] = list(self.bands)
         out["class_names"] = list(self.class_names)
         out["positive_classes"] = list(self.positive_classes)
+        out["logit_bias"] = list(self.logit_bias)
         out["preprocess"]["clip"] = (list(self.preprocess.clip)
                                      if self.preprocess.clip is not None else None)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **out}
@@ -217,7 +225,7 @@ class ModelSpec:
             raise ModelFileError(f"{where}: unknown metadata keys {unknown}")
         try:
             body["preprocess"] = PreprocessSpec.from_dict(body["preprocess"])
-            for key in ("bands", "class_names", "positive_classes"):
+            for key in ("bands", "class_names", "positive_classes", "logit_bias"):
                 if key in body:
                     body[key] = tuple(body[key])
             return cls(**body).validate()

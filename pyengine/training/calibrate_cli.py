@@ -32,9 +32,14 @@ __all__ = ["calibrate"]
 @click.option("--prevalence", type=float,
               help="Share of clusters among the positions of the fields to be scanned, for the "
                    "stored threshold [default: the calibration field's own].")
+@click.option("--method", type=click.Choice(("temperature+prior", "temperature")),
+              default="temperature+prior", show_default=True,
+              help="Fit a temperature and the field's class prior (per-class logit offsets), "
+                   "or a temperature alone.")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 def calibrate(model, images, catalog, output, positions, match_radius, mag_limit, label_col,
-              positive, x_col, y_col, ra_col, dec_col, target_purity, prevalence, threads):
+              positive, x_col, y_col, ra_col, dec_col, target_purity, prevalence, method,
+              threads):
     """Calibrate MODEL's probabilities on IMAGES (one per band, or a survey manifest) with
     the labels of --catalog: temperature scaling, stored in the model file and applied in
     the graph, and the threshold for --target-purity at --prevalence."""
@@ -45,9 +50,11 @@ def calibrate(model, images, catalog, output, positions, match_radius, mag_limit
             positions=positions, match_radius=match_radius, mag_limit=mag_limit,
             label_col=label_col, positive=pos, x_col=x_col, y_col=y_col, ra_col=ra_col,
             dec_col=dec_col, target_purity=target_purity, prevalence=prevalence,
-            threads=threads)
+            threads=threads, method=method)
     t = r["threshold"]
-    click.echo(f"wrote {r['output']}: temperature {r['temperature']:.3f}; ECE "
+    bias = ", offsets " + ", ".join(f"{b:+.3f}" for b in r["logit_bias"]) if r["logit_bias"] \
+        else ""
+    click.echo(f"wrote {r['output']}: temperature {r['temperature']:.3f}{bias}; ECE "
                f"{r['ece_before']:.3f} -> {r['ece_after']:.3f} on {r['n']} positions "
                f"({r['n_cluster']} clusters, prevalence {r['prevalence']:.4f}); threshold "
                f"{t['value']:.4f} ({t['rule'].replace('_', ' ')} {t['prevalence']:.4f}): "
