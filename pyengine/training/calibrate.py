@@ -149,9 +149,13 @@ def _plot(path: Path, before: dict, after: dict, title: str) -> None:
     for r, name, colour in ((before, "before", "C3"), (after, "after", "C0")):
         c = np.asarray(r["count"])
         m = c > 0
-        ax.plot(np.asarray(r["mean_predicted"])[m], np.asarray(r["observed"])[m], "o-",
-                color=colour, label=f"{name}: ECE {r['ece']:.3f}")
-    ax.set(xlabel="predicted cluster probability (bin mean)",
+        x, y = np.asarray(r["mean_predicted"])[m], np.asarray(r["observed"])[m]
+        ax.plot(x, y, "o-", color=colour, label=f"{name}: ECE {r['ece']:.3f}")
+        if name == "after":  # few positions per bin make a bin's fraction uncertain
+            for xi, yi, ci in zip(x, y, c[m], strict=True):
+                ax.annotate(f"{ci}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+                            fontsize=6, color=colour)
+    ax.set(xlabel="predicted cluster probability (bin mean; numbers: positions per bin)",
            ylabel="observed cluster fraction", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
