@@ -35,7 +35,8 @@ def test_demo_model_loads_by_default_and_describes_itself(demo):
     # on held-out fields in both modes (tools/train_demo_model.py).
     assert spec.provenance["positions"] == "detect" and spec.provenance["seed"] == 1
     cal = spec.metrics["calibration"]
-    assert cal["method"] == "temperature" and spec.temperature == cal["temperature"] != 1.0
+    assert cal["method"] == "temperature+prior" and spec.temperature == cal["temperature"]
+    assert list(spec.logit_bias) == cal["logit_bias"] and spec.logit_bias[1] < 0  # rarer
     assert cal["ece_after"] <= cal["ece_before"]
     assert spec.metrics["threshold"]["rule"].endswith("_at_prevalence")
     held = spec.metrics["held_out"]

@@ -114,8 +114,9 @@ def evaluate_model(model: Path, workdir: Path, field_fn, held_out: dict, *,
         from pyengine.injection import inject
 
         f = field_fn(workdir, first, held_out[first])
+        # r_h 0.26-1.6" is 1-6 pc at M31's 785 kpc, the clusters the model was trained on
         inj = inject(f["images"], n=inject_n, model=str(model), seed=1, mag=(16.0, 23.0),
-                     rh=(1.0, 6.0), threads=threads, output_dir=str(f["dir"] / "inject"),
+                     rh=(0.26, 1.6), threads=threads, output_dir=str(f["dir"] / "inject"),
                      overwrite=True)
         results["injection"] = {"field": first, **_injection_summary(inj)}
         print(f"injection: {json.dumps(results['injection'])}", flush=True)

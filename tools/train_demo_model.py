@@ -129,7 +129,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("demo-model-work"))
     ap.add_argument("--out", type=Path, default=DEMO_MODEL)
     ap.add_argument("--stage", choices=("all", "train", "calibrate", "evaluate"), default="all")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()

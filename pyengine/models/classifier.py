@@ -16,6 +16,7 @@ Thread safety: see :mod:`pyengine.models.resnet`.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -58,8 +59,10 @@ def calibrated(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     if spec.temperature != 1.0:
         logits = logits / float(spec.temperature)
     if spec.logit_bias:
-        logits = logits + torch.tensor(spec.logit_bias, dtype=logits.dtype,
-                                       device=logits.device)
+        with warnings.catch_warnings():  # a constant of the exported graph, as intended
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            bias = torch.tensor(spec.logit_bias, dtype=logits.dtype, device=logits.device)
+        logits = logits + bias
     return logits
 
 
