@@ -129,13 +129,14 @@ def run_demo_survey(out_dir, *, grid: tuple[int, int] = (2, 2), field_size: int 
 
 
 def _injection(engine, survey, seed: int, n: int = 48) -> str:
-    """A small injection-recovery run on the first field: its one-line summary."""
+    """A small injection-recovery run on the first field (r_h 0.26-1.6" = 1-6 pc at M31):
+    its one-line summary."""
     from pyengine.errors import PyEngineError
     from pyengine.injection import inject
     from pyengine.injection.report import summary_line
 
     try:
-        report = inject(list(survey.fields[0].images), n=n, mag=(17.0, 23.0), rh=(1.0, 4.0),
+        report = inject(list(survey.fields[0].images), n=n, mag=(17.0, 23.0), rh=(0.26, 1.6),
                         seed=seed, engine=engine, bands=list(survey.bands))
     except PyEngineError as exc:  # a field too small for it: the scan's results stand
         return f"injection-recovery: not run ({exc})"
