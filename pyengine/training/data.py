@@ -223,14 +223,18 @@ def load_training_set(cfg, mosaic, log: Callable[[str], None], *, exclude=None,
     pos = catalog_positions(table, mosaic.wcs, where=where, ra_col=cfg.ra_col,
                             dec_col=cfg.dec_col, x_col=cfg.x_col, y_col=cfg.y_col)
     columns = pos.columns
-    if exclude is not None:  # rows an earlier field of a survey used
+    if exclude is not None and cfg.positions == "catalog":  # rows an earlier field used
         counts["other_field"] = int((keep & exclude).sum())
         keep &= ~exclude
     if cfg.positions == "detect":
         x, y, values, rows, det_counts = _detections(cfg, mosaic, pos, values, keep, plan, where,
                                                      log)
         counts.update(det_counts)
-        keep = np.ones(x.size, bool)
+        # A detection of an object an earlier field of a survey used is left out (not a
+        # negative: its label is known, it is only not used twice).
+        keep = np.ones(x.size, bool) if exclude is None else ~((rows >= 0) &
+                                                               exclude[np.maximum(rows, 0)])
+        counts["other_field"] = int((~keep).sum())
         columns = ("x_detect", "y_detect")
     else:
         x, y, rows = pos.x, pos.y, np.arange(len(table))
