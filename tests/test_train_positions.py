@@ -99,3 +99,15 @@ def test_bad_training_position_options_are_one_line_errors(two_fields, tmp_path)
                                           r"label column"):
         training_data(_cfg(two_fields, tmp_path / "m.safetensors", unmatched_label="dust"),
                       lambda m: None)
+
+
+def test_an_object_two_fields_see_is_used_once_and_never_made_a_negative(two_fields, tmp_path):
+    """Field B is field A's images again (a total overlap): every detection of B is of an
+    object A used, so B adds nothing (its detections are left out, not negatives)."""
+    a = two_fields["fields"][0]
+    Survey((a, Field("B", a.images)), ("g", "i")).write(tmp_path / "twice.ecsv")
+    data, _, _ = training_data(_cfg(two_fields, tmp_path / "m.safetensors",
+                                    images=(str(tmp_path / "twice.ecsv"),)), lambda m: None)
+    assert set(np.unique(data.fields)) == {0}
+    used = data.rows[data.rows >= 0]
+    assert np.unique(used).size == used.size
