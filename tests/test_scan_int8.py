@@ -89,7 +89,7 @@ def test_an_int8_scan_calibrates_on_its_cutouts_then_reuses_the_cache(calibrated
     assert lines[0].startswith(f"int8: calibrated on {SMALL // 2} cutouts of g.fits, i.fits "
                                "(catalog positions in ")
     assert f"decisions agree with fp32 on 100.0 % of {SMALL // 2} held-out cutouts " \
-           "(threshold 0.995544, 99.5 % required;" in lines[0]
+           f"(threshold {_demo_threshold():g}, 99.5 % required;" in lines[0]
     assert lines[0].endswith(f"cached at {entry}")
     table = Table.read(out)
     assert table.meta["PRECISN"] == "int8" and table.meta["RUNNER"] == "onnxruntime"
@@ -119,6 +119,12 @@ def test_an_int8_scan_calibrates_on_its_cutouts_then_reuses_the_cache(calibrated
     assert graph_damage(entry, onnx_metadata(entry)) is None
 
 
+def _demo_threshold() -> float:
+    from pyengine.models.checkpoint import DEMO_MODEL, read_spec
+
+    return read_spec(DEMO_MODEL)[0].threshold
+
+
 def test_int8_below_the_agreement_bar_is_refused_in_one_line_writing_nothing(
         field, xdg, tmp_path, monkeypatch):
     monkeypatch.setattr(int8, "MIN_AGREEMENT", 1.01)  # no graph can pass
@@ -130,7 +136,7 @@ def test_int8_below_the_agreement_bar_is_refused_in_one_line_writing_nothing(
     assert len(lines) == 1, res.output
     assert lines[0].startswith(f"Error: --precision int8: calibrated on {SMALL // 2} cutouts of "
                                "g.fits, i.fits (grid points in 1 tile), the int8 graph takes the "
-                               "fp32 decision (threshold 0.995544) on ")
+                               f"fp32 decision (threshold {_demo_threshold():g}) on ")
     assert (f"% of {SMALL // 2} held-out cutouts, below the 101 % a scan requires; scan with "
             "--precision fp32, or make the graph with pyengine export ") in lines[0]
     assert "--precision int8 --images ... --cutouts 4096" in lines[0]
