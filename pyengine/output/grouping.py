@@ -54,11 +54,11 @@ def group_candidates(table, radius: float, pixel_scale: float | None = None) -> 
     if cand.size and radius > 0:
         ra, dec = (np.asarray(table[c], np.float64)[cand] for c in ("ra", "dec"))
         if np.isfinite(ra).all() and np.isfinite(dec).all():
-            d0 = np.deg2rad(np.median(dec))
-            ra0 = np.angle(np.mean(np.exp(1j * np.deg2rad(ra))))  # wraps at 0/360
-            u = np.rad2deg(np.angle(np.exp(1j * (np.deg2rad(ra) - ra0)))) * np.cos(
-                np.deg2rad(dec)) * 3600.0
-            v = (dec - np.rad2deg(d0)) * 3600.0
+            from pyengine.survey.geometry import gnomonic  # the one tangent plane
+
+            ra0 = float(np.rad2deg(np.angle(np.mean(np.exp(1j * np.deg2rad(ra))))) % 360)
+            xi, eta = gnomonic(ra0, float(np.median(dec)), ra, dec)
+            u, v = np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0  # arcsec
             label = friends_of_friends(u, v, radius)
         else:
             scale = float(pixel_scale) if pixel_scale else 1.0
